@@ -1,0 +1,106 @@
+"""A single-node Apache Kafka broker (KRaft), its jars resolved from Maven Central."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.processes import spawn, stop, wait_for_port
+
+ASSETS = Path(__file__).parent / "kafka"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = REPO_ROOT / ".cache"
+
+
+def resolve_jars(cache: Path = DEFAULT_CACHE) -> Path:
+    """Download the broker's jars once into `cache/kafka-libs` (Maven's own cache beside it)."""
+    libs = cache / "kafka-libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka broker jars")
+    libs.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mvn", "-q", "-B", "-f", str(ASSETS / "pom.xml"),
+         f"-Dmaven.repo.local={cache / 'm2'}",
+         "dependency:copy-dependencies", f"-DoutputDirectory={libs}"],
+        check=True,
+    )
+    marker.touch()
+    return libs
+
+
+SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={log_dirs}
+num.partitions=6
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.messages=9223372036854775807
+"""
+
+
+@dataclass
+class KafkaBroker:
+    data_dir: Path
+    port: int
+    controller_port: int
+    cache: Path = DEFAULT_CACHE
+    heap: str = "768m"
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.out"
+
+    def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            "java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={ASSETS / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp", f"{libs}/*", main, *args,
+        ]
+
+    def start(self, timeout: float = 90.0) -> None:
+        libs = resolve_jars(self.cache)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(SERVER_PROPERTIES.format(
+            port=self.port, controller_port=self.controller_port,
+            log_dirs=self.data_dir / "logs"))
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = uuid.uuid4().bytes[:16]
+            import base64
+
+            cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+            subprocess.run(
+                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)),
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        self.process = spawn(self._java(libs, "kafka.Kafka", str(config)), self.log_file)
+        wait_for_port(self.port, self.process, self.log_file, timeout)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout=30)
+            self.process = None

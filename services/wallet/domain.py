@@ -1,0 +1,344 @@
+"""The wallet's rules, with no I/O: funds, holds, the ledger, thresholds, refunds.
+
+Amounts are integer minor units in the wallet's currency. A `Wallet` is changed only
+through its methods; each change that moves the balance appends a `LedgerEntry`, and each
+change the rest of the platform must know about appends a `WalletFact`. The caller persists
+both in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from uuid import UUID
+
+REFUND_CAP_PERCENT = 95
+
+
+class BillingMode(StrEnum):
+    PAYG = "PAYG"
+    INVOICE = "INVOICE"
+
+
+class EntryKind(StrEnum):
+    TOP_UP = "top_up"
+    USAGE_DEBIT = "usage_debit"
+    USAGE_CREDIT = "usage_credit"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class HoldStatus(StrEnum):
+    PENDING = "pending"  # reserved, waiting for the provisioning outcome
+    ACTIVE = "active"  # the VM exists; usage debits draw the hold down
+    RELEASED = "released"
+    EXPIRED = "expired"
+    CONSUMED = "consumed"  # fully drawn down by usage
+
+    @property
+    def is_open(self) -> bool:
+        return self in (HoldStatus.PENDING, HoldStatus.ACTIVE)
+
+
+class Rejection(StrEnum):
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_WALLET = "unknown_wallet"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    WALLET_SUSPENDED = "wallet_suspended"
+    INVALID_AMOUNT = "invalid_amount"
+
+
+class WalletError(ValueError):
+    """A request the wallet refuses; the message is the reason given to the caller."""
+
+
+@dataclass
+class Hold:
+    hold_id: UUID
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+    purpose: str
+    amount: int
+    remaining: int
+    status: HoldStatus
+    created_at: datetime
+    expires_at: datetime
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    wallet_id: UUID
+    kind: EntryKind
+    amount: int  # signed: credits positive, debits negative
+    balance_after: int
+    idempotency_key: str
+    occurred_at: datetime
+    hold_drawn: int = 0
+    vm_id: UUID | None = None
+    refunds_entry_id: int | None = None
+    description: str = ""
+
+
+# --- facts the wallet reports (translated to contract events by the handlers) ------------
+
+@dataclass(frozen=True)
+class Reserved:
+    hold: Hold
+    available_after: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    request_id: UUID
+    vm_id: UUID
+    reason: Rejection
+    detail: str
+    required: int
+    available: int | None
+
+
+@dataclass(frozen=True)
+class LowBalance:
+    available: int
+    threshold: int
+
+
+@dataclass(frozen=True)
+class Depleted:
+    available: int
+
+
+@dataclass(frozen=True)
+class FundsRestored:
+    available: int
+
+
+@dataclass(frozen=True)
+class ToppedUp:
+    payment_id: str
+    amount: int
+    balance_after: int
+
+
+@dataclass(frozen=True)
+class Refunded:
+    refund_id: UUID
+    charge_entry_id: int
+    amount: int
+    balance_after: int
+
+
+WalletFact = Reserved | Rejected | LowBalance | Depleted | FundsRestored | ToppedUp | Refunded
+
+
+@dataclass(frozen=True)
+class AutoTopUp:
+    threshold: int
+    amount: int
+    card_token: str
+
+
+@dataclass
+class Wallet:
+    wallet_id: UUID
+    organisation_id: UUID
+    currency: str
+    billing_mode: BillingMode
+    credit_limit: int = 0
+    balance: int = 0
+    held: int = 0
+    suspended: bool = False
+    low_balance_threshold: int = 0
+    low_balance: bool = False
+    depleted: bool = False
+    auto_topup: AutoTopUp | None = None
+    entries: list[LedgerEntry] = field(default_factory=list)
+    facts: list[WalletFact] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.billing_mode is BillingMode.PAYG and self.credit_limit != 0:
+            raise WalletError("a PAYG wallet has no credit limit")
+        if self.credit_limit < 0:
+            raise WalletError("credit limit must not be negative")
+
+    def take_facts(self) -> list[WalletFact]:
+        facts, self.facts = self.facts, []
+        return facts
+
+    @property
+    def available(self) -> int:
+        credit = self.credit_limit if self.billing_mode is BillingMode.INVOICE else 0
+        return self.balance + credit - self.held
+
+    # --- reservations ------------------------------------------------------------------
+
+    def reserve(self, *, request_id: UUID, vm_id: UUID, hold_id: UUID, amount: int,
+                currency: str, purpose: str, at: datetime, ttl: timedelta) -> Hold | None:
+        """Hold `amount` for a provisioning request if the funds are there.
+
+        Returns the hold, or None with a `Rejected` fact naming the reason.
+        """
+
+        def reject(reason: Rejection, detail: str, available: int | None = None) -> None:
+            self.facts.append(Rejected(request_id, vm_id, reason, detail, amount, available))
+
+        if currency != self.currency:
+            reject(Rejection.CURRENCY_MISMATCH,
+                   f"request is in {currency}, wallet is in {self.currency}")
+            return None
+        if amount <= 0:
+            reject(Rejection.INVALID_AMOUNT, "amount to reserve must be positive")
+            return None
+        if self.suspended:
+            reject(Rejection.WALLET_SUSPENDED, "wallet is suspended", self.available)
+            return None
+        if self.available < amount:
+            reject(Rejection.INSUFFICIENT_FUNDS,
+                   f"available {self.available} < required {amount} ({self.currency} minor units)",
+                   self.available)
+            return None
+        hold = Hold(hold_id, request_id, self.wallet_id, vm_id, purpose, amount, amount,
+                    HoldStatus.PENDING, at, at + ttl)
+        self.held += amount
+        self.facts.append(Reserved(hold, self.available))
+        self._check_thresholds()
+        return hold
+
+    def confirm(self, hold: Hold) -> None:
+        """The VM exists: the hold stops expiring and waits to be drawn down by usage."""
+        if hold.status is HoldStatus.PENDING:
+            hold.status = HoldStatus.ACTIVE
+
+    def release(self, hold: Hold, at: datetime, status: HoldStatus = HoldStatus.RELEASED) -> None:
+        if not hold.status.is_open:
+            return
+        self.held -= hold.remaining
+        hold.remaining = 0
+        hold.status = status
+        hold.closed_at = at
+        self._check_thresholds()
+
+    def expire(self, hold: Hold, now: datetime) -> bool:
+        if hold.status is HoldStatus.PENDING and hold.expires_at <= now:
+            self.release(hold, now, HoldStatus.EXPIRED)
+            return True
+        return False
+
+    # --- balance changes ---------------------------------------------------------------
+
+    def debit_usage(self, *, amount: int, key: str, at: datetime, vm_id: UUID | None,
+                    holds: list[Hold], description: str = "usage") -> LedgerEntry:
+        """Book usage. It happened, so it is always recorded, whatever the funds; it draws
+        down the VM's open holds first (oldest first)."""
+        if amount <= 0:
+            raise WalletError("a debit must be positive")
+        to_draw = amount
+        drawn = 0
+        for hold in holds:
+            if to_draw == 0:
+                break
+            if not hold.status.is_open or hold.vm_id != vm_id:
+                continue
+            take = min(hold.remaining, to_draw)
+            hold.remaining -= take
+            to_draw -= take
+            drawn += take
+            if hold.remaining == 0:
+                hold.status = HoldStatus.CONSUMED
+                hold.closed_at = at
+        self.held -= drawn
+        return self._book(EntryKind.USAGE_DEBIT, -amount, key, at, vm_id=vm_id,
+                          hold_drawn=drawn, description=description)
+
+    def credit_usage(self, *, amount: int, key: str, at: datetime, vm_id: UUID | None,
+                     description: str = "usage correction") -> LedgerEntry:
+        if amount <= 0:
+            raise WalletError("a credit must be positive")
+        return self._book(EntryKind.USAGE_CREDIT, amount, key, at, vm_id=vm_id,
+                          description=description)
+
+    def top_up(self, *, payment_id: str, amount: int, currency: str, at: datetime,
+               max_amount: int) -> LedgerEntry:
+        if currency != self.currency:
+            raise WalletError(f"payment is in {currency}, wallet is in {self.currency}")
+        if amount <= 0:
+            raise WalletError("top-up amount must be positive")
+        if amount > max_amount:
+            raise WalletError(f"top-up amount exceeds the maximum of {max_amount}")
+        entry = self._book(EntryKind.TOP_UP, amount, f"payment:{payment_id}", at,
+                           description=f"top-up {payment_id}")
+        self.facts.append(ToppedUp(payment_id, amount, self.balance))
+        return entry
+
+    def refund(self, *, refund_id: UUID, charge_entry_id: int, charge_amount: int,
+               already_refunded: int, amount: int, at: datetime, reason: str = "") -> LedgerEntry:
+        """Give back part of a charge: at most 95% of it, counting earlier refunds."""
+        if amount <= 0:
+            raise WalletError("refund amount must be positive")
+        if charge_amount >= 0:
+            raise WalletError("only a charge (a debit) can be refunded")
+        cap = refund_cap(-charge_amount)
+        if already_refunded + amount > cap:
+            raise WalletError(
+                f"refund would exceed {REFUND_CAP_PERCENT}% of the charge: cap {cap}, "
+                f"already refunded {already_refunded}, requested {amount}")
+        entry = self._book(EntryKind.REFUND, amount, f"refund:{refund_id}", at,
+                           refunds_entry_id=charge_entry_id,
+                           description=reason or f"refund of entry {charge_entry_id}")
+        self.facts.append(Refunded(refund_id, charge_entry_id, amount, self.balance))
+        return entry
+
+    def _book(self, kind: EntryKind, amount: int, key: str, at: datetime, *,
+              vm_id: UUID | None = None, hold_drawn: int = 0, refunds_entry_id: int | None = None,
+              description: str = "") -> LedgerEntry:
+        self.balance += amount
+        entry = LedgerEntry(self.wallet_id, kind, amount, self.balance, key, at, hold_drawn,
+                            vm_id, refunds_entry_id, description)
+        self.entries.append(entry)
+        self._check_thresholds()
+        return entry
+
+    # --- thresholds: edge-triggered, one event per crossing --------------------------------
+
+    def _check_thresholds(self) -> None:
+        available = self.available
+        if available <= 0 and not self.depleted:
+            self.depleted = True
+            self.facts.append(Depleted(available))
+        elif available > 0 and self.depleted:
+            self.depleted = False
+            self.facts.append(FundsRestored(available))
+        low = available < self.effective_low_threshold
+        if low and not self.low_balance:
+            self.low_balance = True
+            self.facts.append(LowBalance(available, self.effective_low_threshold))
+        elif not low and self.low_balance:
+            self.low_balance = False
+
+    @property
+    def effective_low_threshold(self) -> int:
+        """The higher of the alert threshold and the auto top-up trigger."""
+        auto = self.auto_topup.threshold if self.auto_topup else 0
+        return max(self.low_balance_threshold, auto)
+
+
+def refund_cap(charge: int) -> int:
+    """The most that may ever be refunded of a charge (rounded down)."""
+    return charge * REFUND_CAP_PERCENT // 100
+
+
+@dataclass(frozen=True)
+class BurnRate:
+    per_hour: int
+    runway_hours: float | None  # None: nothing is burning
+
+
+def burn_rate(usage_last_24h: int, available: int) -> BurnRate:
+    """Usage over the last 24 hours, as an hourly rate, and how long the funds last at it."""
+    per_hour = usage_last_24h // 24
+    if usage_last_24h <= 0:
+        return BurnRate(0, None)
+    return BurnRate(per_hour, max(available, 0) * 24 / usage_last_24h)

@@ -1,0 +1,340 @@
+"""Thin handlers: Kafka batches and HTTP commands in, domain calls, facts out as events.
+
+Each batch runs in one transaction: inbox claim (idempotency), row locks on the wallets it
+touches, the domain decisions, then the writes and the outgoing events (outbox) together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from services.wallet import repository as repo
+from services.wallet.domain import (
+    Depleted,
+    FundsRestored,
+    Hold,
+    HoldStatus,
+    LowBalance,
+    Refunded,
+    Rejected,
+    Rejection,
+    Reserved,
+    ToppedUp,
+    Wallet,
+    WalletError,
+    WalletFact,
+)
+from shared.consumer import Incoming, Records, claim_new, dead_letter, dead_letters, parse_records
+from shared.contracts.base import Envelope, deterministic_id
+from shared.contracts.clock import ClockTick
+from shared.contracts.wallet import (
+    AutoTopUpSettings,
+    BillingCharge,
+    CreditWallet,
+    DebitsApplied,
+    DebitWallet,
+    FundsRejected,
+    FundsReserved,
+    ProvisioningCancelled,
+    ProvisioningFailed,
+    ProvisioningOutcome,
+    ProvisioningSucceeded,
+    RejectionReason,
+    ReserveFunds,
+    TopUpWallet,
+    VmDecommissioned,
+    WalletDepleted,
+    WalletFundsRestored,
+    WalletLowBalance,
+    WalletRefunded,
+    WalletToppedUp,
+)
+from shared.money import MoneyModel
+from shared.outbox import Outgoing, enqueue, outgoing
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings
+from shared.topics import WALLET_DECISIONS, WALLET_EVENTS
+
+CONSUMER = "wallet"
+
+RESERVE = TypeAdapter(ReserveFunds)
+OUTCOMES: TypeAdapter[Any] = TypeAdapter(ProvisioningOutcome)
+CHARGES: TypeAdapter[Any] = TypeAdapter(BillingCharge)
+TOPUPS = TypeAdapter(TopUpWallet)
+TICKS = TypeAdapter(ClockTick)
+
+
+def payment_claim_id(payment_id: str) -> UUID:
+    return deterministic_id("wallet.payment", payment_id)
+
+
+class Events:
+    """Turns the wallet's facts into contract events, caused by the message at hand."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.out: list[Outgoing] = []
+
+    def _money(self, wallet: Wallet, amount: int) -> MoneyModel:
+        return MoneyModel(amount_minor=amount, currency=wallet.currency)
+
+    def emit(self, wallet: Wallet, cause: Envelope | None, facts: Sequence[WalletFact]) -> None:
+        for fact in facts:
+            self._emit_one(wallet, cause, fact)
+
+    def _send(self, topic: str, key: UUID, cause: Envelope | None, model: type[Envelope],
+              **fields: Any) -> None:
+        message = cause.caused(model, **fields) if cause else model(**fields)
+        self.out.append(outgoing(self.settings.topic(topic), key, message))
+
+    def _emit_one(self, w: Wallet, cause: Envelope | None, fact: WalletFact) -> None:
+        events, decisions = WALLET_EVENTS.name, WALLET_DECISIONS.name
+        common = {"wallet_id": w.wallet_id}
+        match fact:
+            case Reserved(hold=hold, available_after=available):
+                self._send(decisions, w.wallet_id, cause, FundsReserved, **common,
+                           request_id=hold.request_id, vm_id=hold.vm_id, hold_id=hold.hold_id,
+                           amount=self._money(w, hold.amount),
+                           available_after=self._money(w, available), expires_at=hold.expires_at)
+            case Rejected():
+                self.reject(w.wallet_id, w.currency, cause, fact)
+            case LowBalance(available=available, threshold=threshold):
+                auto = None
+                if w.auto_topup is not None:
+                    auto = AutoTopUpSettings(threshold=self._money(w, w.auto_topup.threshold),
+                                             amount=self._money(w, w.auto_topup.amount),
+                                             card_token=w.auto_topup.card_token)
+                self._send(events, w.wallet_id, cause, WalletLowBalance, **common,
+                           organisation_id=w.organisation_id, billing_mode=w.billing_mode.value,
+                           available=self._money(w, available),
+                           threshold=self._money(w, threshold), auto_topup=auto)
+            case Depleted(available=available):
+                self._send(events, w.wallet_id, cause, WalletDepleted, **common,
+                           organisation_id=w.organisation_id, billing_mode=w.billing_mode.value,
+                           available=self._money(w, available))
+            case FundsRestored(available=available):
+                self._send(events, w.wallet_id, cause, WalletFundsRestored, **common,
+                           organisation_id=w.organisation_id, available=self._money(w, available))
+            case ToppedUp(payment_id=payment_id, amount=amount, balance_after=balance):
+                self._send(events, w.wallet_id, cause, WalletToppedUp, **common,
+                           payment_id=payment_id, amount=self._money(w, amount),
+                           balance_after=self._money(w, balance))
+            case Refunded(refund_id=refund_id, charge_entry_id=entry, amount=amount,
+                          balance_after=balance):
+                self._send(events, w.wallet_id, cause, WalletRefunded, **common,
+                           refund_id=refund_id, charge_entry_id=entry,
+                           amount=self._money(w, amount), balance_after=self._money(w, balance))
+
+    def reject(self, wallet_id: UUID, currency: str, cause: Envelope | None, fact: Rejected) -> None:
+        self._send(WALLET_DECISIONS.name, wallet_id, cause, FundsRejected, wallet_id=wallet_id,
+                   request_id=fact.request_id, vm_id=fact.vm_id,
+                   reason=RejectionReason(fact.reason.value), detail=fact.detail,
+                   required=MoneyModel(amount_minor=max(fact.required, 0), currency=currency),
+                   available=None if fact.available is None
+                   else MoneyModel(amount_minor=fact.available, currency=currency))
+
+
+class WalletHandlers:
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.ttl = timedelta(seconds=self.settings.hold_ttl_seconds)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.runtime.pool
+
+    async def _commit(self, conn: asyncpg.Connection, wallets: Sequence[Wallet],
+                      new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
+                      events: Events) -> list[int]:
+        entries = [e for w in wallets for e in w.entries]
+        entry_ids = await repo.insert_entries(conn, entries)
+        await repo.save_wallets(conn, wallets)
+        await repo.insert_holds(conn, new_holds)
+        await repo.update_holds(conn, changed_holds)
+        await enqueue(conn, repo.SCHEMA, events.out)
+        return entry_ids
+
+    # --- provisioning.requests: reserve or reject ---------------------------------------
+
+    async def on_reservation_requests(self, records: Records) -> None:
+        good, bad = parse_records(records, RESERVE)
+        events = Events(self.settings)
+        events.out += dead_letters(self.settings, CONSUMER, bad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh: list[Incoming[ReserveFunds]] = await claim_new(
+                conn, repo.SCHEMA, good, lambda m: deterministic_id("reserve", m.request_id))
+            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            new_holds: list[Hold] = []
+            for item in fresh:
+                m = item.message
+                wallet = wallets.get(m.wallet_id)
+                if wallet is None:
+                    events.reject(m.wallet_id, m.amount.currency, m, Rejected(
+                        m.request_id, m.vm_id, Rejection.UNKNOWN_WALLET,
+                        f"no wallet {m.wallet_id}", m.amount.amount_minor, None))
+                    continue
+                hold = wallet.reserve(
+                    request_id=m.request_id, vm_id=m.vm_id, hold_id=uuid4(),
+                    amount=m.amount.amount_minor, currency=m.amount.currency,
+                    purpose=m.purpose, at=m.occurred_at, ttl=self.ttl)
+                if hold is not None:
+                    new_holds.append(hold)
+                events.emit(wallet, m, wallet.take_facts())
+            await self._commit(conn, list(wallets.values()), new_holds, [], events)
+
+    # --- provisioning.outcomes: confirm or release holds ---------------------------------
+
+    async def on_provisioning_outcomes(self, records: Records) -> None:
+        good, bad = parse_records(records, OUTCOMES)
+        events = Events(self.settings)
+        events.out += dead_letters(self.settings, CONSUMER, bad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim_new(conn, repo.SCHEMA, good)
+            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            holds = await repo.open_holds_for_wallets(conn, list(wallets))
+            by_request = {h.request_id: h for h in holds}
+            for item in fresh:
+                m = item.message
+                wallet = wallets.get(m.wallet_id)
+                if wallet is None:
+                    events.out.append(dead_letter(self.settings, CONSUMER, item.record,
+                                                  f"unknown wallet {m.wallet_id}"))
+                    continue
+                match m:
+                    case ProvisioningSucceeded() if m.request_id in by_request:
+                        wallet.confirm(by_request[m.request_id])
+                    case ProvisioningFailed() | ProvisioningCancelled() if m.request_id in by_request:
+                        wallet.release(by_request[m.request_id], m.occurred_at)
+                    case VmDecommissioned():
+                        for hold in holds:
+                            if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
+                                wallet.release(hold, m.occurred_at)
+                events.emit(wallet, m, wallet.take_facts())
+            await self._commit(conn, list(wallets.values()), [], holds, events)
+
+    # --- billing.debits: usage debits and correction credits ------------------------------
+
+    async def on_billing_charges(self, records: Records) -> None:
+        good, bad = parse_records(records, CHARGES)
+        events = Events(self.settings)
+        events.out += dead_letters(self.settings, CONSUMER, bad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim_new(
+                conn, repo.SCHEMA, good,
+                lambda m: m.debit_id if isinstance(m, DebitWallet) else m.credit_id)
+            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            holds = await repo.open_holds_for_wallets(conn, list(wallets))
+            holds_by_wallet: dict[UUID, list[Hold]] = {}
+            for hold in holds:
+                holds_by_wallet.setdefault(hold.wallet_id, []).append(hold)
+            applied: dict[UUID, tuple[list[UUID], list[UUID], int, int, Envelope]] = {}
+            for item in fresh:
+                m = item.message
+                wallet = wallets.get(m.wallet_id)
+                reason = None
+                if wallet is None:
+                    reason = f"unknown wallet {m.wallet_id}"
+                elif m.amount.currency != wallet.currency:
+                    reason = f"charge is in {m.amount.currency}, wallet is in {wallet.currency}"
+                elif m.amount.amount_minor <= 0:
+                    reason = "charge amount must be positive"
+                if reason is not None or wallet is None:
+                    events.out.append(dead_letter(self.settings, CONSUMER, item.record,
+                                                  reason or "unknown wallet"))
+                    continue
+                debits, credits, debited, credited, _ = applied.get(
+                    wallet.wallet_id, ([], [], 0, 0, m))
+                if isinstance(m, DebitWallet):
+                    wallet.debit_usage(amount=m.amount.amount_minor, key=f"debit:{m.debit_id}",
+                                       at=m.period_start or m.occurred_at, vm_id=m.vm_id,
+                                       holds=holds_by_wallet.get(wallet.wallet_id, []),
+                                       description=m.description)
+                    debits.append(m.debit_id)
+                    debited += m.amount.amount_minor
+                else:
+                    assert isinstance(m, CreditWallet)
+                    wallet.credit_usage(amount=m.amount.amount_minor, key=f"credit:{m.credit_id}",
+                                        at=m.occurred_at, vm_id=m.vm_id,
+                                        description=m.description)
+                    credits.append(m.credit_id)
+                    credited += m.amount.amount_minor
+                applied[wallet.wallet_id] = (debits, credits, debited, credited, m)
+                events.emit(wallet, m, wallet.take_facts())
+            for wallet_id, (debits, credits, debited, credited, last) in applied.items():
+                w = wallets[wallet_id]
+                events._send(WALLET_EVENTS.name, wallet_id, last, DebitsApplied,
+                             wallet_id=wallet_id, debit_ids=debits, credit_ids=credits,
+                             debited=MoneyModel(amount_minor=debited, currency=w.currency),
+                             credited=MoneyModel(amount_minor=credited, currency=w.currency),
+                             balance_after=MoneyModel(amount_minor=w.balance, currency=w.currency))
+            await self._commit(conn, list(wallets.values()), [], holds, events)
+
+    # --- wallet.topups and the payment webhook --------------------------------------------
+
+    async def on_topups(self, records: Records) -> None:
+        good, bad = parse_records(records, TOPUPS)
+        events = Events(self.settings)
+        events.out += dead_letters(self.settings, CONSUMER, bad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for item in good:
+                try:
+                    await self._top_up(conn, item.message, events)
+                except WalletError as error:
+                    events.out.append(dead_letter(self.settings, CONSUMER, item.record, str(error)))
+            await enqueue(conn, repo.SCHEMA, events.out)
+
+    async def top_up(self, message: TopUpWallet) -> bool:
+        """Apply a settled payment (from the webhook); False if it was applied before."""
+        events = Events(self.settings)
+        async with self.pool.acquire() as conn, conn.transaction():
+            applied = await self._top_up(conn, message, events)
+            await enqueue(conn, repo.SCHEMA, events.out)
+        return applied
+
+    async def _top_up(self, conn: asyncpg.Connection, m: TopUpWallet, events: Events) -> bool:
+        wallets = await repo.lock_wallets(conn, [m.wallet_id])
+        wallet = wallets.get(m.wallet_id)
+        if wallet is None:
+            raise WalletError(f"unknown wallet {m.wallet_id}")
+        async with conn.transaction():  # a savepoint: a refused top-up leaves no inbox row
+            if not await claim_new(conn, repo.SCHEMA, [Incoming(None, m)],
+                                   lambda x: payment_claim_id(x.payment_id)):
+                return False
+            wallet.top_up(payment_id=m.payment_id, amount=m.amount.amount_minor,
+                          currency=m.amount.currency, at=m.occurred_at,
+                          max_amount=self.settings.max_topup_minor)
+        events.emit(wallet, m, wallet.take_facts())
+        await repo.insert_entries(conn, wallet.entries)
+        await repo.save_wallets(conn, [wallet])
+        return True
+
+    # --- clock.ticks: expire holds that got no outcome -----------------------------------
+
+    async def on_clock_ticks(self, records: Records) -> None:
+        good, bad = parse_records(records, TICKS)
+        events = Events(self.settings)
+        events.out += dead_letters(self.settings, CONSUMER, bad)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if good:
+                latest = max(good, key=lambda i: i.message.at).message
+                await self._expire_holds(conn, latest.at, latest, events)
+            await enqueue(conn, repo.SCHEMA, events.out)
+
+    async def _expire_holds(self, conn: asyncpg.Connection, now: datetime, cause: Envelope,
+                            events: Events) -> None:
+        wallet_ids = await repo.expired_pending_wallets(conn, now)
+        wallets = await repo.lock_wallets(conn, wallet_ids)
+        holds = await repo.open_holds_for_wallets(conn, list(wallets))
+        for hold in holds:
+            wallet = wallets[hold.wallet_id]
+            wallet.expire(hold, now)
+            events.emit(wallet, cause, wallet.take_facts())
+        await repo.save_wallets(conn, list(wallets.values()))
+        await repo.update_holds(conn, [h for h in holds if h.status is HoldStatus.EXPIRED])

@@ -1,0 +1,252 @@
+"""Wallet persistence on asyncpg: whole batches in a few multi-row statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from services.wallet.domain import (
+    AutoTopUp,
+    BillingMode,
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    Wallet,
+)
+
+SCHEMA = "wallet"
+
+_WALLET_COLUMNS = """w.wallet_id, w.organisation_id, w.currency, w.billing_mode, w.credit_limit,
+    w.balance, w.held, w.status, w.low_balance_threshold, w.low_balance, w.depleted,
+    w.auto_topup_threshold, w.auto_topup_amount, w.auto_topup_card_token"""
+
+
+def _wallet(row: asyncpg.Record) -> Wallet:
+    auto = None
+    if row["auto_topup_amount"] is not None:
+        auto = AutoTopUp(row["auto_topup_threshold"], row["auto_topup_amount"],
+                         row["auto_topup_card_token"])
+    return Wallet(
+        wallet_id=row["wallet_id"], organisation_id=row["organisation_id"],
+        currency=row["currency"].strip(), billing_mode=BillingMode(row["billing_mode"]),
+        credit_limit=row["credit_limit"], balance=row["balance"], held=row["held"],
+        suspended=row["status"] == "suspended",
+        low_balance_threshold=row["low_balance_threshold"], low_balance=row["low_balance"],
+        depleted=row["depleted"], auto_topup=auto,
+    )
+
+
+def _hold(row: asyncpg.Record) -> Hold:
+    return Hold(row["hold_id"], row["request_id"], row["wallet_id"], row["vm_id"],
+                row["purpose"], row["amount"], row["remaining"], HoldStatus(row["status"]),
+                row["created_at"], row["expires_at"], row["closed_at"])
+
+
+async def lock_wallets(conn: asyncpg.Connection, wallet_ids: Iterable[UUID]) -> dict[UUID, Wallet]:
+    """Load and row-lock wallets, in id order so concurrent batches cannot deadlock."""
+    ids = sorted(set(wallet_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
+            WHERE w.wallet_id = ANY($1::uuid[]) ORDER BY w.wallet_id FOR UPDATE""", ids)
+    return {r["wallet_id"]: _wallet(r) for r in rows}
+
+
+async def get_wallet(conn: asyncpg.Connection, wallet_id: UUID) -> Wallet | None:
+    row = await conn.fetchrow(
+        f"SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w WHERE w.wallet_id = $1",
+        wallet_id)
+    return _wallet(row) if row else None
+
+
+_HOLD_COLUMNS = """hold_id, request_id, wallet_id, vm_id, purpose, amount, remaining, status,
+    created_at, expires_at, closed_at"""
+
+
+async def holds_by_request(conn: asyncpg.Connection, request_ids: Sequence[UUID]
+                           ) -> dict[UUID, Hold]:
+    if not request_ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {_HOLD_COLUMNS} FROM {SCHEMA}.holds WHERE request_id = ANY($1::uuid[])",
+        list(request_ids))
+    return {r["request_id"]: _hold(r) for r in rows}
+
+
+async def open_holds_for_wallets(conn: asyncpg.Connection, wallet_ids: Sequence[UUID]
+                                 ) -> list[Hold]:
+    if not wallet_ids:
+        return []
+    rows = await conn.fetch(
+        f"""SELECT {_HOLD_COLUMNS} FROM {SCHEMA}.holds
+            WHERE wallet_id = ANY($1::uuid[]) AND status IN ('pending', 'active')
+            ORDER BY created_at, hold_id""", list(wallet_ids))
+    return [_hold(r) for r in rows]
+
+
+async def expired_pending_wallets(conn: asyncpg.Connection, now: datetime) -> list[UUID]:
+    rows = await conn.fetch(
+        f"SELECT DISTINCT wallet_id FROM {SCHEMA}.holds WHERE status = 'pending' AND expires_at <= $1",
+        now)
+    return [r["wallet_id"] for r in rows]
+
+
+async def save_wallets(conn: asyncpg.Connection, wallets: Sequence[Wallet]) -> None:
+    if not wallets:
+        return
+    await conn.execute(
+        f"""UPDATE {SCHEMA}.organisation_wallets w SET
+                balance = v.balance, held = v.held, low_balance = v.low_balance,
+                depleted = v.depleted
+            FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bool[], $5::bool[])
+                AS v(wallet_id, balance, held, low_balance, depleted)
+            WHERE w.wallet_id = v.wallet_id""",
+        [w.wallet_id for w in wallets], [w.balance for w in wallets], [w.held for w in wallets],
+        [w.low_balance for w in wallets], [w.depleted for w in wallets])
+
+
+async def insert_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
+    if not holds:
+        return
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.holds ({_HOLD_COLUMNS})
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+                $11::timestamptz[])""",
+        [h.hold_id for h in holds], [h.request_id for h in holds], [h.wallet_id for h in holds],
+        [h.vm_id for h in holds], [h.purpose for h in holds], [h.amount for h in holds],
+        [h.remaining for h in holds], [h.status.value for h in holds],
+        [h.created_at for h in holds], [h.expires_at for h in holds],
+        [h.closed_at for h in holds])
+
+
+async def update_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
+    if not holds:
+        return
+    await conn.execute(
+        f"""UPDATE {SCHEMA}.holds h SET remaining = v.remaining, status = v.status,
+                closed_at = v.closed_at
+            FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[])
+                AS v(hold_id, remaining, status, closed_at)
+            WHERE h.hold_id = v.hold_id""",
+        [h.hold_id for h in holds], [h.remaining for h in holds],
+        [h.status.value for h in holds], [h.closed_at for h in holds])
+
+
+async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> list[int]:
+    if not entries:
+        return []
+    rows = await conn.fetch(
+        f"""INSERT INTO {SCHEMA}.wallet_transactions (wallet_id, kind, amount, balance_after,
+                hold_drawn, idempotency_key, vm_id, refunds_entry_id, description, occurred_at)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                $6::text[], $7::uuid[], $8::bigint[], $9::text[], $10::timestamptz[])
+            RETURNING entry_id""",
+        [e.wallet_id for e in entries], [e.kind.value for e in entries],
+        [e.amount for e in entries], [e.balance_after for e in entries],
+        [e.hold_drawn for e in entries], [e.idempotency_key for e in entries],
+        [e.vm_id for e in entries], [e.refunds_entry_id for e in entries],
+        [e.description for e in entries], [e.occurred_at for e in entries])
+    return [r["entry_id"] for r in rows]
+
+
+async def existing_keys(conn: asyncpg.Connection, wallet_id: UUID, keys: Sequence[str]) -> set[str]:
+    rows = await conn.fetch(
+        f"""SELECT idempotency_key FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND idempotency_key = ANY($2::text[])""", wallet_id, list(keys))
+    return {r["idempotency_key"] for r in rows}
+
+
+async def create_organisation_wallet(conn: asyncpg.Connection, *, organisation_id: UUID,
+                                     name: str, kind: str, reseller_id: UUID | None,
+                                     wallet: Wallet) -> None:
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.organisations (organisation_id, name, kind, reseller_id)
+            VALUES ($1, $2, $3, $4)""", organisation_id, name, kind, reseller_id)
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.organisation_wallets (wallet_id, organisation_id, currency,
+                billing_mode, credit_limit, low_balance_threshold)
+            VALUES ($1, $2, $3, $4, $5, $6)""",
+        wallet.wallet_id, organisation_id, wallet.currency, wallet.billing_mode.value,
+        wallet.credit_limit, wallet.low_balance_threshold)
+
+
+async def organisation_kind(conn: asyncpg.Connection, organisation_id: UUID) -> str | None:
+    kind: str | None = await conn.fetchval(
+        f"SELECT kind FROM {SCHEMA}.organisations WHERE organisation_id = $1", organisation_id)
+    return kind
+
+
+async def wallet_of_organisation(conn: asyncpg.Connection, organisation_id: UUID) -> UUID | None:
+    wallet_id: UUID | None = await conn.fetchval(
+        f"SELECT wallet_id FROM {SCHEMA}.organisation_wallets WHERE organisation_id = $1",
+        organisation_id)
+    return wallet_id
+
+
+async def set_auto_topup(conn: asyncpg.Connection, wallet_id: UUID, auto: AutoTopUp | None) -> None:
+    await conn.execute(
+        f"""UPDATE {SCHEMA}.organisation_wallets SET auto_topup_threshold = $2,
+                auto_topup_amount = $3, auto_topup_card_token = $4 WHERE wallet_id = $1""",
+        wallet_id, auto.threshold if auto else None, auto.amount if auto else None,
+        auto.card_token if auto else None)
+
+
+async def usage_since(conn: asyncpg.Connection, wallet_id: UUID, since: datetime) -> int:
+    total: int = await conn.fetchval(
+        f"""SELECT coalesce(sum(-amount), 0) FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND kind = 'usage_debit' AND occurred_at >= $2""",
+        wallet_id, since)
+    return int(total)
+
+
+async def latest_entry_time(conn: asyncpg.Connection, wallet_id: UUID) -> datetime | None:
+    at: datetime | None = await conn.fetchval(
+        f"SELECT max(occurred_at) FROM {SCHEMA}.wallet_transactions WHERE wallet_id = $1",
+        wallet_id)
+    return at
+
+
+async def balance_before(conn: asyncpg.Connection, wallet_id: UUID, at: datetime) -> int:
+    total: int = await conn.fetchval(
+        f"""SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND occurred_at < $2""", wallet_id, at)
+    return int(total)
+
+
+async def entries_between(conn: asyncpg.Connection, wallet_id: UUID, start: datetime,
+                          end: datetime) -> list[asyncpg.Record]:
+    return list(await conn.fetch(
+        f"""SELECT entry_id, kind, amount, balance_after, hold_drawn, vm_id, refunds_entry_id,
+                description, occurred_at, recorded_at
+            FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND occurred_at >= $2 AND occurred_at < $3
+            ORDER BY occurred_at, entry_id""", wallet_id, start, end))
+
+
+async def charge_and_refunded(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
+                              ) -> tuple[int, int] | None:
+    """The charge's signed amount and how much of it was refunded already (locked by the
+    caller's wallet row lock)."""
+    row = await conn.fetchrow(
+        f"""SELECT c.amount, coalesce((SELECT sum(r.amount) FROM {SCHEMA}.wallet_transactions r
+                WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded
+            FROM {SCHEMA}.wallet_transactions c WHERE c.wallet_id = $1 AND c.entry_id = $2""",
+        wallet_id, entry_id)
+    return (row["amount"], int(row["refunded"])) if row else None
+
+
+async def ledger_totals(conn: asyncpg.Connection, wallet_id: UUID) -> tuple[int, int]:
+    """(sum of the ledger, sum of open holds), for reconciliation checks."""
+    row = await conn.fetchrow(
+        f"""SELECT
+              (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.wallet_transactions
+                 WHERE wallet_id = $1) AS ledger,
+              (SELECT coalesce(sum(remaining), 0) FROM {SCHEMA}.holds
+                 WHERE wallet_id = $1 AND status IN ('pending', 'active')) AS holds""",
+        wallet_id)
+    return int(row["ledger"]), int(row["holds"])

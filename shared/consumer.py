@@ -1,0 +1,134 @@
+"""Batch consumption: parse a Kafka batch record by record, send what cannot be parsed to
+the dead-letter topic with the reason, and skip messages already consumed (inbox)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+import asyncpg
+from aiokafka.structs import ConsumerRecord
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from prometheus_client import Counter
+from pydantic import TypeAdapter, ValidationError
+
+from shared.contracts.deadletter import DeadLetter
+from shared.outbox import Outgoing, outgoing
+from shared.settings import Settings
+from shared.topics import DEAD_LETTER, Topic
+
+T = TypeVar("T")
+
+CONSUMED = Counter("cloudwallet_messages_consumed_total", "Kafka records consumed",
+                   ["consumer", "topic"])
+DEAD_LETTERED = Counter("cloudwallet_dead_letters_total", "Records sent to the dead-letter topic",
+                        ["consumer", "topic"])
+
+Records = tuple[ConsumerRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming(Generic[T]):
+    record: ConsumerRecord
+    message: T
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    record: ConsumerRecord
+    reason: str
+
+
+def _reason(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors()[:5]:
+        where = ".".join(str(x) for x in e["loc"]) or "message"
+        parts.append(f"{where}: {e['msg']}")
+    return "invalid message: " + "; ".join(parts)
+
+
+def parse_records(records: Sequence[ConsumerRecord], adapter: TypeAdapter[T]
+                  ) -> tuple[list[Incoming[T]], list[Rejected]]:
+    good: list[Incoming[T]] = []
+    bad: list[Rejected] = []
+    for record in records:
+        try:
+            good.append(Incoming(record, adapter.validate_json(record.value or b"")))
+        except ValidationError as error:
+            bad.append(Rejected(record, _reason(error)))
+    return good, bad
+
+
+def dead_letter(settings: Settings, consumer: str, record: ConsumerRecord, reason: str) -> Outgoing:
+    DEAD_LETTERED.labels(consumer, record.topic).inc()
+    letter = DeadLetter(
+        consumer=consumer,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        source_key=record.key.decode(errors="replace") if record.key else None,
+        reason=reason[:2000],
+        payload=(record.value or b"").decode(errors="replace"),
+    )
+    return outgoing(settings.topic(DEAD_LETTER.name), record.topic, letter)
+
+
+def dead_letters(settings: Settings, consumer: str, rejected: Sequence[Rejected]) -> list[Outgoing]:
+    return [dead_letter(settings, consumer, r.record, r.reason) for r in rejected]
+
+
+async def claim_new(conn: asyncpg.Connection, schema: str, items: Sequence[Incoming[Any]],
+                    id_of: Callable[[Any], UUID] = lambda m: m.event_id) -> list[Incoming[Any]]:
+    """Record the batch's message ids in the inbox and keep only those not seen before
+    (also dropping repeats within the batch). Must run in the handler's transaction."""
+    if not items:
+        return []
+    ids = [id_of(i.message) for i in items]
+    fresh = {r["message_id"] for r in await conn.fetch(
+        f"""INSERT INTO {schema}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
+            ON CONFLICT DO NOTHING RETURNING message_id""", ids)}
+    kept: list[Incoming[Any]] = []
+    for item, message_id in zip(items, ids, strict=True):
+        if message_id in fresh:
+            fresh.discard(message_id)
+            kept.append(item)
+    return kept
+
+
+BatchHandler = Callable[[Records], Awaitable[None]]
+
+
+def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, consumer: str,
+                      handler: BatchHandler, *, title: str | None = None,
+                      description: str | None = None) -> None:
+    """Consume `topic` in batches; offsets are committed only after `handler` returns, and a
+    failing batch is redelivered (at least once). The group is `<consumer>.<topic>`: one
+    group per subscription, so joining one topic never rebalances another."""
+
+    async def raw(message: Any) -> Any:
+        return None
+
+    subscriber = broker.subscriber(
+        settings.topic(topic.name),
+        group_id=settings.group(f"{consumer}.{topic.name}"),
+        batch=True,
+        max_records=settings.consumer_batch_size,
+        batch_timeout_ms=settings.consumer_batch_timeout_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        decoder=raw,
+        title=title or f"{consumer}:{topic.name}",
+        description=description or topic.description,
+    )
+
+    async def on_batch(body: Any, message: KafkaMessage) -> None:
+        records: Records = message.raw_message  # type: ignore[assignment]
+        for record in records:
+            CONSUMED.labels(consumer, record.topic).inc()
+        await handler(records)
+
+    subscriber(on_batch)

@@ -1,0 +1,44 @@
+"""The envelope every message carries: identity, type, version, event time, lineage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Self
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+CONTRACTS_NAMESPACE = uuid5(NAMESPACE_URL, "urn:cloudwallet:contracts")
+
+
+def deterministic_id(*parts: object) -> UUID:
+    """An id derived from what a message is about, so a replay yields the same id."""
+    return uuid5(CONTRACTS_NAMESPACE, "|".join(str(p) for p in parts))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Base of all events and commands.
+
+    `event_id` is the idempotency key consumers deduplicate on. `occurred_at` is event
+    time. `correlation_id` ties a whole saga together; `causation_id` names the message
+    that caused this one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: UUID = Field(default_factory=uuid4)
+    type: str
+    version: int = 1
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    correlation_id: UUID | None = None
+    causation_id: UUID | None = None
+
+    def caused(self, model: type[Self] | Any, **fields: Any) -> Any:
+        """Build a message caused by this one, carrying the correlation forward."""
+        fields.setdefault("correlation_id", self.correlation_id or self.event_id)
+        fields.setdefault("causation_id", self.event_id)
+        return model(**fields)

@@ -1,0 +1,256 @@
+"""Contracts of the wallet: reservation requests and decisions, outcomes, debits, top-ups,
+and the wallet events others act on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.contracts.base import Envelope
+from shared.money import MoneyModel
+
+BillingMode = Literal["PAYG", "INVOICE"]
+
+
+class RejectionReason(StrEnum):
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_WALLET = "unknown_wallet"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    WALLET_SUSPENDED = "wallet_suspended"
+    INVALID_AMOUNT = "invalid_amount"
+
+
+# --- provisioning.requests ---------------------------------------------------------------
+
+class ReserveFunds(Envelope):
+    """Ask the wallet to hold `amount` for a provisioning (or resize) request."""
+
+    type: Literal["wallet.reserve_funds"] = "wallet.reserve_funds"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    organisation_id: UUID
+    vm_id: UUID
+    purpose: Literal["create", "resize"] = "create"
+    amount: MoneyModel
+
+
+# --- wallet.decisions ----------------------------------------------------------------------
+
+class FundsReserved(Envelope):
+    type: Literal["wallet.funds_reserved"] = "wallet.funds_reserved"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+    hold_id: UUID
+    amount: MoneyModel
+    available_after: MoneyModel
+    expires_at: AwareDatetime
+
+
+class FundsRejected(Envelope):
+    type: Literal["wallet.funds_rejected"] = "wallet.funds_rejected"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+    reason: RejectionReason
+    detail: str
+    required: MoneyModel
+    available: MoneyModel | None = None
+
+
+WalletDecision = Annotated[FundsReserved | FundsRejected, Field(discriminator="type")]
+
+
+# --- provisioning.outcomes -----------------------------------------------------------------
+
+class ProvisioningSucceeded(Envelope):
+    """The VM exists: its hold stays and is drawn down by usage debits."""
+
+    type: Literal["provisioning.succeeded"] = "provisioning.succeeded"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+
+
+class ProvisioningFailed(Envelope):
+    """vCenter failed or timed out: the hold is released."""
+
+    type: Literal["provisioning.failed"] = "provisioning.failed"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+    reason: str
+
+
+class ProvisioningCancelled(Envelope):
+    type: Literal["provisioning.cancelled"] = "provisioning.cancelled"
+    version: Literal[1] = 1
+    request_id: UUID
+    wallet_id: UUID
+    vm_id: UUID
+
+
+class VmDecommissioned(Envelope):
+    """A VM was deleted: whatever is still held for it returns to the wallet."""
+
+    type: Literal["provisioning.vm_decommissioned"] = "provisioning.vm_decommissioned"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    vm_id: UUID
+
+
+ProvisioningOutcome = Annotated[
+    ProvisioningSucceeded | ProvisioningFailed | ProvisioningCancelled | VmDecommissioned,
+    Field(discriminator="type"),
+]
+
+
+# --- billing.debits ------------------------------------------------------------------------
+
+class DebitWallet(Envelope):
+    """Rated usage to take from a wallet. `debit_id` is the ledger's idempotency key."""
+
+    type: Literal["billing.debit_wallet"] = "billing.debit_wallet"
+    version: Literal[1] = 1
+    debit_id: UUID
+    wallet_id: UUID
+    vm_id: UUID | None = None
+    amount: MoneyModel  # positive
+    period_start: AwareDatetime | None = None
+    description: str = Field(default="usage", max_length=200)
+
+
+class CreditWallet(Envelope):
+    """Money back from billing, e.g. a usage correction that lowered a charge."""
+
+    type: Literal["billing.credit_wallet"] = "billing.credit_wallet"
+    version: Literal[1] = 1
+    credit_id: UUID
+    wallet_id: UUID
+    vm_id: UUID | None = None
+    amount: MoneyModel  # positive
+    description: str = Field(default="usage correction", max_length=200)
+
+
+BillingCharge = Annotated[DebitWallet | CreditWallet, Field(discriminator="type")]
+
+
+# --- wallet.topups -------------------------------------------------------------------------
+
+class TopUpWallet(Envelope):
+    """A settled payment to credit. `payment_id` makes it idempotent."""
+
+    type: Literal["wallet.top_up"] = "wallet.top_up"
+    version: Literal[1] = 1
+    payment_id: str = Field(min_length=1, max_length=100)
+    wallet_id: UUID
+    amount: MoneyModel
+    source: Literal["gateway_webhook", "auto_topup", "manual"] = "auto_topup"
+
+
+# --- wallet.events -------------------------------------------------------------------------
+
+class AutoTopUpSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: MoneyModel
+    amount: MoneyModel
+    card_token: str = Field(min_length=1, max_length=100)
+
+
+class WalletOpened(Envelope):
+    """An organisation and its wallet exist; other services keep the mapping they need."""
+
+    type: Literal["wallet.opened"] = "wallet.opened"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    organisation_id: UUID
+    organisation_name: str
+    organisation_kind: Literal["customer", "reseller"]
+    reseller_id: UUID | None = None
+    currency: str
+    billing_mode: BillingMode
+
+
+class WalletLowBalance(Envelope):
+    type: Literal["wallet.low_balance"] = "wallet.low_balance"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    organisation_id: UUID
+    billing_mode: BillingMode
+    available: MoneyModel
+    threshold: MoneyModel
+    auto_topup: AutoTopUpSettings | None = None
+
+
+class WalletDepleted(Envelope):
+    """Available funds are exhausted (PAYG) or the credit limit is passed (INVOICE)."""
+
+    type: Literal["wallet.depleted"] = "wallet.depleted"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    organisation_id: UUID
+    billing_mode: BillingMode
+    available: MoneyModel
+
+
+class WalletFundsRestored(Envelope):
+    """A depleted wallet has available funds again (suspended VMs may resume)."""
+
+    type: Literal["wallet.funds_restored"] = "wallet.funds_restored"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    organisation_id: UUID
+    available: MoneyModel
+
+
+class WalletToppedUp(Envelope):
+    type: Literal["wallet.topped_up"] = "wallet.topped_up"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    payment_id: str
+    amount: MoneyModel
+    balance_after: MoneyModel
+
+
+class WalletRefunded(Envelope):
+    type: Literal["wallet.refunded"] = "wallet.refunded"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    refund_id: UUID
+    charge_entry_id: int
+    amount: MoneyModel
+    balance_after: MoneyModel
+
+
+class DebitsApplied(Envelope):
+    """The billing debits and credits a wallet booked in one batch (for reconciliation)."""
+
+    type: Literal["wallet.debits_applied"] = "wallet.debits_applied"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    debit_ids: list[UUID]
+    credit_ids: list[UUID] = Field(default_factory=list)
+    debited: MoneyModel
+    credited: MoneyModel
+    balance_after: MoneyModel
+
+
+WalletEvent = Annotated[
+    WalletOpened
+    | WalletLowBalance
+    | WalletDepleted
+    | WalletFundsRestored
+    | WalletToppedUp
+    | WalletRefunded
+    | DebitsApplied,
+    Field(discriminator="type"),
+]

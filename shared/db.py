@@ -1,0 +1,77 @@
+"""PostgreSQL plumbing: pools, database creation and migrations (yoyo, plain SQL files).
+
+Each service owns one schema and a `migrations/` folder next to its code. Migration ids
+carry the service's name (`wallet_0001_...`), so all services share one yoyo history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+SERVICE_NAMES = ("wallet", "provisioning", "metering", "billing")
+
+
+def migration_dirs(services: tuple[str, ...] = SERVICE_NAMES) -> list[Path]:
+    return [SERVICES_DIR / name / "migrations" for name in services
+            if (SERVICES_DIR / name / "migrations").is_dir()]
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or "postgres"
+
+
+async def ensure_database(url: str, template: str | None = None) -> None:
+    name = database_name(url)
+    admin = await asyncpg.connect(with_database(url, "postgres"))
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            clause = f' TEMPLATE "{template}"' if template else ""
+            await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+
+
+async def drop_database(url: str) -> None:
+    name = database_name(url)
+    admin = await asyncpg.connect(with_database(url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _apply_migrations(url: str, services: tuple[str, ...]) -> int:
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    migrations = read_migrations(*[str(p) for p in migration_dirs(services)])
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    finally:
+        backend.connection.close()
+    return len(pending)
+
+
+async def migrate(url: str, services: tuple[str, ...] = SERVICE_NAMES) -> int:
+    """Create the database if needed and apply every pending migration; returns how many."""
+    await ensure_database(url)
+    return await asyncio.to_thread(_apply_migrations, url, services)
+
+
+async def create_pool(url: str, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+    assert pool is not None
+    return pool

@@ -1,0 +1,33 @@
+"""Creating the topics of the topic map on a broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.topics import ALL_TOPICS, Topic
+
+
+async def create_topics(bootstrap_servers: str, prefix: str = "",
+                        topics: Iterable[Topic] = ALL_TOPICS) -> list[str]:
+    """Create missing topics; returns the full names of all requested topics."""
+    wanted = [
+        NewTopic(f"{prefix}{t.name}", num_partitions=t.partitions, replication_factor=1,
+                 topic_configs={"retention.ms": str(t.retention_ms)})
+        for t in topics
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+    return [t.name for t in wanted]

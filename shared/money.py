@@ -1,0 +1,98 @@
+"""Money as integer minor units with an ISO 4217 currency code. Never floats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+
+# Minor units per major unit. Currencies we bill in all have two decimals.
+MINOR_UNITS = {"ZAR": 100, "USD": 100, "EUR": 100, "GBP": 100}
+
+
+def _known_currency(code: str) -> str:
+    if code not in MINOR_UNITS:
+        raise ValueError(f"unsupported currency {code!r}")
+    return code
+
+
+CurrencyCode = Annotated[str, Field(min_length=3, max_length=3), AfterValidator(_known_currency)]
+
+
+class CurrencyMismatch(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount: int
+    currency: str = "ZAR"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise TypeError("money amounts are integer minor units")
+        _known_currency(self.currency)
+
+    @classmethod
+    def zero(cls, currency: str = "ZAR") -> Money:
+        return cls(0, currency)
+
+    @classmethod
+    def of_major(cls, major: int, currency: str = "ZAR") -> Money:
+        return cls(major * MINOR_UNITS[currency], currency)
+
+    def _same(self, other: Money) -> None:
+        if other.currency != self.currency:
+            raise CurrencyMismatch(f"{self.currency} vs {other.currency}")
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.amount + other.amount, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.amount - other.amount, self.currency)
+
+    def __neg__(self) -> Money:
+        return Money(-self.amount, self.currency)
+
+    def __lt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount < other.amount
+
+    def __le__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount <= other.amount
+
+    def __gt__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount > other.amount
+
+    def __ge__(self, other: Money) -> bool:
+        self._same(other)
+        return self.amount >= other.amount
+
+    def format(self) -> str:
+        """Human form, e.g. ``R1,234.50`` for ZAR."""
+        units = MINOR_UNITS[self.currency]
+        sign = "-" if self.amount < 0 else ""
+        major, minor = divmod(abs(self.amount), units)
+        symbol = "R" if self.currency == "ZAR" else f"{self.currency} "
+        return f"{sign}{symbol}{major:,}.{minor:02d}"
+
+
+class MoneyModel(BaseModel):
+    """Wire form of money in the contracts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    amount_minor: StrictInt
+    currency: CurrencyCode = "ZAR"
+
+    def to_money(self) -> Money:
+        return Money(self.amount_minor, self.currency)
+
+    @classmethod
+    def of(cls, money: Money) -> MoneyModel:
+        return cls(amount_minor=money.amount, currency=money.currency)

@@ -1,0 +1,125 @@
+"""Transactional outbox: events are written in the same transaction as the state change
+that causes them, and a relay publishes them to Kafka afterwards (at least once).
+
+Each service schema has `outbox` (messages to publish) and `inbox` (ids of messages
+already consumed, for idempotency), created by the service's first migration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter
+
+from shared.contracts.base import Envelope
+
+log = structlog.get_logger(__name__)
+
+PUBLISHED = Counter("cloudwallet_outbox_published_total", "Outbox messages published",
+                    ["schema"])
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
+def outgoing(topic: str, key: object, message: Envelope, partition: int | None = None) -> Outgoing:
+    return Outgoing(
+        topic=topic,
+        key=None if key is None else str(key).encode(),
+        value=message.model_dump_json().encode(),
+        partition=partition,
+    )
+
+
+async def enqueue(conn: asyncpg.Connection, schema: str, messages: Sequence[Outgoing]) -> None:
+    """Add messages to the outbox, in the caller's transaction, in one statement."""
+    if not messages:
+        return
+    await conn.execute(
+        f"""INSERT INTO {schema}.outbox (topic, key, value, partition)
+            SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[])""",
+        [m.topic for m in messages], [m.key for m in messages],
+        [m.value for m in messages], [m.partition for m in messages],
+    )
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows in id order, in batches, then deletes them.
+
+    A crash between publishing and deleting publishes those rows again on restart; every
+    consumer deduplicates by event id, so that is harmless. SKIP LOCKED lets several
+    instances of a service share one outbox.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, schema: str, producer: AIOKafkaProducer,
+                 batch_size: int = 5000, poll_interval_s: float = 0.2) -> None:
+        self._pool = pool
+        self._schema = schema
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.drain()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.drain() >= self._batch_size:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; retrying", schema=self._schema)
+                await asyncio.sleep(1)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def drain(self) -> int:
+        """Publish one batch; returns how many rows it published."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"""SELECT id, topic, key, value, partition FROM {self._schema}.outbox
+                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            sends = [
+                await self._producer.send(r["topic"], r["value"], key=r["key"],
+                                          partition=r["partition"])
+                for r in rows
+            ]
+            await asyncio.gather(*sends)
+            await conn.execute(f"DELETE FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])",
+                               [r["id"] for r in rows])
+        PUBLISHED.labels(self._schema).inc(len(rows))
+        return len(rows)

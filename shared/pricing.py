@@ -1,0 +1,136 @@
+"""The rate card: one pricing module for estimates, provisioning holds and billing.
+
+Rates are exact fractions of a minor unit; only a final amount is rounded, once:
+charges round down (in the customer's favour), holds and estimates of what must be
+available round up (so a reservation never under-covers a month).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+from shared.money import Money
+
+if TYPE_CHECKING:
+    from shared.contracts.vm import TierName, VmSpec
+
+SECONDS_PER_HOUR = 3600
+
+# (vCPU, GB RAM) of each tier, from the product's price list.
+TIER_SHAPES: dict[str, tuple[int, int]] = {
+    "small": (1, 2),
+    "medium": (2, 4),
+    "large": (4, 8),
+    "enterprise": (8, 16),
+}
+
+
+@dataclass(frozen=True)
+class RateCard:
+    version: str
+    effective_from: datetime
+    currency: str
+    # Monthly price of each tier, in minor units.
+    tier_monthly_minor: dict[str, int]
+    # Custom sizes: minor units per resource-hour (exact fractions, e.g. Fraction(1, 50)).
+    vcpu_hour: Fraction
+    ram_gb_hour: Fraction
+    disk_gb_hour: Fraction
+    hours_per_month: int = 730
+
+    def hourly_rate(self, spec: VmSpec) -> Fraction:
+        """Exact price of one hour at this size, in minor units."""
+        if spec.tier is not None:
+            return Fraction(self.tier_monthly_minor[spec.tier], self.hours_per_month)
+        return (
+            spec.vcpu * self.vcpu_hour
+            + spec.ram_gb * self.ram_gb_hour
+            + spec.disk_gb * self.disk_gb_hour
+        )
+
+    def monthly_price(self, spec: VmSpec) -> Fraction:
+        if spec.tier is not None:
+            return Fraction(self.tier_monthly_minor[spec.tier])
+        return self.hourly_rate(spec) * self.hours_per_month
+
+    def exact_charge(self, spec: VmSpec, seconds: int) -> Fraction:
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        return self.hourly_rate(spec) * Fraction(seconds, SECONDS_PER_HOUR)
+
+
+def round_charge(exact: Fraction, currency: str) -> Money:
+    """A charge: rounded down, so rounding never costs the customer."""
+    return Money(math.floor(exact), currency)
+
+
+def round_requirement(exact: Fraction, currency: str) -> Money:
+    """A sum that must be available (estimates, holds): rounded up."""
+    return Money(math.ceil(exact), currency)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rate_card_version: str
+    hourly: Money
+    monthly: Money
+
+
+@dataclass(frozen=True)
+class RateCardBook:
+    """All rate card versions, by the moment each took effect. History is never rewritten."""
+
+    cards: tuple[RateCard, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.cards:
+            raise ValueError("a rate card book needs at least one card")
+        starts = [c.effective_from for c in self.cards]
+        if starts != sorted(starts) or len(set(starts)) != len(starts):
+            raise ValueError("rate cards must be in strictly increasing effective order")
+
+    def at(self, when: datetime) -> RateCard:
+        index = bisect_right([c.effective_from for c in self.cards], when) - 1
+        if index < 0:
+            raise LookupError(f"no rate card in effect at {when.isoformat()}")
+        return self.cards[index]
+
+    def with_card(self, card: RateCard) -> RateCardBook:
+        return RateCardBook((*self.cards, card))
+
+    def estimate(self, spec: VmSpec, when: datetime) -> Estimate:
+        card = self.at(when)
+        return Estimate(
+            rate_card_version=card.version,
+            hourly=round_requirement(card.hourly_rate(spec), card.currency),
+            monthly=round_requirement(card.monthly_price(spec), card.currency),
+        )
+
+    def monthly_requirement(self, spec: VmSpec, when: datetime) -> Money:
+        """What must be available to provision (or the increase to resize) this VM."""
+        card = self.at(when)
+        return round_requirement(card.monthly_price(spec), card.currency)
+
+
+DEFAULT_RATE_CARD = RateCard(
+    version="2025-01",
+    effective_from=datetime(2025, 1, 1, tzinfo=UTC),
+    currency="ZAR",
+    tier_monthly_minor={"small": 15_000, "medium": 30_000, "large": 60_000, "enterprise": 120_000},
+    vcpu_hour=Fraction(12),  # R0.12 per vCPU-hour
+    ram_gb_hour=Fraction(4),  # R0.04 per GB-RAM-hour
+    disk_gb_hour=Fraction(1, 50),  # R0.0002 per GB-disk-hour (about R0.15 per GB-month)
+)
+
+DEFAULT_BOOK = RateCardBook((DEFAULT_RATE_CARD,))
+
+
+def tier_spec(tier: TierName, disk_gb: int = 50) -> VmSpec:
+    from shared.contracts.vm import VmSpec
+
+    return VmSpec.of_tier(tier, disk_gb)

@@ -1,0 +1,111 @@
+"""What every service runs on: a database pool, a FastStream Kafka broker for consuming,
+an outbox relay for publishing, and an HTTP app with health and metrics endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Response
+from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared.consumer import BatchHandler, Records, subscribe_batches
+from shared.db import create_pool
+from shared.outbox import OutboxRelay
+from shared.settings import Settings
+from shared.topics import Topic
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceRuntime:
+    def __init__(self, name: str, schema: str, settings: Settings) -> None:
+        self.name = name
+        self.schema = schema
+        self.settings = settings
+        self.broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name,
+                                  logger=None)
+        self.http = FastAPI(title=f"cloudwallet {name}", lifespan=self._lifespan)
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._relay: OutboxRelay | None = None
+        self._started = False
+        self._add_operational_routes()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "service not started"
+        return self._pool
+
+    @property
+    def relay(self) -> OutboxRelay:
+        assert self._relay is not None, "service not started"
+        return self._relay
+
+    def consume(self, topic: Topic, consumer: str, handler: BatchHandler) -> None:
+        """Consume `topic` in batches; after each committed batch, wake the outbox relay."""
+
+        async def on_batch(records: Records) -> None:
+            await handler(records)
+            self.relay.notify()
+
+        subscribe_batches(self.broker, self.settings, topic, consumer, on_batch)
+
+    async def start(self) -> None:
+        self._pool = await create_pool(self.settings.database_url, self.settings.db_pool_max_size)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
+            linger_ms=5, max_batch_size=256 * 1024,
+        )
+        await self._producer.start()
+        self._relay = OutboxRelay(self._pool, self.schema, self._producer,
+                                  self.settings.outbox_batch_size,
+                                  self.settings.outbox_poll_interval_s)
+        self._relay.start()
+        await self.broker.start()
+        self._started = True
+        log.info("service started", service=self.name)
+
+    async def stop(self) -> None:
+        self._started = False
+        await self.broker.stop()
+        if self._relay is not None:
+            await self._relay.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("service stopped", service=self.name)
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def _add_operational_routes(self) -> None:
+        @self.http.get("/health", tags=["operations"])
+        async def health(response: Response) -> dict[str, Any]:
+            checks = {"database": False, "kafka": False}
+            if self._started and self._pool is not None:
+                try:
+                    await self._pool.fetchval("SELECT 1")
+                    checks["database"] = True
+                except Exception:
+                    pass
+                checks["kafka"] = await self.broker.ping(timeout=2)
+            healthy = all(checks.values())
+            response.status_code = 200 if healthy else 503
+            return {"service": self.name, "status": "ok" if healthy else "unavailable", **checks}
+
+        @self.http.get("/metrics", tags=["operations"])
+        async def metrics() -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

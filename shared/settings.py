@@ -1,0 +1,53 @@
+"""Runtime settings, read from the environment (and a `.env` file when present)."""
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    database_url: str = "postgresql://postgres@127.0.0.1:15432/cloudwallet"
+    # Prepended to every topic name: lets tests and parallel environments share one broker.
+    topic_prefix: str = ""
+    # Prepended to every consumer group id, for the same reason.
+    group_prefix: str = ""
+
+    consumer_batch_size: int = Field(default=2000, ge=1)
+    consumer_batch_timeout_ms: int = Field(default=20, ge=1)
+    outbox_batch_size: int = Field(default=5000, ge=1)
+    outbox_poll_interval_s: float = Field(default=0.2, gt=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    wallet_http_port: int = 8101
+    provisioning_http_port: int = 8102
+    metering_http_port: int = 8103
+    billing_http_port: int = 8104
+
+    default_currency: str = "ZAR"
+    # A reservation with no provisioning outcome by then expires and its funds return.
+    hold_ttl_seconds: int = Field(default=3600, ge=1)
+    low_balance_threshold_minor: int = Field(default=10_000, ge=0)
+    # Shared secret of the payment gateway's signed top-up webhook.
+    payment_webhook_secret: str = "dev-webhook-secret-change-me"
+    max_topup_minor: int = Field(default=100_000_000, ge=1)
+
+    # No answer from vCenter by then: the provisioning request fails and funds are released.
+    vcenter_timeout_seconds: int = Field(default=900, ge=1)
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.group_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
