@@ -10,7 +10,7 @@ import csv
 import hashlib
 import hmac
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID, uuid4
 
@@ -158,9 +158,8 @@ def register_routes(service: WalletService) -> None:
             wallet = await repo.get_wallet(conn, wallet_id)
             if wallet is None:
                 raise HTTPException(404, f"no wallet {wallet_id}")
-            # Burn rate follows event time: the 24 hours up to the latest booked entry.
-            latest = await repo.latest_entry_time(conn, wallet_id) or datetime.now(UTC)
-            usage = await repo.usage_since(conn, wallet_id, latest - timedelta(hours=24))
+            # Event time, not the wall clock: simulated months report their own burn rate.
+            usage = await repo.usage_last_24h(conn, wallet_id)
         return _status(wallet, usage)
 
     @router.get("/organisations/{organisation_id}/wallet")

@@ -196,19 +196,17 @@ async def set_auto_topup(conn: asyncpg.Connection, wallet_id: UUID, auto: AutoTo
         auto.card_token if auto else None)
 
 
-async def usage_since(conn: asyncpg.Connection, wallet_id: UUID, since: datetime) -> int:
+async def usage_last_24h(conn: asyncpg.Connection, wallet_id: UUID) -> int:
+    """Usage booked in the 24 hours (event time) up to the latest usage debit."""
     total: int = await conn.fetchval(
-        f"""SELECT coalesce(sum(-amount), 0) FROM {SCHEMA}.wallet_transactions
-            WHERE wallet_id = $1 AND kind = 'usage_debit' AND occurred_at >= $2""",
-        wallet_id, since)
-    return int(total)
-
-
-async def latest_entry_time(conn: asyncpg.Connection, wallet_id: UUID) -> datetime | None:
-    at: datetime | None = await conn.fetchval(
-        f"SELECT max(occurred_at) FROM {SCHEMA}.wallet_transactions WHERE wallet_id = $1",
+        f"""WITH latest AS (
+                SELECT max(occurred_at) AS at FROM {SCHEMA}.wallet_transactions
+                WHERE wallet_id = $1 AND kind = 'usage_debit')
+            SELECT coalesce(sum(-t.amount), 0) FROM {SCHEMA}.wallet_transactions t, latest
+            WHERE t.wallet_id = $1 AND t.kind = 'usage_debit'
+              AND t.occurred_at > latest.at - interval '24 hours'""",
         wallet_id)
-    return at
+    return int(total)
 
 
 async def balance_before(conn: asyncpg.Connection, wallet_id: UUID, at: datetime) -> int:

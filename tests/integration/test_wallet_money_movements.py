@@ -1,0 +1,251 @@
+"""Debits, credits, top-ups, refunds, statements and bad input, on the real broker and database."""
+
+import asyncio
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from shared.contracts.wallet import CreditWallet, DebitWallet, ReserveFunds, TopUpWallet
+from shared.money import MoneyModel
+from shared.topics import (
+    BILLING_DEBITS,
+    CLOCK_TICKS,
+    DEAD_LETTER,
+    PROVISIONING_OUTCOMES,
+    PROVISIONING_REQUESTS,
+    WALLET_DECISIONS,
+    WALLET_EVENTS,
+    WALLET_TOPUPS,
+)
+from tests.integration.wallet_fixtures import running_wallet
+from tests.kafka_helpers import KafkaProbe
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def debit(wallet_id, amount, vm_id=None, hour=0, currency="ZAR") -> DebitWallet:
+    return DebitWallet(debit_id=uuid4(), wallet_id=wallet_id, vm_id=vm_id,
+                       amount=MoneyModel(amount_minor=amount, currency=currency),
+                       period_start=T0 + timedelta(hours=hour), occurred_at=T0)
+
+
+async def wait_for(check, attempts: int = 150):
+    for _ in range(attempts):
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+async def test_debits_replayed_apply_once_and_report_thresholds(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=10_000, threshold=5_000)
+        debits = [debit(w, 3_000, hour=h) for h in range(4)]  # 12,000 in all: past zero
+        topic = env.topic(BILLING_DEBITS.name)
+        for d in debits + debits:  # every debit delivered twice
+            await kafka.publish(topic, w, d)
+        # A new message for an already booked debit id: still booked once.
+        await kafka.publish(topic, w, debits[0].model_copy(update={"event_id": uuid4()}))
+
+        async def settled():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == -2_000 else None
+
+        status = await wait_for(settled)
+        assert status["depleted"] and status["low_balance"]
+        await wallet.assert_consistent(w)
+        events = await kafka.read(env.topic(WALLET_EVENTS.name), timeout=3, until=lambda ms: (
+            {"wallet.low_balance", "wallet.depleted"} <= {m["type"] for m in ms}))
+        types = [m["type"] for m in events]
+        assert types.count("wallet.low_balance") == 1
+        assert types.count("wallet.depleted") == 1
+        applied = [m for m in events if m["type"] == "wallet.debits_applied"]
+        assert sorted(i for m in applied for i in m["debit_ids"]) == \
+            sorted(str(d.debit_id) for d in debits)
+
+        restored = await wallet.top_up(w, 10_000)
+        assert restored.status_code == 200
+        events = await kafka.read(env.topic(WALLET_EVENTS.name), timeout=10, until=lambda ms: (
+            "wallet.funds_restored" in {m["type"] for m in ms}))
+        assert any(m["type"] == "wallet.funds_restored" and m["available"]["amount_minor"] == 8_000
+                   for m in events)
+
+
+async def test_usage_draws_down_the_vms_hold(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=100_000)
+        vm = uuid4()
+        reserve = ReserveFunds(request_id=uuid4(), wallet_id=w, organisation_id=org, vm_id=vm,
+                               amount=MoneyModel(amount_minor=15_000), occurred_at=T0)
+        await kafka.publish(env.topic(PROVISIONING_REQUESTS.name), w, reserve)
+        await kafka.read_count(env.topic(WALLET_DECISIONS.name), 1)
+        from shared.contracts.wallet import ProvisioningSucceeded
+
+        await kafka.publish(env.topic(PROVISIONING_OUTCOMES.name), w, ProvisioningSucceeded(
+            request_id=reserve.request_id, wallet_id=w, vm_id=vm))
+        await kafka.publish_many(env.topic(BILLING_DEBITS.name),
+                                 [(w, debit(w, 2_000, vm_id=vm, hour=h)) for h in range(3)])
+
+        async def drawn():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 94_000 else None
+
+        status = await wait_for(drawn)
+        assert status["held_minor"] == 9_000
+        assert status["available_minor"] == 85_000  # usage inside the hold leaves available as is
+        await wallet.assert_consistent(w)
+
+
+async def test_credits_and_kafka_top_ups(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=1_000)
+        credit = CreditWallet(credit_id=uuid4(), wallet_id=w,
+                              amount=MoneyModel(amount_minor=250))
+        topup = TopUpWallet(payment_id="auto-1", wallet_id=w,
+                            amount=MoneyModel(amount_minor=5_000))
+        for _ in range(2):
+            await kafka.publish(env.topic(BILLING_DEBITS.name), w, credit)
+            await kafka.publish(env.topic(WALLET_TOPUPS.name), w, topup)
+
+        async def settled():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 6_250 else None
+
+        await wait_for(settled)
+        await asyncio.sleep(0.5)
+        assert (await wallet.status(w))["balance_minor"] == 6_250
+        await wallet.assert_consistent(w)
+
+
+async def test_webhook_signature_and_idempotency(env):
+    async with running_wallet(env.settings) as (_, wallet):
+        org, w = await wallet.open()
+        forged = await wallet.top_up(w, 5_000, secret="not-the-secret")
+        assert forged.status_code == 401
+        assert "signature" in forged.json()["detail"]
+        unsigned = await wallet.http.post("/webhooks/payments", content=b"{}")
+        assert unsigned.status_code == 401
+        assert (await wallet.status(w))["balance_minor"] == 0
+
+        assert (await wallet.top_up(w, 5_000, payment_id="pay-1")).json()["applied"] is True
+        assert (await wallet.top_up(w, 5_000, payment_id="pay-1")).json()["applied"] is False
+        assert (await wallet.status(w))["balance_minor"] == 5_000
+
+        too_big = await wallet.top_up(w, env.settings.max_topup_minor + 1)
+        assert too_big.status_code == 422 and "maximum" in too_big.json()["detail"]
+        wrong_currency = await wallet.top_up(w, 100, currency="USD")
+        assert wrong_currency.status_code == 422 and "USD" in wrong_currency.json()["detail"]
+        unknown = await wallet.top_up(uuid4(), 100)
+        assert unknown.status_code == 404
+        assert (await wallet.status(w))["balance_minor"] == 5_000
+        await wallet.assert_consistent(w)
+
+
+async def test_refunds_capped_at_95_percent_and_statement(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open()
+        await wallet.top_up(w, 100_000, payment_id="opening")
+        await kafka.publish(env.topic(BILLING_DEBITS.name), w, debit(w, 10_000, hour=1))
+
+        async def charged():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 90_000 else None
+
+        await wait_for(charged)
+        start, end = "2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z"
+        statement = (await wallet.http.get(f"/wallets/{w}/statement",
+                                           params={"from": start, "to": end})).json()
+        charge = next(e for e in statement["entries"] if e["kind"] == "usage_debit")
+        refunds = f"/wallets/{w}/refunds"
+        first = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                      "amount_minor": 9_000})
+        assert first.status_code == 201, first.text
+        over = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                     "amount_minor": 501})
+        assert over.status_code == 422 and "95%" in over.json()["detail"]
+        rest = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                     "amount_minor": 500})
+        assert rest.status_code == 201
+        not_a_charge = await wallet.http.post(refunds, json={
+            "charge_entry_id": statement["entries"][0]["entry_id"], "amount_minor": 1})
+        assert not_a_charge.status_code == 422
+        assert (await wallet.status(w))["balance_minor"] == 99_500
+        await wallet.assert_consistent(w)
+
+        statement = (await wallet.http.get(f"/wallets/{w}/statement",
+                                           params={"from": start, "to": end})).json()
+        assert statement["opening_balance_minor"] == 0
+        assert statement["closing_balance_minor"] == 99_500
+        assert [e["kind"] for e in statement["entries"]].count("refund") == 2
+        text = (await wallet.http.get(f"/wallets/{w}/statement",
+                                      params={"from": start, "to": end, "format": "csv"})).text
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert rows[0]["kind"] == "opening_balance" and rows[-1]["kind"] == "closing_balance"
+        assert sum(int(r["amount_minor"]) for r in rows[1:-1]) == 99_500
+        bad = await wallet.http.get(f"/wallets/{w}/statement",
+                                    params={"from": end, "to": start})
+        assert bad.status_code == 422
+
+
+async def test_status_reports_burn_rate_and_runway(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=48_000)
+        await kafka.publish_many(env.topic(BILLING_DEBITS.name),
+                                 [(w, debit(w, 100, hour=h)) for h in range(24)])
+
+        async def burned():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 45_600 else None
+
+        status = await wait_for(burned)
+        assert status["burn_rate_per_hour_minor"] == 100
+        assert status["runway_hours"] == pytest.approx(456.0)
+        assert status["balance"] == "R456.00"
+
+
+@pytest.mark.parametrize("topic", [PROVISIONING_REQUESTS, PROVISIONING_OUTCOMES, BILLING_DEBITS,
+                                   WALLET_TOPUPS, CLOCK_TICKS])
+async def test_poison_messages_go_to_the_dead_letter_topic(env, topic):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=10_000)
+        name = env.topic(topic.name)
+        await kafka.publish(name, w, b"this is not json")
+        await kafka.publish(name, w, b'{"type": "wallet.reserve_funds", "amount": "lots"}')
+        letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        assert {letter["source_topic"] for letter in letters} == {name}
+        assert all(letter["reason"].startswith("invalid message") for letter in letters)
+        assert letters[0]["payload"] == "this is not json"
+        # The consumer is still alive and balances are untouched.
+        await kafka.publish(env.topic(BILLING_DEBITS.name), w, debit(w, 1_000))
+
+        async def alive():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 9_000 else None
+
+        await wait_for(alive)
+        await wallet.assert_consistent(w)
+
+
+async def test_debits_for_unknown_wallet_or_wrong_currency_are_dead_lettered(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=10_000)
+        topic = env.topic(BILLING_DEBITS.name)
+        await kafka.publish(topic, w, debit(uuid4(), 100))
+        await kafka.publish(topic, w, debit(w, 100, currency="USD"))
+        letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        reasons = sorted(letter["reason"] for letter in letters)
+        assert "USD" in reasons[0] and reasons[1].startswith("unknown wallet")
+        assert (await wallet.status(w))["balance_minor"] == 10_000

@@ -1,0 +1,68 @@
+"""Running the wallet service against the real broker and database in a test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+
+from services.wallet.api import sign
+from services.wallet.app import WalletService
+from shared.settings import Settings
+
+
+@dataclass
+class WalletClient:
+    http: httpx.AsyncClient
+    settings: Settings
+
+    async def open(self, *, billing_mode: str = "PAYG", credit_limit: int = 0,
+                   currency: str = "ZAR", threshold: int | None = None,
+                   balance: int = 0) -> tuple[UUID, UUID]:
+        body: dict[str, Any] = {"name": f"org-{uuid4().hex[:6]}", "billing_mode": billing_mode,
+                                "credit_limit_minor": credit_limit, "currency": currency}
+        if threshold is not None:
+            body["low_balance_threshold_minor"] = threshold
+        response = await self.http.post("/organisations", json=body)
+        assert response.status_code == 201, response.text
+        opened = response.json()
+        wallet_id = UUID(opened["wallet_id"])
+        if balance:
+            await self.top_up(wallet_id, balance, currency=currency)
+        return UUID(opened["organisation_id"]), wallet_id
+
+    async def top_up(self, wallet_id: UUID, amount: int, payment_id: str | None = None,
+                     currency: str = "ZAR", secret: str | None = None) -> httpx.Response:
+        body = json.dumps({"payment_id": payment_id or uuid4().hex, "wallet_id": str(wallet_id),
+                           "amount_minor": amount, "currency": currency,
+                           "status": "succeeded"}).encode()
+        signature = sign(secret or self.settings.payment_webhook_secret, body)
+        return await self.http.post("/webhooks/payments", content=body,
+                                    headers={"X-Signature": signature})
+
+    async def status(self, wallet_id: UUID) -> dict[str, Any]:
+        response = await self.http.get(f"/wallets/{wallet_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def assert_consistent(self, wallet_id: UUID) -> dict[str, Any]:
+        check = (await self.http.get(f"/wallets/{wallet_id}/reconciliation")).json()
+        assert check["consistent"], check
+        return dict(check)
+
+
+@asynccontextmanager
+async def running_wallet(settings: Settings) -> AsyncIterator[tuple[WalletService, WalletClient]]:
+    service = WalletService(settings)
+    await service.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
+                                     base_url="http://wallet") as http:
+            yield service, WalletClient(http, settings)
+    finally:
+        await service.stop()
