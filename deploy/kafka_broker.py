@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import uuid
@@ -56,6 +57,11 @@ log.flush.interval.messages=9223372036854775807
 """
 
 
+def cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
 @dataclass
 class KafkaBroker:
     data_dir: Path
@@ -89,12 +95,9 @@ class KafkaBroker:
             port=self.port, controller_port=self.controller_port,
             log_dirs=self.data_dir / "logs"))
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = uuid.uuid4().bytes[:16]
-            import base64
-
-            cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
             subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(config)),
+                self._java(libs, "kafka.tools.StorageTool", "format",
+                           f"--cluster-id={cluster_id()}", "-c", str(config)),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         self.process = spawn(self._java(libs, "kafka.Kafka", str(config)), self.log_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,17 @@ def _run_as_user() -> tuple[int | None, int | None]:
     entry = ensure_user_exists(SERVICE_USER)
     assert entry is not None
     return entry.pw_uid, entry.pw_gid
+
+
+def _become(uid: int | None, gid: int | None) -> Callable[[], None] | None:
+    if uid is None or gid is None:
+        return None
+
+    def switch() -> None:
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return switch
 
 
 def _open_path_for(path: Path) -> None:
@@ -68,10 +80,11 @@ class PostgresServer:
                 [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
                  "--auth=trust", "--encoding=UTF8", "--no-sync"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=(lambda: (os.setgid(gid), os.setuid(uid))) if uid is not None else None,  # type: ignore[arg-type,misc]
+                preexec_fn=_become(uid, gid),
             )
         options = ["-c", "max_connections=300", "-c", "shared_buffers=256MB",
-                   "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_dir}"]
+                   "-c", "listen_addresses=127.0.0.1",
+                   "-c", f"unix_socket_directories={self.data_dir}"]
         if not self.durable:
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]

@@ -18,7 +18,7 @@ SERVICES = {
     "provisioning": ("services.provisioning.app", "provisioning_http_port"),
     "metering": ("services.metering.app", "metering_http_port"),
     "billing": ("services.billing.app", "billing_http_port"),
-    "vcenter-simulator": ("services.vcenter_simulator.app", None),
+    "vcenter-simulator": ("services.vcenter_simulator.app", "vcenter_simulator_http_port"),
 }
 
 
@@ -36,8 +36,7 @@ def serve(name: str = typer.Argument(..., help="|".join(SERVICES)),
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     service = load_service(name)
-    port_setting = SERVICES[name][1]
-    http_port = port or (getattr(settings, port_setting) if port_setting else 8105)
+    http_port = port or getattr(settings, SERVICES[name][1])
     uvicorn.run(service.http, host="127.0.0.1", port=http_port, log_config=None,
                 access_log=False)
 
@@ -63,3 +62,44 @@ def topics() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+USE_EXISTING = typer.Option(
+    False, help="Use KAFKA_BOOTSTRAP_SERVERS/DATABASE_URL instead of starting servers")
+
+
+@app.command()
+def stack(use_existing: bool = USE_EXISTING) -> None:
+    """Start Kafka, PostgreSQL and every service, and keep them up until Ctrl-C."""
+    import signal
+
+    from deploy.launcher import start_system
+
+    configure_logging("INFO", json=False)
+    system = start_system(get_settings(), use_existing=use_existing)
+    typer.echo(f"kafka: {system.settings.kafka_bootstrap_servers}")
+    typer.echo(f"database: {system.settings.database_url}")
+    for name in system.processes:
+        typer.echo(f"{name}: {system.url(name)} (health: {system.url(name)}/health)")
+    typer.echo("up; Ctrl-C stops everything")
+    try:
+        signal.sigwait([signal.SIGINT, signal.SIGTERM])
+    finally:
+        system.stop()
+        typer.echo("stopped")
+
+
+@app.command()
+def demo(use_existing: bool = USE_EXISTING,
+         days: int = typer.Option(35, help="Simulated days of usage")) -> None:
+    """Start the whole system, run the simulation end to end, print the results, stop."""
+    from deploy.demo import run_demo
+    from deploy.launcher import start_system
+
+    configure_logging("WARNING", json=False)
+    system = start_system(get_settings(), use_existing=use_existing)
+    try:
+        ok = asyncio.run(run_demo(system, days=days))
+    finally:
+        system.stop()
+    raise typer.Exit(0 if ok else 1)

@@ -112,6 +112,7 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
     async def raw(message: Any) -> Any:
         return None
 
+    consumed = CONSUMED.labels(consumer, topic.name)
     subscriber = broker.subscriber(
         settings.topic(topic.name),
         group_id=settings.group(f"{consumer}.{topic.name}"),
@@ -127,8 +128,7 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
 
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         records: Records = message.raw_message  # type: ignore[assignment]
-        for record in records:
-            CONSUMED.labels(consumer, record.topic).inc()
+        consumed.inc(len(records))
         await handler(records)
 
     subscriber(on_batch)

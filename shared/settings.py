@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     provisioning_http_port: int = 8102
     metering_http_port: int = 8103
     billing_http_port: int = 8104
+    vcenter_simulator_http_port: int = 8105
 
     default_currency: str = "ZAR"
     # A reservation with no provisioning outcome by then expires and its funds return.

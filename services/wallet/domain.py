@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
+from shared.money import Money
+
 REFUND_CAP_PERCENT = 95
 
 
@@ -197,8 +199,8 @@ class Wallet:
             return None
         if self.available < amount:
             reject(Rejection.INSUFFICIENT_FUNDS,
-                   f"available {self.available} < required {amount} ({self.currency} minor units)",
-                   self.available)
+                   f"available {Money(self.available, self.currency).format()} is less than "
+                   f"the required {Money(amount, self.currency).format()}", self.available)
             return None
         hold = Hold(hold_id, request_id, self.wallet_id, vm_id, purpose, amount, amount,
                     HoldStatus.PENDING, at, at + ttl)

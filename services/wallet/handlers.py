@@ -131,7 +131,8 @@ class Events:
                            refund_id=refund_id, charge_entry_id=entry,
                            amount=self._money(w, amount), balance_after=self._money(w, balance))
 
-    def reject(self, wallet_id: UUID, currency: str, cause: Envelope | None, fact: Rejected) -> None:
+    def reject(self, wallet_id: UUID, currency: str, cause: Envelope | None,
+               fact: Rejected) -> None:
         self._send(WALLET_DECISIONS.name, wallet_id, cause, FundsRejected, wallet_id=wallet_id,
                    request_id=fact.request_id, vm_id=fact.vm_id,
                    reason=RejectionReason(fact.reason.value), detail=fact.detail,
@@ -210,7 +211,8 @@ class WalletHandlers:
                 match m:
                     case ProvisioningSucceeded() if m.request_id in by_request:
                         wallet.confirm(by_request[m.request_id])
-                    case ProvisioningFailed() | ProvisioningCancelled() if m.request_id in by_request:
+                    case ProvisioningFailed() | ProvisioningCancelled() \
+                            if m.request_id in by_request:
                         wallet.release(by_request[m.request_id], m.occurred_at)
                     case VmDecommissioned():
                         for hold in holds:

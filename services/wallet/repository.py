@@ -90,7 +90,8 @@ async def open_holds_for_wallets(conn: asyncpg.Connection, wallet_ids: Sequence[
 
 async def expired_pending_wallets(conn: asyncpg.Connection, now: datetime) -> list[UUID]:
     rows = await conn.fetch(
-        f"SELECT DISTINCT wallet_id FROM {SCHEMA}.holds WHERE status = 'pending' AND expires_at <= $1",
+        f"""SELECT DISTINCT wallet_id FROM {SCHEMA}.holds
+            WHERE status = 'pending' AND expires_at <= $1""",
         now)
     return [r["wallet_id"] for r in rows]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
 from typing import Any, Self
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -37,7 +38,7 @@ class Envelope(BaseModel):
     correlation_id: UUID | None = None
     causation_id: UUID | None = None
 
-    def caused(self, model: type[Self] | Any, **fields: Any) -> Any:
+    def caused(self, model: builtins.type[Self] | Any, **fields: Any) -> Any:
         """Build a message caused by this one, carrying the correlation forward."""
         fields.setdefault("correlation_id", self.correlation_id or self.event_id)
         fields.setdefault("causation_id", self.event_id)

@@ -18,6 +18,11 @@ class VmMonthSummary(BaseModel):
     seconds_metered: int
     seconds_billed: int
     amount: MoneyModel
+    # Added (optional): the month's rated total before the cap, the cap, and how much of
+    # `amount` the wallet has confirmed as debited.
+    rated: MoneyModel | None = None
+    cap: MoneyModel | None = None
+    debited: MoneyModel | None = None
 
 
 class MonthClosed(Envelope):
@@ -32,6 +37,11 @@ class MonthClosed(Envelope):
     closing_balance: MoneyModel
     vms: list[VmMonthSummary]
     mismatches: list[str] = Field(default_factory=list)
+    # Added (optional): `credits` includes top-ups; this is the top-up part of it.
+    top_ups: MoneyModel | None = None
+    # Added (optional): facts worth knowing that are not mismatches (e.g. a late
+    # correction of an earlier month booked on this statement).
+    notes: list[str] = Field(default_factory=list)
 
 
 class InvoiceIssued(Envelope):

@@ -46,7 +46,7 @@ async def wait_for(check, attempts: int = 150):
 async def test_debits_replayed_apply_once_and_report_thresholds(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open(balance=10_000, threshold=5_000)
+        _, w = await wallet.open(balance=10_000, threshold=5_000)
         debits = [debit(w, 3_000, hour=h) for h in range(4)]  # 12,000 in all: past zero
         topic = env.topic(BILLING_DEBITS.name)
         for d in debits + debits:  # every debit delivered twice
@@ -107,7 +107,7 @@ async def test_usage_draws_down_the_vms_hold(env):
 async def test_credits_and_kafka_top_ups(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open(balance=1_000)
+        _, w = await wallet.open(balance=1_000)
         credit = CreditWallet(credit_id=uuid4(), wallet_id=w,
                               amount=MoneyModel(amount_minor=250))
         topup = TopUpWallet(payment_id="auto-1", wallet_id=w,
@@ -128,7 +128,7 @@ async def test_credits_and_kafka_top_ups(env):
 
 async def test_webhook_signature_and_idempotency(env):
     async with running_wallet(env.settings) as (_, wallet):
-        org, w = await wallet.open()
+        _, w = await wallet.open()
         forged = await wallet.top_up(w, 5_000, secret="not-the-secret")
         assert forged.status_code == 401
         assert "signature" in forged.json()["detail"]
@@ -153,7 +153,7 @@ async def test_webhook_signature_and_idempotency(env):
 async def test_refunds_capped_at_95_percent_and_statement(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open()
+        _, w = await wallet.open()
         await wallet.top_up(w, 100_000, payment_id="opening")
         await kafka.publish(env.topic(BILLING_DEBITS.name), w, debit(w, 10_000, hour=1))
 
@@ -200,7 +200,7 @@ async def test_refunds_capped_at_95_percent_and_statement(env):
 async def test_status_reports_burn_rate_and_runway(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open(balance=48_000)
+        _, w = await wallet.open(balance=48_000)
         await kafka.publish_many(env.topic(BILLING_DEBITS.name),
                                  [(w, debit(w, 100, hour=h)) for h in range(24)])
 
@@ -219,7 +219,7 @@ async def test_status_reports_burn_rate_and_runway(env):
 async def test_poison_messages_go_to_the_dead_letter_topic(env, topic):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open(balance=10_000)
+        _, w = await wallet.open(balance=10_000)
         name = env.topic(topic.name)
         await kafka.publish(name, w, b"this is not json")
         await kafka.publish(name, w, b'{"type": "wallet.reserve_funds", "amount": "lots"}')
@@ -241,7 +241,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic(env, topic):
 async def test_debits_for_unknown_wallet_or_wrong_currency_are_dead_lettered(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        org, w = await wallet.open(balance=10_000)
+        _, w = await wallet.open(balance=10_000)
         topic = env.topic(BILLING_DEBITS.name)
         await kafka.publish(topic, w, debit(uuid4(), 100))
         await kafka.publish(topic, w, debit(w, 100, currency="USD"))

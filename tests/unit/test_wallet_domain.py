@@ -50,7 +50,7 @@ def rejection(w: Wallet) -> Rejected:
     return facts[0]
 
 
-# --- the seed's scenarios ------------------------------------------------------------------
+# --- the seed's scenarios ---------------------------------------------------------------
 
 def test_ten_thousand_rand_wallet_reserves_a_five_hundred_rand_vm():
     w = wallet(1_000_000)
@@ -83,7 +83,7 @@ def test_exact_funds_pass_and_one_cent_more_fails():
     w.take_facts()
 
 
-# --- rejections ----------------------------------------------------------------------------
+# --- rejections -------------------------------------------------------------------------
 
 def test_currency_mismatch_is_rejected_with_reason():
     w = wallet(1_000_000)
@@ -106,7 +106,7 @@ def test_non_positive_amount_is_invalid(amount):
     assert rejection(w).reason is Rejection.INVALID_AMOUNT
 
 
-# --- invoice customers -----------------------------------------------------------------------
+# --- invoice customers ------------------------------------------------------------------
 
 def test_invoice_customer_may_go_into_credit_up_to_the_limit():
     w = wallet(0, BillingMode.INVOICE, credit=100_000)
@@ -129,7 +129,7 @@ def test_payg_wallet_cannot_have_credit():
         Wallet(uuid4(), uuid4(), "ZAR", BillingMode.PAYG, credit_limit=10)
 
 
-# --- holds -----------------------------------------------------------------------------------
+# --- holds ------------------------------------------------------------------------------
 
 def test_release_returns_funds_and_is_idempotent():
     w = wallet(10_000)
@@ -175,7 +175,7 @@ def test_usage_is_recorded_even_when_funds_are_exhausted():
     assert any(isinstance(f, Depleted) for f in facts)
 
 
-# --- thresholds --------------------------------------------------------------------------------
+# --- thresholds -------------------------------------------------------------------------
 
 def test_low_balance_is_reported_once_per_crossing():
     w = wallet(10_000, threshold=5_000)
@@ -205,7 +205,7 @@ def test_depleted_then_restored_by_top_up():
     assert ToppedUp("p2", 500, 500) in facts
 
 
-# --- top-ups -------------------------------------------------------------------------------------
+# --- top-ups ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("amount", "currency", "message"), [
     (0, "ZAR", "positive"), (-1, "ZAR", "positive"), (MAX_TOPUP + 1, "ZAR", "maximum"),
@@ -218,7 +218,7 @@ def test_invalid_top_ups_are_refused(amount, currency, message):
     assert w.balance == 0 and not w.entries
 
 
-# --- refunds ---------------------------------------------------------------------------------------
+# --- refunds ----------------------------------------------------------------------------
 
 def test_refund_capped_at_95_percent_cumulatively():
     w = wallet(10_000)
@@ -248,7 +248,7 @@ def test_refund_cap_rounds_down():
     assert refund_cap(333) == 316
 
 
-# --- burn rate ---------------------------------------------------------------------------------------
+# --- burn rate --------------------------------------------------------------------------
 
 def test_burn_rate_and_runway():
     assert burn_rate(0, 10_000).runway_hours is None
@@ -257,7 +257,7 @@ def test_burn_rate_and_runway():
     assert burn_rate(2_400, -5).runway_hours == 0.0
 
 
-# --- invariants (property-based) ----------------------------------------------------------------------
+# --- invariants (property-based) --------------------------------------------------------
 
 operations = st.lists(
     st.one_of(

@@ -1,0 +1,150 @@
+"""Wallet throughput through the real broker and database.
+
+  decisions_per_s        reservation requests -> decisions committed and published, batched
+  naive_decisions_per_s  the same with one database transaction per message (batch size 1)
+  debits_per_s           billing debits applied to wallets (ledger rows committed), batched
+
+Usage: python -m bench.wallet [--wallets N] [--decisions N] [--naive N] [--debits N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from uuid import UUID, uuid4
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.infra import bench_settings
+from services.wallet.app import WalletService
+from shared.contracts.wallet import DebitWallet, ReserveFunds
+from shared.logs import configure_logging
+from shared.money import MoneyModel
+from shared.settings import Settings
+from shared.topics import BILLING_DEBITS, PROVISIONING_REQUESTS, WALLET_DECISIONS
+
+
+async def open_wallets(url: str, count: int, balance: int) -> list[tuple[UUID, UUID]]:
+    wallets = [(uuid4(), uuid4()) for _ in range(count)]
+    conn = await asyncpg.connect(url)
+    try:
+        orgs, ids = [o for o, _ in wallets], [w for _, w in wallets]
+        await conn.execute("""INSERT INTO wallet.organisations (organisation_id, name, kind)
+                              SELECT o, 'bench', 'customer' FROM unnest($1::uuid[]) o""", orgs)
+        await conn.execute("""INSERT INTO wallet.organisation_wallets
+                                (wallet_id, organisation_id, currency, billing_mode, balance)
+                              SELECT w, o, 'ZAR', 'PAYG', $3
+                              FROM unnest($1::uuid[], $2::uuid[]) AS t(w, o)""", ids, orgs, balance)
+        await conn.execute("""INSERT INTO wallet.wallet_transactions (wallet_id, kind, amount,
+                                balance_after, idempotency_key, occurred_at)
+                              SELECT w, 'top_up', $2, $2, 'bench-opening', now()
+                              FROM unnest($1::uuid[]) w""", ids, balance)
+    finally:
+        await conn.close()
+    return wallets
+
+
+async def produce(settings: Settings, topic: str, items: list[tuple[UUID, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=5,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=str(key).encode()) for key, value in items]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def count_messages(settings: Settings, topic: str, expected: int) -> None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < expected:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            seen += sum(len(records) for records in batch.values())
+    finally:
+        await consumer.stop()
+
+
+async def decisions_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int) -> float:
+    requests = []
+    for n in range(count):
+        org, wallet = wallets[n % len(wallets)]
+        message = ReserveFunds(request_id=uuid4(), wallet_id=wallet, organisation_id=org,
+                               vm_id=uuid4(), amount=MoneyModel(amount_minor=100))
+        requests.append((wallet, message.model_dump_json().encode()))
+    service = WalletService(settings)
+    await service.start()
+    try:
+        await asyncio.sleep(3)  # let the consumer groups settle before the clock starts
+        started = time.perf_counter()
+        counting = asyncio.create_task(
+            count_messages(settings, settings.topic(WALLET_DECISIONS.name), count))
+        await produce(settings, settings.topic(PROVISIONING_REQUESTS.name), requests)
+        await counting
+        return count / (time.perf_counter() - started)
+    finally:
+        await service.stop()
+
+
+async def debits_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int) -> float:
+    debits = []
+    for n in range(count):
+        _, wallet = wallets[n % len(wallets)]
+        message = DebitWallet(debit_id=uuid4(), wallet_id=wallet, vm_id=None,
+                              amount=MoneyModel(amount_minor=7))
+        debits.append((wallet, message.model_dump_json().encode()))
+    service = WalletService(settings)
+    await service.start()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await asyncio.sleep(3)
+        started = time.perf_counter()
+        await produce(settings, settings.topic(BILLING_DEBITS.name), debits)
+        booked = "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'"
+        while await conn.fetchval(booked) < count:
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        consistent = await conn.fetchval(
+            """SELECT bool_and(w.balance = l.total) FROM wallet.organisation_wallets w
+               JOIN (SELECT wallet_id, sum(amount) AS total FROM wallet.wallet_transactions
+                     GROUP BY wallet_id) l USING (wallet_id)""")
+        print(f"  ledger consistent after debits: {consistent}")
+        return count / elapsed
+    finally:
+        await conn.close()
+        await service.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("WARNING", json=False)
+    async with bench_settings() as settings:
+        wallets = await open_wallets(settings.database_url, args.wallets, 10**12)
+        decisions = await decisions_run(settings, wallets, args.decisions)
+        print(f"batched decisions: {args.decisions} in batches of up to "
+              f"{settings.consumer_batch_size}: {decisions:,.0f}/s")
+    async with bench_settings(consumer_batch_size=1) as naive_settings:
+        wallets = await open_wallets(naive_settings.database_url, args.wallets, 10**12)
+        naive = await decisions_run(naive_settings, wallets, args.naive)
+        print(f"naive decisions (one transaction per message): {args.naive}: {naive:,.0f}/s")
+    async with bench_settings() as settings:
+        wallets = await open_wallets(settings.database_url, args.wallets, 10**12)
+        debits = await debits_run(settings, wallets, args.debits)
+        print(f"batched debits: {args.debits}: {debits:,.0f}/s")
+    print(f"batched/naive decisions ratio: {decisions / naive:.1f}x")
+    print(f"decisions_per_s={decisions:.0f} naive_decisions_per_s={naive:.0f} "
+          f"debits_per_s={debits:.0f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wallets", type=int, default=1_000)
+    parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument("--naive", type=int, default=2_000)
+    parser.add_argument("--debits", type=int, default=100_000)
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,119 @@
+"""Brings the whole system up on one machine: Kafka, PostgreSQL, topics, migrations and
+every service as its own process; and takes it all down again."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+
+import httpx
+
+from deploy.processes import spawn, stop, tail
+from deploy.stack import LocalStack
+from shared.cli import SERVICES
+from shared.db import migrate, with_database
+from shared.kafka_admin import create_topics
+from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / ".data"
+
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclass
+class RunningSystem:
+    settings: Settings
+    stack: LocalStack | None
+    processes: dict[str, Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop(process)
+        self.processes.clear()
+        if self.stack is not None:
+            self.stack.stop()
+
+
+def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
+                 use_existing: bool = False) -> RunningSystem:
+    """Start (or, with `use_existing`, connect to the configured) Kafka and PostgreSQL, then
+    create topics, migrate and start each service process, waiting until each is healthy."""
+    stack = None
+    if not use_existing:
+        stack = LocalStack(data_dir, kafka_port=_port(settings.kafka_bootstrap_servers),
+                           postgres_port=_port_of_url(settings.database_url), durable=True)
+        stack.start()
+        settings = settings.model_copy(update={
+            "kafka_bootstrap_servers": stack.bootstrap_servers,
+            "database_url": with_database(stack.database_url(), _db_name(settings.database_url)),
+        })
+    system = RunningSystem(settings, stack)
+    try:
+        asyncio.run(_prepare(settings))
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+               "DATABASE_URL": settings.database_url, "TOPIC_PREFIX": settings.topic_prefix,
+               "GROUP_PREFIX": settings.group_prefix}
+        for name, (module, port_setting) in SERVICES.items():
+            if not _module_exists(module):
+                continue
+            port = getattr(settings, port_setting)
+            system.ports[name] = port
+            system.processes[name] = spawn(
+                [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
+                data_dir / "logs" / f"{name}.log", env=env, cwd=REPO_ROOT)
+        for name in system.processes:
+            _wait_healthy(name, system, data_dir)
+    except BaseException:
+        system.stop()
+        raise
+    return system
+
+
+async def _prepare(settings: Settings) -> None:
+    await migrate(settings.database_url)
+    await create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
+
+
+def _wait_healthy(name: str, system: RunningSystem, data_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    log = data_dir / "logs" / f"{name}.log"
+    while time.monotonic() < deadline:
+        if system.processes[name].poll() is not None:
+            raise RuntimeError(f"{name} exited; its log ends:\n{tail(log)}")
+        try:
+            if httpx.get(f"{system.url(name)}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{name} not healthy after {timeout}s; its log ends:\n{tail(log)}")
+
+
+def _port(bootstrap: str) -> int:
+    return int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+
+def _port_of_url(url: str) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).port or 5432
+
+
+def _db_name(url: str) -> str:
+    from shared.db import database_name
+
+    return database_name(url)
