@@ -29,7 +29,8 @@ def load_service(name: str):  # type: ignore[no-untyped-def]
 
 @app.command()
 def serve(name: str = typer.Argument(..., help="|".join(SERVICES)),
-          port: int | None = typer.Option(None, help="HTTP port (default from settings)")) -> None:
+          port: int | None = typer.Option(None, help="HTTP port (default from settings)"),
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on")) -> None:
     """Run one service: its Kafka consumers, outbox relay and HTTP API (health, metrics)."""
     if name not in SERVICES:
         raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
@@ -37,7 +38,7 @@ def serve(name: str = typer.Argument(..., help="|".join(SERVICES)),
     configure_logging(settings.log_level, settings.log_json)
     service = load_service(name)
     http_port = port or getattr(settings, SERVICES[name][1])
-    uvicorn.run(service.http, host="127.0.0.1", port=http_port, log_config=None,
+    uvicorn.run(service.http, host=host, port=http_port, log_config=None,
                 access_log=False)
 
 
@@ -48,6 +49,13 @@ def migrate() -> None:
 
     applied = asyncio.run(run_migrations(get_settings().database_url))
     typer.echo(f"applied {applied} migrations")
+
+
+@app.command()
+def setup() -> None:
+    """Migrate the database and create the topics (what a deployment runs once)."""
+    migrate()
+    topics()
 
 
 @app.command()

@@ -75,8 +75,8 @@ WALLET_TOPUPS = Topic(
 WALLET_EVENTS = Topic(
     "wallet.events", "wallet_id", 6, 30 * DAY_MS,
     ("wallet",), ("provisioning", "billing"),
-    "Wallet facts others act on: low balance, depleted, funds restored, topped up, refunded,"
-    " debits applied.",
+    "Wallet facts others act on: opened, low balance, depleted, funds restored, topped up,"
+    " refunded, debits applied.",
 )
 BILLING_EVENTS = Topic(
     "billing.events", "wallet_id", 6, 365 * DAY_MS,
