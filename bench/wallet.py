@@ -1,6 +1,6 @@
 """Wallet throughput through the real broker and database.
 
-  decisions_per_s        reservation requests -> decisions committed and published, batched
+  decisions_per_s        reservation requests -> decisions (holds and their events) committed
   naive_decisions_per_s  the same with one database transaction per message (batch size 1)
   debits_per_s           billing debits applied to wallets (ledger rows committed), batched
 
@@ -15,7 +15,7 @@ import time
 from uuid import UUID, uuid4
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from bench.infra import bench_settings
 from services.wallet.app import WalletService
@@ -23,7 +23,7 @@ from shared.contracts.wallet import DebitWallet, ReserveFunds
 from shared.logs import configure_logging
 from shared.money import MoneyModel
 from shared.settings import Settings
-from shared.topics import BILLING_DEBITS, PROVISIONING_REQUESTS, WALLET_DECISIONS
+from shared.topics import BILLING_DEBITS, PROVISIONING_REQUESTS
 
 
 async def open_wallets(url: str, count: int, balance: int) -> list[tuple[UUID, UUID]]:
@@ -57,38 +57,41 @@ async def produce(settings: Settings, topic: str, items: list[tuple[UUID, bytes]
         await producer.stop()
 
 
-async def count_messages(settings: Settings, topic: str, expected: int) -> None:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    seen = 0
-    try:
-        while seen < expected:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            seen += sum(len(records) for records in batch.values())
-    finally:
-        await consumer.stop()
-
-
 async def decisions_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int) -> float:
+    """A backlog of requests is produced first; the clock runs from the first decision
+    committed to the last, so consumer-group start-up is not counted."""
     requests = []
     for n in range(count):
         org, wallet = wallets[n % len(wallets)]
         message = ReserveFunds(request_id=uuid4(), wallet_id=wallet, organisation_id=org,
                                vm_id=uuid4(), amount=MoneyModel(amount_minor=100))
         requests.append((wallet, message.model_dump_json().encode()))
+    await produce(settings, settings.topic(PROVISIONING_REQUESTS.name), requests)
+    decided = "SELECT count(*) FROM wallet.holds"
+    return await drain_rate(settings, decided, count)
+
+
+async def drain_rate(settings: Settings, count_sql: str, expected: int) -> float:
+    """Start the wallet service on a backlog; the rate from the first to the last commit."""
     service = WalletService(settings)
+    conn = await asyncpg.connect(settings.database_url)
     await service.start()
     try:
-        await asyncio.sleep(3)  # let the consumer groups settle before the clock starts
+        while (first := await conn.fetchval(count_sql)) == 0:
+            await asyncio.sleep(0.01)
         started = time.perf_counter()
-        counting = asyncio.create_task(
-            count_messages(settings, settings.topic(WALLET_DECISIONS.name), count))
-        await produce(settings, settings.topic(PROVISIONING_REQUESTS.name), requests)
-        await counting
-        return count / (time.perf_counter() - started)
+        while (done := await conn.fetchval(count_sql)) < expected:
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        consistent = await conn.fetchval(
+            """SELECT bool_and(w.balance = l.total) FROM wallet.organisation_wallets w
+               JOIN (SELECT wallet_id, sum(amount) AS total FROM wallet.wallet_transactions
+                     GROUP BY wallet_id) l USING (wallet_id)""")
+        print(f"  {done - first} committed in {elapsed:.2f}s; ledger consistent: {consistent}")
+        return (done - first) / elapsed
     finally:
         await service.stop()
+        await conn.close()
 
 
 async def debits_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int) -> float:
@@ -98,26 +101,9 @@ async def debits_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count
         message = DebitWallet(debit_id=uuid4(), wallet_id=wallet, vm_id=None,
                               amount=MoneyModel(amount_minor=7))
         debits.append((wallet, message.model_dump_json().encode()))
-    service = WalletService(settings)
-    await service.start()
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await asyncio.sleep(3)
-        started = time.perf_counter()
-        await produce(settings, settings.topic(BILLING_DEBITS.name), debits)
-        booked = "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'"
-        while await conn.fetchval(booked) < count:
-            await asyncio.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        consistent = await conn.fetchval(
-            """SELECT bool_and(w.balance = l.total) FROM wallet.organisation_wallets w
-               JOIN (SELECT wallet_id, sum(amount) AS total FROM wallet.wallet_transactions
-                     GROUP BY wallet_id) l USING (wallet_id)""")
-        print(f"  ledger consistent after debits: {consistent}")
-        return count / elapsed
-    finally:
-        await conn.close()
-        await service.stop()
+    await produce(settings, settings.topic(BILLING_DEBITS.name), debits)
+    booked = "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'"
+    return await drain_rate(settings, booked, count)
 
 
 async def main(args: argparse.Namespace) -> None:
