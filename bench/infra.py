@@ -4,6 +4,7 @@ DATABASE_URL, or a local stack started for the run; a fresh database and topic p
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -42,3 +43,4 @@ async def bench_settings(**overrides: object) -> AsyncIterator[Settings]:
         await drop_database(url)
         if stack is not None:
             stack.stop()
+            shutil.rmtree(stack.root, ignore_errors=True)

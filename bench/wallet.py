@@ -15,6 +15,7 @@ import time
 from uuid import UUID, uuid4
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaProducer
 
 from bench.infra import bench_settings
@@ -133,4 +134,4 @@ if __name__ == "__main__":
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=2_000)
     parser.add_argument("--debits", type=int, default=100_000)
-    asyncio.run(main(parser.parse_args()))
+    uvloop.run(main(parser.parse_args()))

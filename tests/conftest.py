@@ -10,6 +10,7 @@ so tests run in any order and never see each other's messages.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -64,6 +65,7 @@ def infrastructure() -> Iterator[Infrastructure]:
         yield Infrastructure(stack.bootstrap_servers, stack.database_url())
     finally:
         stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

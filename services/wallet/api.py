@@ -84,6 +84,13 @@ class RefundRequest(BaseModel):
     reason: str = Field(default="", max_length=200)
 
 
+class StatusChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["active", "suspended"]
+    reason: str = Field(default="", max_length=200)
+
+
 class AutoTopUpRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -285,6 +292,15 @@ def register_routes(service: WalletService) -> None:
                 body.threshold_minor, body.amount_minor, body.card_token))
         return {"wallet_id": wallet_id, "enabled": True, "threshold_minor": body.threshold_minor,
                 "amount_minor": body.amount_minor}
+
+    @router.put("/wallets/{wallet_id}/status")
+    async def change_status(wallet_id: UUID, body: StatusChange) -> dict[str, object]:
+        """An operator suspends a wallet (no new reservations) or makes it active again.
+        Usage keeps being booked while suspended: it happened."""
+        async with service.pool.acquire() as conn, conn.transaction():
+            await locked_wallet(conn, wallet_id)
+            await repo.set_status(conn, wallet_id, body.status == "suspended")
+        return {"wallet_id": wallet_id, "status": body.status}
 
     @router.get("/wallets/{wallet_id}/reconciliation")
     async def reconciliation(wallet_id: UUID) -> dict[str, object]:

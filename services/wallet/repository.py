@@ -189,6 +189,12 @@ async def wallet_of_organisation(conn: asyncpg.Connection, organisation_id: UUID
     return wallet_id
 
 
+async def set_status(conn: asyncpg.Connection, wallet_id: UUID, suspended: bool) -> None:
+    await conn.execute(
+        f"UPDATE {SCHEMA}.organisation_wallets SET status = $2 WHERE wallet_id = $1",
+        wallet_id, "suspended" if suspended else "active")
+
+
 async def set_auto_topup(conn: asyncpg.Connection, wallet_id: UUID, auto: AutoTopUp | None) -> None:
     await conn.execute(
         f"""UPDATE {SCHEMA}.organisation_wallets SET auto_topup_threshold = $2,

@@ -86,6 +86,27 @@ async def test_unknown_wallet_and_currency_mismatch_are_rejected_with_reasons(en
         assert "USD" in decided[str(dollars.request_id)]["detail"]
 
 
+async def test_suspended_wallet_rejects_until_reactivated(env):
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org, w = await wallet.open(balance=100_000)
+        suspended = await wallet.http.put(f"/wallets/{w}/status", json={"status": "suspended"})
+        assert suspended.status_code == 200
+        while_suspended = request(org, w, 100)
+        await kafka.publish(env.topic(PROVISIONING_REQUESTS.name), w, while_suspended)
+        decided = await decisions_for(kafka, env, [while_suspended])
+        assert decided[str(while_suspended.request_id)]["reason"] == "wallet_suspended"
+        await wallet.http.put(f"/wallets/{w}/status", json={"status": "active"})
+        after = request(org, w, 100)
+        await kafka.publish(env.topic(PROVISIONING_REQUESTS.name), w, after)
+        decided = await decisions_for(kafka, env, [while_suspended, after])
+        assert decided[str(after.request_id)]["type"] == "wallet.funds_reserved"
+        bad = await wallet.http.put(f"/wallets/{w}/status", json={"status": "closed"})
+        assert bad.status_code == 422
+        missing = await wallet.http.put(f"/wallets/{uuid4()}/status", json={"status": "active"})
+        assert missing.status_code == 404
+
+
 async def test_invoice_customer_within_and_beyond_credit_limit(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:

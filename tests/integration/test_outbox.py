@@ -1,0 +1,44 @@
+"""The outbox relay against the real broker and database."""
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared.contracts.clock import ClockTick
+from shared.db import create_pool
+from shared.outbox import OutboxRelay, enqueue, outgoing
+from shared.topics import CLOCK_TICKS, DEAD_LETTER
+from tests.kafka_helpers import KafkaProbe
+
+pytestmark = pytest.mark.integration
+
+
+async def test_rows_committed_before_a_crash_are_published_by_the_next_relay(env, db):
+    from datetime import UTC, datetime, timedelta
+
+    ticks = [ClockTick.at_time(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=h))
+             for h in range(50)]
+    async with db.transaction():
+        await enqueue(db, "wallet", [outgoing(env.topic(CLOCK_TICKS.name), "clock", t)
+                                     for t in ticks])
+    # A transaction that rolls back leaves nothing to publish.
+    with pytest.raises(RuntimeError):
+        async with db.transaction():
+            await enqueue(db, "wallet", [outgoing(env.topic(DEAD_LETTER.name), "x", ticks[0])])
+            raise RuntimeError("crash before commit")
+
+    pool = await create_pool(env.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        relay = OutboxRelay(pool, "wallet", producer, batch_size=20)
+        published = [await relay.drain() for _ in range(4)]
+        assert published == [20, 20, 10, 0]
+    finally:
+        await producer.stop()
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM wallet.outbox") == 0
+    async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        seen = await kafka.read_count(env.topic(CLOCK_TICKS.name), 50)
+        assert [m["at"] for m in seen] == [t.at.isoformat().replace("+00:00", "Z") for t in ticks]
+        letters = await kafka.read(env.topic(DEAD_LETTER.name), until=lambda ms: False, timeout=1)
+        assert letters == []

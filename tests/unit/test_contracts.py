@@ -1,0 +1,92 @@
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from pydantic import TypeAdapter, ValidationError
+
+from shared.consumer import dead_letter, parse_records
+from shared.contracts.base import deterministic_id
+from shared.contracts.clock import ClockTick
+from shared.contracts.vm import VmSpec
+from shared.contracts.wallet import (
+    FundsReserved,
+    ReserveFunds,
+    WalletDecision,
+)
+from shared.money import MoneyModel
+from shared.settings import Settings
+
+
+def reserve() -> ReserveFunds:
+    return ReserveFunds(request_id=uuid4(), wallet_id=uuid4(), organisation_id=uuid4(),
+                        vm_id=uuid4(), amount=MoneyModel(amount_minor=15_000))
+
+
+def test_envelope_round_trips_with_type_and_version():
+    message = reserve()
+    again = ReserveFunds.model_validate_json(message.model_dump_json())
+    assert again == message
+    assert (again.type, again.version) == ("wallet.reserve_funds", 1)
+
+
+def test_caused_message_carries_correlation_and_causation():
+    cause = reserve()
+    effect = cause.caused(FundsReserved, request_id=cause.request_id, wallet_id=cause.wallet_id,
+                          vm_id=cause.vm_id, hold_id=uuid4(), amount=cause.amount,
+                          available_after=cause.amount, expires_at=datetime.now(UTC))
+    assert effect.causation_id == cause.event_id
+    assert effect.correlation_id == cause.event_id
+    grandchild = effect.caused(FundsReserved, **effect.model_dump(
+        exclude={"event_id", "correlation_id", "causation_id", "type", "version"}))
+    assert grandchild.correlation_id == cause.event_id
+
+
+def test_unknown_fields_and_naive_times_are_refused():
+    data = reserve().model_dump(mode="json")
+    with pytest.raises(ValidationError):
+        ReserveFunds.model_validate({**data, "surprise": 1})
+    with pytest.raises(ValidationError):
+        ReserveFunds.model_validate({**data, "occurred_at": "2026-01-01T00:00:00"})
+
+
+def test_discriminated_union_picks_the_model_by_type():
+    adapter = TypeAdapter(WalletDecision)
+    reserved = reserve().caused(FundsReserved, request_id=uuid4(), wallet_id=uuid4(),
+                                vm_id=uuid4(), hold_id=uuid4(),
+                                amount=MoneyModel(amount_minor=1),
+                                available_after=MoneyModel(amount_minor=0),
+                                expires_at=datetime.now(UTC))
+    assert isinstance(adapter.validate_json(reserved.model_dump_json()), FundsReserved)
+
+
+def test_deterministic_ids_and_ticks():
+    at = datetime(2026, 1, 1, 5, tzinfo=UTC)
+    assert deterministic_id("a", 1) == deterministic_id("a", 1) != deterministic_id("a", 2)
+    assert ClockTick.at_time(at).event_id == ClockTick.at_time(at).event_id
+
+
+def test_tier_specs_must_match_their_shape():
+    assert VmSpec.of_tier("medium").vcpu == 2
+    with pytest.raises(ValidationError, match="tier small is 1 vCPU / 2 GB"):
+        VmSpec(tier="small", vcpu=4, ram_gb=2)
+    with pytest.raises(ValidationError):
+        VmSpec(vcpu=0, ram_gb=2)
+
+
+def record(value: bytes, offset: int = 0) -> ConsumerRecord:
+    return ConsumerRecord("topic-a", 3, offset, 0, 0, b"key", value, None, len(value), 3, [])
+
+
+def test_parse_records_separates_good_from_bad_with_reasons():
+    good_value = reserve().model_dump_json().encode()
+    good, bad = parse_records([record(good_value), record(b"nope", 1), record(b"{}", 2)],
+                              TypeAdapter(ReserveFunds))
+    assert len(good) == 1 and good[0].record.offset == 0
+    assert [b.record.offset for b in bad] == [1, 2]
+    assert bad[0].reason.startswith("invalid message")
+    assert "request_id" in bad[1].reason
+
+    letter = dead_letter(Settings(topic_prefix="x."), "wallet", bad[0].record, bad[0].reason)
+    assert letter.topic == "x.deadletter" and letter.key == b"topic-a"
+    assert b'"source_offset":1' in letter.value and b'"payload":"nope"' in letter.value
