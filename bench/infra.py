@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from shared.db import drop_database, migrate, with_database
-from shared.kafka_admin import create_topics
+from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
 
 
@@ -41,6 +41,7 @@ async def bench_settings(**overrides: object) -> AsyncIterator[Settings]:
         yield Settings(**fields)  # type: ignore[arg-type]
     finally:
         await drop_database(url)
+        await delete_topics(kafka, f"b{tag}.")
         if stack is not None:
             stack.stop()
             shutil.rmtree(stack.root, ignore_errors=True)

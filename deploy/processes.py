@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -21,6 +22,12 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent(sig: int = signal.SIGTERM, uid: int | None = None,
                      gid: int | None = None) -> Callable[[], None]:
     def prepare() -> None:
+        # A broker keeps several files open per partition; give servers all the system allows.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20, 1 << 20))  # root may raise it
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         # Changing credentials clears the parent-death signal, so switch user first.
         if gid is not None:
             os.setgid(gid)

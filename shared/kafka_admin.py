@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.errors import TopicAlreadyExistsError
 
 from shared.topics import ALL_TOPICS, Topic
@@ -31,3 +32,22 @@ async def create_topics(bootstrap_servers: str, prefix: str = "",
     finally:
         await admin.close()
     return [t.name for t in wanted]
+
+
+async def delete_topics(bootstrap_servers: str, prefix: str) -> int:
+    """Delete every topic whose name starts with `prefix` (test and benchmark clean-up: a
+    broker holds open files for every partition it keeps)."""
+    if not prefix:
+        raise ValueError("refusing to delete topics without a prefix")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if doomed:
+            try:
+                await admin.delete_topics(doomed)
+            except KafkaError:
+                pass  # best effort: a topic already gone is what we wanted
+        return len(doomed)
+    finally:
+        await admin.close()

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from shared.db import drop_database, ensure_database, migrate, with_database
-from shared.kafka_admin import create_topics
+from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
 
 
@@ -110,6 +110,7 @@ async def env(infrastructure: Infrastructure, template_database: str) -> AsyncIt
         yield TestEnv(settings, url)
     finally:
         await drop_database(url)
+        await delete_topics(infrastructure.kafka_bootstrap_servers, prefix)
 
 
 @pytest.fixture

@@ -306,8 +306,10 @@ class Wallet:
     # --- thresholds: edge-triggered, one event per crossing --------------------------------
 
     def _check_thresholds(self) -> None:
+        # Depleted only below zero: a hold that takes every last cent still funds its VM
+        # (usage draws the hold down, not the available funds). Restored only above zero.
         available = self.available
-        if available <= 0 and not self.depleted:
+        if available < 0 and not self.depleted:
             self.depleted = True
             self.facts.append(Depleted(available))
         elif available > 0 and self.depleted:

@@ -10,7 +10,7 @@ from deploy.demo import run_demo
 from deploy.launcher import start_system
 from deploy.processes import free_port
 from shared.db import drop_database, with_database
-from shared.kafka_admin import create_topics
+from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -36,4 +36,5 @@ def test_system_runs_its_main_job_and_stops_cleanly(infrastructure, tmp_path):
     finally:
         system.stop()
         asyncio.run(drop_database(settings.database_url))
+        asyncio.run(delete_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
     assert all(p.poll() is not None for p in processes)

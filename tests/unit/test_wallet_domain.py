@@ -167,7 +167,7 @@ def test_usage_of_another_vm_does_not_draw_a_hold():
     assert hold.remaining == 6_000 and w.held == 6_000
 
 
-def test_usage_is_recorded_even_when_funds_are_exhausted():
+def test_usage_is_recorded_even_when_funds_are_exhausted():  # and past zero is depleted
     w = wallet(100)
     entry = w.debit_usage(amount=500, key="d1", at=T0, vm_id=None, holds=[])
     assert entry.amount == -500 and entry.balance_after == -400
@@ -198,11 +198,25 @@ def test_auto_topup_threshold_counts_as_low_balance():
 def test_depleted_then_restored_by_top_up():
     w = wallet(1_000)
     w.debit_usage(amount=1_000, key="d1", at=T0, vm_id=None, holds=[])
-    assert Depleted(0) in w.take_facts()
-    w.top_up(payment_id="p2", amount=500, currency="ZAR", at=T0, max_amount=MAX_TOPUP)
+    assert not any(isinstance(f, Depleted) for f in w.take_facts())  # exactly zero is not past
+    w.debit_usage(amount=1, key="d2", at=T0, vm_id=None, holds=[])
+    assert Depleted(-1) in w.take_facts()
+    w.top_up(payment_id="p2", amount=1, currency="ZAR", at=T0, max_amount=MAX_TOPUP)
+    assert not any(isinstance(f, FundsRestored) for f in w.take_facts())
+    w.top_up(payment_id="p3", amount=500, currency="ZAR", at=T0, max_amount=MAX_TOPUP)
     facts = w.take_facts()
     assert FundsRestored(500) in facts
-    assert ToppedUp("p2", 500, 500) in facts
+    assert ToppedUp("p3", 500, 500) in facts
+
+
+def test_reserving_every_last_cent_does_not_deplete_the_wallet():
+    w = wallet(30_000)
+    vm = uuid4()
+    hold = reserve(w, 30_000, vm=vm)
+    w.confirm(hold)
+    w.debit_usage(amount=41, key="d1", at=T0, vm_id=vm, holds=[hold])
+    assert w.available == 0
+    assert not any(isinstance(f, Depleted) for f in w.take_facts())
 
 
 # --- top-ups ----------------------------------------------------------------------------

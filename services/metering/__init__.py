@@ -1,0 +1,1 @@
+"""Metering: hourly usage per VM from vCenter's events, in event time."""

@@ -1,0 +1,95 @@
+"""Metering's HTTP API: a VM's runtime state and usage, and the runtime validation that
+compares metered seconds with the runtime the raw vCenter events show."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Query
+
+from services.metering import domain
+from services.metering import repository as repo
+
+if TYPE_CHECKING:
+    from services.metering.app import MeteringService
+
+Month = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+                             description="YYYY-MM, in UTC")]
+PAGE = 500
+
+
+def _check_body(vm_id: UUID, month: str, check: domain.RuntimeCheck) -> dict[str, Any]:
+    return {"vm_id": str(vm_id), "month": month, "from": check.start.isoformat(),
+            "to": check.end.isoformat(), "metered_seconds": check.metered_seconds,
+            "actual_seconds": check.actual_seconds, "within_actual": check.within_actual}
+
+
+def register_routes(service: MeteringService) -> None:
+    router = APIRouter(tags=["metering"])
+
+    @router.get("/vms/{vm_id}")
+    async def vm_state(vm_id: UUID) -> dict[str, Any]:
+        """The VM's runtime state after all its events, and how far its hours are closed."""
+        async with service.pool.acquire() as conn:
+            row = await repo.vm_state(conn, vm_id)
+        if row is None:
+            raise HTTPException(404, f"no VM {vm_id} has been created")
+        body = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+        body.update(vm_id=str(vm_id), organisation_id=str(row["organisation_id"]),
+                    wallet_id=str(row["wallet_id"]), spec=json.loads(row["spec"]))
+        return body
+
+    @router.get("/vms/{vm_id}/usage")
+    async def vm_usage(vm_id: UUID, month: Month) -> dict[str, Any]:
+        """Every statement of every hour of the month (revisions included)."""
+        start, end = domain.month_bounds(month)
+        async with service.pool.acquire() as conn:
+            if await repo.vm_closed_until(conn, vm_id) is None:
+                raise HTTPException(404, f"no VM {vm_id} has been created")
+            rows = await repo.vm_usage(conn, vm_id, start, end)
+        return {"vm_id": str(vm_id), "month": month, "hours": [
+            {"hour_start": r["hour_start"].isoformat(), "revision": r["revision"],
+             "seconds": r["seconds"], "segments": json.loads(r["segments"])} for r in rows]}
+
+    @router.get("/vms/{vm_id}/runtime")
+    async def vm_runtime(vm_id: UUID, month: Month) -> dict[str, Any]:
+        """Metered seconds (latest revisions) against the runtime from the raw events, over
+        the month's closed hours. `within_actual` must always be true."""
+        start, end = domain.month_bounds(month)
+        async with service.pool.acquire() as conn:
+            closed_until = await repo.vm_closed_until(conn, vm_id)
+            if closed_until is None:
+                raise HTTPException(404, f"no VM {vm_id} has been created")
+            metered = await repo.metered_seconds(conn, [vm_id], start, end)
+            history = (await repo.histories(conn, [vm_id]))[vm_id]
+        check = domain.check_runtime(history, metered.get(vm_id, 0), start, end, closed_until)
+        return _check_body(vm_id, month, check)
+
+    @router.get("/runtime")
+    async def runtime(month: Month) -> dict[str, Any]:
+        """The same check for every VM that existed in the month; lists the VMs metered for
+        more than they ran (there should be none)."""
+        start, end = domain.month_bounds(month)
+        checked, metered_total, actual_total = 0, 0, 0
+        over: list[dict[str, Any]] = []
+        after: UUID | None = None
+        async with service.pool.acquire() as conn:
+            while page := await repo.vms_alive_between(conn, start, end, after, PAGE):
+                ids = [vm_id for vm_id, _ in page]
+                metered = await repo.metered_seconds(conn, ids, start, end)
+                histories = await repo.histories(conn, ids)
+                for vm_id, closed_until in page:
+                    check = domain.check_runtime(histories[vm_id], metered.get(vm_id, 0),
+                                                 start, end, closed_until)
+                    checked += 1
+                    metered_total += check.metered_seconds
+                    actual_total += check.actual_seconds
+                    if not check.within_actual:
+                        over.append(_check_body(vm_id, month, check))
+                after = ids[-1]
+        return {"month": month, "vms_checked": checked, "metered_seconds": metered_total,
+                "actual_seconds": actual_total, "over_metered": over}
+
+    service.http.include_router(router)

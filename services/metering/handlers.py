@@ -1,0 +1,243 @@
+"""Thin handlers: `vcenter.events` batches in, runtime state and hourly usage out.
+
+A batch is handled in event-time terms, not arrival order: its VM events are applied first
+(each VM's history replayed), then each partition's latest clock tick closes that
+partition's hours. Both happen in one transaction with the outgoing messages (outbox), so a
+crash or a replay never changes what was stated. A backlog of ticks (a simulated month at
+once) would make that transaction unbounded, so closing continues in further transactions
+of at most `close_budget` usage rows; each is complete in itself and a redelivered tick
+carries on where the last committed one stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from pydantic import TypeAdapter
+
+from services.metering import domain
+from services.metering import repository as repo
+from services.metering.domain import HOUR, Accept, Ignore, Reject, Statement, floor_hour
+from services.metering.messages import (
+    encode_usage,
+    full_hour_segments_json,
+    segments_json,
+    to_domain,
+    usage_partition,
+    watermark_id,
+)
+from services.metering.repository import DueVm, OutboxRow, PartitionMark, UsageRow, VmRow
+from shared.consumer import Incoming, Records, claim_new, dead_letter, dead_letters, parse_records
+from shared.contracts.clock import ClockTick
+from shared.contracts.metering import MeteringWatermark
+from shared.contracts.vcenter import VcenterStreamItem
+from shared.outbox import Outgoing, outgoing
+from shared.runtime import ServiceRuntime
+from shared.topics import METERING_USAGE
+
+CONSUMER = "metering"
+STREAM: TypeAdapter[Any] = TypeAdapter(VcenterStreamItem)
+# Usage rows per transaction when closing a backlog of hours (about 5 MB of outbox).
+CLOSE_BUDGET = 20_000
+
+
+@dataclass
+class Work:
+    """One transaction's worth of output."""
+
+    usage: list[UsageRow] = field(default_factory=list)
+    out: list[OutboxRow] = field(default_factory=list)
+
+    def send(self, *messages: Outgoing) -> None:
+        self.out += [(m.topic, m.key, m.value, m.partition) for m in messages]
+
+
+class MeteringHandlers:
+    def __init__(self, runtime: ServiceRuntime, close_budget: int = CLOSE_BUDGET) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.close_budget = close_budget
+        self.usage_topic = self.settings.topic(METERING_USAGE.name)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.runtime.pool
+
+    async def on_vcenter_events(self, records: Records) -> None:
+        good, bad = parse_records(records, STREAM)
+        vm_events = [i for i in good if not isinstance(i.message, ClockTick)]
+        ticks: dict[int, datetime] = {}
+        for item in good:
+            if isinstance(item.message, ClockTick):
+                p, at = item.record.partition, domain.utc(item.message.at)
+                ticks[p] = max(at, ticks.get(p, at))
+        touched = {i.record.partition for i in vm_events} | set(ticks)
+        async with self.pool.acquire() as conn:
+            first = True
+            while first or ticks:
+                work = Work()
+                if first:
+                    work.send(*dead_letters(self.settings, CONSUMER, bad))
+                async with conn.transaction():
+                    marks = await repo.lock_partitions(conn, touched if first else ticks)
+                    if first:
+                        await self._apply_events(conn, vm_events, marks, work)
+                    await self._close(conn, ticks, marks, work)
+                    await repo.insert_usage(conn, work.usage)
+                    await repo.enqueue(conn, work.out)
+                self.runtime.relay.notify()
+                first = False
+
+    # --- VM events ---------------------------------------------------------------------------
+
+    async def _apply_events(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
+                            marks: dict[int, PartitionMark], work: Work) -> None:
+        fresh = await claim_new(conn, repo.SCHEMA, items)
+        if not fresh:
+            return
+        vms = await repo.lock_vms(conn, (i.message.vm_id for i in fresh))
+        histories = await repo.histories(conn, vms)
+        accepted: list[tuple[UUID, domain.VmEvent]] = []
+        earliest: dict[UUID, datetime] = {}
+        for item in fresh:
+            message, partition = item.message, item.record.partition
+            vm = vms.get(message.vm_id)
+            if vm is not None and vm.source_partition != partition:
+                work.send(dead_letter(
+                    self.settings, CONSUMER, item.record,
+                    f"VM {vm.vm_id} lives on partition {vm.source_partition}, not {partition}:"
+                    " its events must be keyed by vm_id"))
+                continue
+            event = to_domain(message)
+            verdict = domain.judge(histories.get(message.vm_id, []), event, message.vm_id)
+            if isinstance(verdict, Reject):
+                work.send(dead_letter(self.settings, CONSUMER, item.record, verdict.reason))
+                continue
+            if isinstance(verdict, Ignore):
+                continue
+            assert isinstance(verdict, Accept)
+            if vm is None:
+                vm = vms[message.vm_id] = self._new_vm(message, partition, event.at, marks)
+            histories.setdefault(vm.vm_id, []).append(event)
+            accepted.append((vm.vm_id, event))
+            earliest[vm.vm_id] = min(event.at, earliest.get(vm.vm_id, event.at))
+        if not accepted:
+            return
+        for vm_id in earliest:
+            vms[vm_id].state = domain.replay(histories[vm_id])
+        await repo.save_vms(conn, [vms[vm_id] for vm_id in earliest])
+        await repo.insert_events(conn, accepted)
+        closed = {vm_id: vms[vm_id].closed_until(marks.get(vms[vm_id].source_partition))
+                  for vm_id in earliest}
+        await self._restate(conn, vms, histories, earliest, closed, work)
+
+    @staticmethod
+    def _new_vm(message: Any, partition: int, created_at: datetime,
+                marks: dict[int, PartitionMark]) -> VmRow:
+        # Hours the partition already closed are closed for a newcomer too: if it was
+        # created in one of them (a late creation), those hours are stated right away.
+        closed = floor_hour(created_at)
+        mark = marks.get(partition)
+        if mark is not None and mark.closed_until is not None:
+            closed = max(closed, mark.closed_until)
+        return VmRow(message.vm_id, message.organisation_id, message.wallet_id, partition,
+                     closed)
+
+    async def _restate(self, conn: asyncpg.Connection, vms: dict[UUID, VmRow],
+                       histories: dict[UUID, list[domain.VmEvent]],
+                       earliest: dict[UUID, datetime], closed: dict[UUID, datetime],
+                       work: Work) -> None:
+        """Events in hours already closed (late or out of order) restate those hours."""
+        ranges = [(vm_id, floor_hour(at), closed[vm_id])
+                  for vm_id, at in earliest.items() if floor_hour(at) < closed[vm_id]]
+        if not ranges:
+            return
+        stated = await repo.latest_statements(conn, ranges)
+        for vm_id, start, end in ranges:
+            computed = domain.usage_by_hour(histories[vm_id], start, end)
+            for statement in domain.restatements(computed, stated[vm_id], start, end):
+                self._state(vms[vm_id], statement, work)
+
+    def _state(self, vm: VmRow | DueVm, statement: Statement, work: Work) -> None:
+        usage = statement.usage
+        vm_id = str(vm.vm_id)
+        segments = segments_json(usage.segments)
+        work.usage.append((vm.vm_id, usage.hour_start, statement.revision, usage.seconds,
+                           segments))
+        key = str(vm.wallet_id).encode()
+        work.out.append((
+            self.usage_topic, key,
+            encode_usage(vm_id, str(vm.wallet_id), str(vm.organisation_id), usage.hour_start,
+                         statement.revision, usage.seconds, segments), usage_partition(key)))
+
+    # --- clock ticks -------------------------------------------------------------------------
+
+    async def _close(self, conn: asyncpg.Connection, ticks: dict[int, datetime],
+                     marks: dict[int, PartitionMark], work: Work) -> None:
+        """Close hours for each ticked partition until done or the budget is spent; a
+        partition leaves `ticks` once its tick is fully processed."""
+        for partition in sorted(ticks):
+            at, mark = ticks[partition], marks[partition]
+            if mark.up_to is not None and at <= mark.up_to:
+                del ticks[partition]  # a replayed or older tick: nothing new to close
+                continue
+            target = floor_hour(at)
+            earliest, open_vms = await repo.open_vms(conn, partition, mark.closed_until)
+            start = target if earliest is None else min(earliest, target)
+            while start < target and len(work.usage) < self.close_budget:
+                step = max(1, (self.close_budget - len(work.usage)) // max(open_vms, 1))
+                until = min(start + step * HOUR, target)
+                await self._close_hours(conn, partition, mark.closed_until, until, work)
+                if until < target:
+                    await self._advance(conn, mark, until, until, work)
+                start = until
+            if start < target:
+                return  # budget spent: the next transaction carries on
+            await self._advance(conn, mark, target, at, work)
+            del ticks[partition]
+
+    async def _close_hours(self, conn: asyncpg.Connection, partition: int,
+                           closed: datetime | None, until: datetime, work: Work) -> None:
+        due = await repo.due_vms(conn, partition, closed, until)
+        busy = [vm for vm in due if vm.last_event_at > vm.closed_from]
+        topic, full, usage, out = self.usage_topic, domain.SECONDS_PER_HOUR, work.usage, work.out
+        for vm in due:  # running through every hour closed here at one size: the hot path
+            if vm.last_event_at > vm.closed_from:
+                continue
+            vm_id, wallet_id = str(vm.vm_id), str(vm.wallet_id)
+            key, organisation_id = wallet_id.encode(), str(vm.organisation_id)
+            target = usage_partition(key)
+            segments = full_hour_segments_json(vm.spec)
+            hour = vm.closed_from
+            while hour < until:
+                usage.append((vm.vm_id, hour, 0, full, segments))
+                out.append((topic, key, encode_usage(
+                    vm_id, wallet_id, organisation_id, hour, 0, full, segments), target))
+                hour += HOUR
+        if busy:  # events inside the closed hours: replay their histories
+            histories = await repo.histories(conn, (vm.vm_id for vm in busy))
+            for vm in busy:
+                for hour_usage in domain.usage_by_hour(histories[vm.vm_id], vm.closed_from,
+                                                       until).values():
+                    self._state(vm, Statement(hour_usage, 0), work)
+
+    async def _advance(self, conn: asyncpg.Connection, mark: PartitionMark,
+                       closed_until: datetime, up_to: datetime, work: Work) -> None:
+        """Record how far the partition is closed and tell billing (watermarks)."""
+        mark.closed_until = max(closed_until, mark.closed_until or closed_until)
+        moved = mark.up_to is None or up_to > mark.up_to
+        mark.up_to = up_to if moved else mark.up_to
+        await repo.save_mark(conn, mark)
+        if not moved:
+            return
+        work.send(*[
+            outgoing(self.usage_topic, f"watermark-{mark.source_partition}", MeteringWatermark(
+                event_id=watermark_id(mark.source_partition, up_to, target),
+                source_partition=mark.source_partition, up_to=up_to, occurred_at=up_to),
+                partition=target)
+            for target in range(METERING_USAGE.partitions)])

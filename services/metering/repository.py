@@ -1,0 +1,265 @@
+"""Metering persistence on asyncpg: whole batches in a few multi-row statements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from services.metering.domain import HourUsage, Kind, VmEvent, VmState
+from services.metering.messages import size_of_json, spec_json, usage_from_stored
+
+SCHEMA = "metering"
+
+
+@dataclass
+class PartitionMark:
+    source_partition: int
+    up_to: datetime | None
+    closed_until: datetime | None
+
+
+@dataclass
+class VmRow:
+    vm_id: UUID
+    organisation_id: UUID
+    wallet_id: UUID
+    source_partition: int
+    open_from: datetime
+    state: VmState | None = None  # None until replayed
+
+    def closed_until(self, mark: PartitionMark | None) -> datetime:
+        """Every hour of the VM before this is closed."""
+        if mark is None or mark.closed_until is None:
+            return self.open_from
+        return max(self.open_from, mark.closed_until)
+
+
+# (vm_id, hour_start, revision, seconds, segments JSON): one statement of one hour.
+UsageRow = tuple[UUID, datetime, int, int, str]
+# (topic, key, value, partition): a row of the outbox.
+OutboxRow = tuple[str, bytes | None, bytes, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DueVm:
+    """A VM with hours to close: [closed_from, the step's end)."""
+
+    vm_id: UUID
+    wallet_id: UUID
+    organisation_id: UUID
+    spec: str
+    running: bool
+    last_event_at: datetime
+    closed_from: datetime
+
+
+async def lock_partitions(conn: asyncpg.Connection, partitions: Iterable[int]
+                          ) -> dict[int, PartitionMark]:
+    """Create-if-missing and row-lock, in order, the marks of the partitions a batch touches."""
+    ids = sorted(set(partitions))
+    if not ids:
+        return {}
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.partitions (source_partition) SELECT unnest($1::int[])
+            ON CONFLICT DO NOTHING""", ids)
+    rows = await conn.fetch(
+        f"""SELECT source_partition, up_to, closed_until FROM {SCHEMA}.partitions
+            WHERE source_partition = ANY($1::int[]) ORDER BY source_partition FOR UPDATE""", ids)
+    return {r["source_partition"]: PartitionMark(r["source_partition"], r["up_to"],
+                                                 r["closed_until"]) for r in rows}
+
+
+async def save_mark(conn: asyncpg.Connection, mark: PartitionMark) -> None:
+    await conn.execute(
+        f"""UPDATE {SCHEMA}.partitions SET up_to = $2, closed_until = $3
+            WHERE source_partition = $1""",
+        mark.source_partition, mark.up_to, mark.closed_until)
+
+
+async def lock_vms(conn: asyncpg.Connection, vm_ids: Iterable[UUID]) -> dict[UUID, VmRow]:
+    ids = sorted(set(vm_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT vm_id, organisation_id, wallet_id, source_partition, open_from
+            FROM {SCHEMA}.vms WHERE vm_id = ANY($1::uuid[]) ORDER BY vm_id FOR UPDATE""", ids)
+    return {r["vm_id"]: VmRow(r["vm_id"], r["organisation_id"], r["wallet_id"],
+                              r["source_partition"], r["open_from"]) for r in rows}
+
+
+async def histories(conn: asyncpg.Connection, vm_ids: Iterable[UUID]
+                    ) -> dict[UUID, list[VmEvent]]:
+    ids = list(set(vm_ids))
+    found: dict[UUID, list[VmEvent]] = {vm_id: [] for vm_id in ids}
+    if not ids:
+        return found
+    rows = await conn.fetch(
+        f"""SELECT vm_id, event_id, kind, occurred_at, spec FROM {SCHEMA}.vm_events
+            WHERE vm_id = ANY($1::uuid[])""", ids)
+    for r in rows:
+        found[r["vm_id"]].append(VmEvent(
+            r["event_id"], Kind(r["kind"]), r["occurred_at"],
+            size_of_json(r["spec"]) if r["spec"] is not None else None))
+    return found
+
+
+async def insert_events(conn: asyncpg.Connection, events: Sequence[tuple[UUID, VmEvent]]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.vm_events (event_id, vm_id, kind, occurred_at, spec)
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],
+                                 $5::text[])
+            ON CONFLICT (event_id) DO NOTHING""",
+        [e.event_id for _, e in events], [vm_id for vm_id, _ in events],
+        [e.kind.value for _, e in events], [e.at for _, e in events],
+        [spec_json(e.size) if e.size is not None else None for _, e in events])
+
+
+async def save_vms(conn: asyncpg.Connection, vms: Sequence[VmRow]) -> None:
+    rows = [v for v in vms if v.state is not None]
+    if not rows:
+        return
+    states = [v.state for v in rows if v.state is not None]
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.vms AS v (vm_id, organisation_id, wallet_id, source_partition,
+                created_at, deleted_at, running, spec, state_since, last_event_at, open_from)
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[],
+                $5::timestamptz[], $6::timestamptz[], $7::bool[], $8::text[], $9::timestamptz[],
+                $10::timestamptz[], $11::timestamptz[])
+            ON CONFLICT (vm_id) DO UPDATE SET deleted_at = excluded.deleted_at,
+                running = excluded.running, spec = excluded.spec,
+                state_since = excluded.state_since, last_event_at = excluded.last_event_at""",
+        [v.vm_id for v in rows], [v.organisation_id for v in rows], [v.wallet_id for v in rows],
+        [v.source_partition for v in rows], [s.created_at for s in states],
+        [s.deleted_at for s in states], [s.running for s in states],
+        [spec_json(s.size) for s in states], [s.since for s in states],
+        [s.last_event_at for s in states], [v.open_from for v in rows])
+
+
+async def latest_statements(conn: asyncpg.Connection,
+                            ranges: Sequence[tuple[UUID, datetime, datetime]]
+                            ) -> dict[UUID, dict[datetime, tuple[int, HourUsage]]]:
+    """The latest revision of every stated hour in each VM's [start, end)."""
+    found: dict[UUID, dict[datetime, tuple[int, HourUsage]]] = {r[0]: {} for r in ranges}
+    if not ranges:
+        return found
+    rows = await conn.fetch(
+        f"""SELECT DISTINCT ON (u.vm_id, u.hour_start) u.vm_id, u.hour_start, u.revision,
+                   u.seconds, u.segments::text AS segments
+            FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS r(vm_id, s, e)
+            JOIN {SCHEMA}.usage_hours u
+              ON u.vm_id = r.vm_id AND u.hour_start >= r.s AND u.hour_start < r.e
+            ORDER BY u.vm_id, u.hour_start, u.revision DESC""",
+        [r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges])
+    for r in rows:
+        found[r["vm_id"]][r["hour_start"]] = (
+            r["revision"], usage_from_stored(r["hour_start"], r["seconds"], r["segments"]))
+    return found
+
+
+async def insert_usage(conn: asyncpg.Connection, rows: Sequence[UsageRow]) -> None:
+    """COPY, not INSERT: closing an hour writes a row per running VM, and COPY costs about
+    half as much per row. No conflict is possible: the partition lock and `closed_until`
+    make sure an hour and revision are stated once."""
+    if rows:
+        await conn.copy_records_to_table(
+            "usage_hours", schema_name=SCHEMA, records=rows,
+            columns=["vm_id", "hour_start", "revision", "seconds", "segments"])
+
+
+async def enqueue(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """`shared.outbox.enqueue` by COPY: same table, same transaction, same id order, but a
+    third of the cost per row when a batch holds tens of thousands of usage events."""
+    if rows:
+        await conn.copy_records_to_table(
+            "outbox", schema_name=SCHEMA, records=rows,
+            columns=["topic", "key", "value", "partition"])
+
+
+# --- closing hours ---------------------------------------------------------------------------
+
+async def open_vms(conn: asyncpg.Connection, partition: int, closed: datetime | None
+                   ) -> tuple[datetime | None, int]:
+    """The earliest open hour among a partition's VMs and how many VMs may still run."""
+    row = await conn.fetchrow(
+        f"""SELECT min(greatest(open_from, $2)) AS earliest, count(*) AS vms FROM {SCHEMA}.vms
+            WHERE source_partition = $1
+              AND (deleted_at IS NULL OR deleted_at > greatest(open_from, $2))""",
+        partition, closed)
+    return row["earliest"], row["vms"]
+
+
+async def due_vms(conn: asyncpg.Connection, partition: int, closed: datetime | None,
+                  until: datetime) -> list[DueVm]:
+    """The partition's VMs that may have run in their open hours before `until` (running, or
+    with events inside those hours), each with the first of those hours. A VM deleted
+    before its open hours began has nothing left to close and is passed over."""
+    rows = await conn.fetch(
+        f"""SELECT * FROM (
+                SELECT vm_id, wallet_id, organisation_id, spec, running, last_event_at,
+                       greatest(open_from, $2) AS closed_from, deleted_at
+                FROM {SCHEMA}.vms WHERE source_partition = $1 AND open_from < $3) v
+            WHERE closed_from < $3 AND (deleted_at IS NULL OR deleted_at > closed_from)
+              AND (running OR last_event_at > closed_from)""",
+        partition, closed, until)
+    return [DueVm(r["vm_id"], r["wallet_id"], r["organisation_id"], r["spec"], r["running"],
+                  r["last_event_at"], r["closed_from"]) for r in rows]
+
+
+# --- runtime validation ----------------------------------------------------------------------
+
+_CLOSED_UNTIL = f"""greatest(v.open_from, (SELECT p.closed_until FROM {SCHEMA}.partitions p
+                                          WHERE p.source_partition = v.source_partition))"""
+
+
+async def vm_closed_until(conn: asyncpg.Connection, vm_id: UUID) -> datetime | None:
+    """Every hour of the VM before this is closed; None if there is no such VM."""
+    closed: datetime | None = await conn.fetchval(
+        f"SELECT {_CLOSED_UNTIL} FROM {SCHEMA}.vms v WHERE vm_id = $1", vm_id)
+    return closed
+
+
+async def metered_seconds(conn: asyncpg.Connection, vm_ids: Sequence[UUID], start: datetime,
+                          end: datetime) -> dict[UUID, int]:
+    """Seconds metered per VM in [start, end): the latest revision of each hour counts."""
+    rows = await conn.fetch(
+        f"""SELECT vm_id, sum(seconds)::bigint AS seconds FROM (
+                SELECT DISTINCT ON (vm_id, hour_start) vm_id, seconds FROM {SCHEMA}.usage_hours
+                WHERE vm_id = ANY($1::uuid[]) AND hour_start >= $2 AND hour_start < $3
+                ORDER BY vm_id, hour_start, revision DESC) latest
+            GROUP BY vm_id""", list(vm_ids), start, end)
+    return {r["vm_id"]: r["seconds"] for r in rows}
+
+
+async def vms_alive_between(conn: asyncpg.Connection, start: datetime, end: datetime,
+                            after: UUID | None, limit: int) -> list[tuple[UUID, datetime]]:
+    """VMs that existed at some point of [start, end), in id order (a page at a time)."""
+    rows = await conn.fetch(
+        f"""SELECT vm_id, {_CLOSED_UNTIL} AS closed_until FROM {SCHEMA}.vms v
+            WHERE created_at < $2 AND (deleted_at IS NULL OR deleted_at >= $1)
+              AND ($3::uuid IS NULL OR vm_id > $3)
+            ORDER BY vm_id LIMIT $4""", start, end, after, limit)
+    return [(r["vm_id"], r["closed_until"]) for r in rows]
+
+
+async def vm_state(conn: asyncpg.Connection, vm_id: UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""SELECT vm_id, organisation_id, wallet_id, source_partition, created_at, deleted_at,
+                   running, spec, state_since, last_event_at, open_from,
+                   {_CLOSED_UNTIL} AS closed_until
+            FROM {SCHEMA}.vms v WHERE vm_id = $1""", vm_id)
+    return row
+
+
+async def vm_usage(conn: asyncpg.Connection, vm_id: UUID, start: datetime, end: datetime
+                   ) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT hour_start, revision, seconds, segments::text AS segments
+            FROM {SCHEMA}.usage_hours WHERE vm_id = $1 AND hour_start >= $2 AND hour_start < $3
+            ORDER BY hour_start, revision""", vm_id, start, end)
+    return rows
