@@ -4,7 +4,6 @@ every service as its own process; and takes it all down again."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import sys
 import time
@@ -24,13 +23,6 @@ from shared.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / ".data"
 
-
-
-def _module_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 @dataclass
@@ -70,9 +62,7 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                "DATABASE_URL": settings.database_url, "TOPIC_PREFIX": settings.topic_prefix,
                "GROUP_PREFIX": settings.group_prefix}
-        for name, (module, port_setting) in SERVICES.items():
-            if not _module_exists(module):
-                continue
+        for name, (_module, port_setting) in SERVICES.items():
             port = getattr(settings, port_setting)
             system.ports[name] = port
             system.processes[name] = spawn(

@@ -84,6 +84,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._partitioner = DefaultPartitioner()
+        self._partition_cache: dict[tuple[str, bytes], int] = {}
 
     def notify(self) -> None:
         self._wake.set()
@@ -146,9 +147,13 @@ class OutboxRelay:
         for row in rows:
             topic, partition, key = row["topic"], row["partition"], row["key"]
             if partition is None:
+                partition = self._partition_cache.get((topic, key))
+            if partition is None:
                 if topic not in partitions:
                     partitions[topic] = sorted(await producer.partitions_for(topic))
                 partition = self._partitioner(key, partitions[topic], partitions[topic])
+                if key is not None:
+                    self._remember_partition(topic, key, partition)
             batch = batches.get((topic, partition))
             if batch is None:
                 batch = batches[(topic, partition)] = producer.create_batch()
@@ -159,3 +164,9 @@ class OutboxRelay:
         for (topic, partition), batch in batches.items():
             sends.append(await producer.send_batch(batch, topic, partition=partition))
         return sends
+
+    def _remember_partition(self, topic: str, key: bytes, partition: int) -> None:
+        # Keys repeat (a wallet's id, a VM's id) and aiokafka hashes them in pure Python.
+        if len(self._partition_cache) >= 100_000:
+            self._partition_cache.clear()
+        self._partition_cache[(topic, key)] = partition

@@ -306,13 +306,13 @@ def register_routes(service: WalletService) -> None:
     async def reconciliation(wallet_id: UUID) -> dict[str, object]:
         """balance == sum(ledger) and held == sum(open holds), checked live."""
         async with service.pool.acquire() as conn:
-            wallet = await repo.get_wallet(conn, wallet_id)
-            if wallet is None:
-                raise HTTPException(404, f"no wallet {wallet_id}")
-            ledger, holds = await repo.ledger_totals(conn, wallet_id)
-        return {"wallet_id": wallet_id, "balance_minor": wallet.balance, "ledger_sum_minor": ledger,
-                "held_minor": wallet.held, "open_holds_minor": holds,
-                "consistent": ledger == wallet.balance and holds == wallet.held}
+            totals = await repo.reconciliation(conn, wallet_id)
+        if totals is None:
+            raise HTTPException(404, f"no wallet {wallet_id}")
+        balance, ledger, held, holds = totals
+        return {"wallet_id": wallet_id, "balance_minor": balance, "ledger_sum_minor": ledger,
+                "held_minor": held, "open_holds_minor": holds,
+                "consistent": ledger == balance and holds == held}
 
     service.http.include_router(router)
 

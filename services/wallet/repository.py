@@ -245,13 +245,18 @@ async def charge_and_refunded(conn: asyncpg.Connection, wallet_id: UUID, entry_i
     return (row["amount"], int(row["refunded"])) if row else None
 
 
-async def ledger_totals(conn: asyncpg.Connection, wallet_id: UUID) -> tuple[int, int]:
-    """(sum of the ledger, sum of open holds), for reconciliation checks."""
+async def reconciliation(conn: asyncpg.Connection, wallet_id: UUID
+                         ) -> tuple[int, int, int, int] | None:
+    """(balance, sum of the ledger, held, sum of open holds), read in one statement so all
+    four come from one snapshot while debits keep arriving."""
     row = await conn.fetchrow(
-        f"""SELECT
+        f"""SELECT w.balance, w.held,
               (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.wallet_transactions
                  WHERE wallet_id = $1) AS ledger,
               (SELECT coalesce(sum(remaining), 0) FROM {SCHEMA}.holds
-                 WHERE wallet_id = $1 AND status IN ('pending', 'active')) AS holds""",
+                 WHERE wallet_id = $1 AND status IN ('pending', 'active')) AS holds
+            FROM {SCHEMA}.organisation_wallets w WHERE w.wallet_id = $1""",
         wallet_id)
-    return int(row["ledger"]), int(row["holds"])
+    if row is None:
+        return None
+    return row["balance"], int(row["ledger"]), row["held"], int(row["holds"])

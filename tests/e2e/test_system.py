@@ -9,6 +9,7 @@ import pytest
 from deploy.demo import run_demo
 from deploy.launcher import start_system
 from deploy.processes import free_port
+from shared.cli import SERVICES
 from shared.db import drop_database, with_database
 from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
@@ -31,7 +32,7 @@ def test_system_runs_its_main_job_and_stops_cleanly(infrastructure, tmp_path):
     system = start_system(settings, tmp_path, use_existing=True)
     processes = list(system.processes.values())
     try:
-        assert "wallet" in system.processes
+        assert set(system.processes) == set(SERVICES)
         assert asyncio.run(run_demo(system, days=3))
     finally:
         system.stop()

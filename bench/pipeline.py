@@ -1,0 +1,193 @@
+"""Usage rated and debited per second, end to end, through the real broker and database.
+
+  pipeline_events_per_s  HourlyUsage published to metering.usage -> billing rates it, stores
+                         its line and sends the debit (outbox) -> the wallet has committed it
+                         to the ledger; timed until the wallet holds every debit
+  raw_kafka_events_per_s the same messages through a bare aiokafka consume-and-produce loop
+                         (no parsing, no database): the ceiling Kafka and this machine allow
+
+Billing and the wallet run as their own processes (`cloudwallet serve`), as deployed; the
+CPU seconds each used during the run are printed, to show where the time goes.
+
+Usage: python -m bench.pipeline [--events N] [--wallets N] [--vms N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import asyncpg
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.infra import bench_settings
+from bench.wallet import open_wallets, produce
+from deploy.processes import free_port, spawn, stop, wait_for_port
+from shared.contracts.metering import HourlyUsage, UsageSegment, usage_id
+from shared.contracts.vm import VmSpec
+from shared.logs import configure_logging
+from shared.settings import Settings
+from shared.topics import METERING_USAGE
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+MEDIUM = VmSpec.of_tier("medium")
+
+
+def usage_messages(wallets: list[tuple[UUID, UUID]], vms: int, events: int
+                   ) -> list[tuple[UUID, bytes]]:
+    """`events` hours of usage spread over `vms` VMs, hour by hour as metering emits them."""
+    fleet = [(uuid4(), *wallets[n % len(wallets)]) for n in range(vms)]
+    messages = []
+    for n in range(events):
+        vm, org, wallet = fleet[n % vms]
+        hour = START + timedelta(hours=n // vms)
+        message = HourlyUsage(usage_id=usage_id(vm, hour, 0), vm_id=vm, wallet_id=wallet,
+                              organisation_id=org, hour_start=hour, revision=0, seconds=3600,
+                              segments=[UsageSegment(spec=MEDIUM, seconds=3600)],
+                              occurred_at=hour + timedelta(hours=1))
+        messages.append((wallet, message.model_dump_json().encode()))
+    return messages
+
+
+class Services:
+    """Wallet and billing, each a `cloudwallet serve` process on this run's database/topics."""
+
+    NAMES = ("wallet", "billing")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.logs = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-pipeline-"))
+        self.processes: dict[str, object] = {}
+
+    def start(self) -> None:
+        s = self.settings
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+               "DATABASE_URL": s.database_url, "TOPIC_PREFIX": s.topic_prefix,
+               "GROUP_PREFIX": s.group_prefix, "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
+               "CONSUMER_BATCH_TIMEOUT_MS": str(s.consumer_batch_timeout_ms),
+               "OUTBOX_POLL_INTERVAL_S": str(s.outbox_poll_interval_s)}
+        root = Path(__file__).resolve().parent.parent
+        for name in self.NAMES:
+            port, log = free_port(), self.logs / f"{name}.log"
+            process = spawn([sys.executable, "-m", "shared.cli", "serve", name, "--port",
+                             str(port)], log, env=env, cwd=root)
+            self.processes[name] = process
+            wait_for_port(port, process, log)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop(process)  # type: ignore[arg-type]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        used = {}
+        for name, process in self.processes.items():
+            times = psutil.Process(process.pid).cpu_times()  # type: ignore[attr-defined]
+            used[name] = times.user + times.system
+        return used
+
+
+async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -> float:
+    services = Services(settings)
+    services.start()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await asyncio.sleep(5)  # let the consumer groups settle before the clock starts
+        cpu_before = services.cpu_seconds()
+        started = time.perf_counter()
+        await produce(settings, settings.topic(METERING_USAGE.name), messages)
+        produced = time.perf_counter() - started
+        billed_at = None
+        while (debited := await conn.fetchval(
+                "SELECT count(*) FROM wallet.wallet_transactions "
+                "WHERE kind = 'usage_debit'")) < len(messages):
+            if billed_at is None and await conn.fetchval(
+                    "SELECT count(*) FROM billing.lines") >= len(messages):
+                billed_at = time.perf_counter() - started
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = {name: used - cpu_before[name] for name, used in services.cpu_seconds().items()}
+        print(f"  produced {len(messages)} usage events in {produced:.2f} s; all billed after "
+              f"{billed_at or elapsed:.2f} s; all {debited} debited after {elapsed:.2f} s")
+        print("  CPU seconds used during the run: " + ", ".join(
+            f"{name} {used:.1f} s ({used / len(messages) * 1e6:.0f} us/event)"
+            for name, used in cpu.items()))
+        billed, debited_total = await conn.fetchrow(
+            """SELECT (SELECT sum(amount) FROM billing.lines),
+                      (SELECT -sum(amount) FROM wallet.wallet_transactions
+                       WHERE kind = 'usage_debit')""")
+        consistent = await conn.fetchval(
+            """SELECT bool_and(w.balance = l.total) FROM wallet.organisation_wallets w
+               JOIN (SELECT wallet_id, sum(amount) AS total FROM wallet.wallet_transactions
+                     GROUP BY wallet_id) l USING (wallet_id)""")
+        print(f"  billed {billed} = debited {debited_total}: {billed == debited_total}; "
+              f"wallet ledgers consistent: {consistent}")
+        return len(messages) / elapsed
+    finally:
+        await conn.close()
+        services.stop()
+
+
+async def raw_run(settings: Settings, count: int) -> float:
+    """Consume the same topic from the start and produce each record on, nothing else."""
+    sink = settings.topic("bench.raw-sink")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(sink, METERING_USAGE.partitions, 1)])
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(
+        settings.topic(METERING_USAGE.name), bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group("bench.raw"), auto_offset_reset="earliest",
+        enable_auto_commit=False, max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, linger_ms=5,
+                                max_batch_size=512 * 1024, acks="all", enable_idempotence=True)
+    await consumer.start()
+    await producer.start()
+    try:
+        seen = 0
+        started = time.perf_counter()
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
+            sends = [await producer.send(sink, r.value, key=r.key)
+                     for records in batch.values() for r in records]
+            await asyncio.gather(*sends)
+            if sends:
+                await consumer.commit()
+            seen += len(sends)
+        return count / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("WARNING", json=False)
+    async with bench_settings() as settings:
+        wallets = await open_wallets(settings.database_url, args.wallets, 10**12)
+        messages = usage_messages(wallets, args.vms, args.events)
+        pipeline = await pipeline_run(settings, messages)
+        print(f"pipeline: {args.events} usage events over {args.vms} VMs and {args.wallets} "
+              f"wallets: {pipeline:,.0f}/s")
+        raw = await raw_run(settings, len(messages))
+        print(f"raw aiokafka consume-and-produce of the same messages: {raw:,.0f}/s")
+    print(f"pipeline_events_per_s={pipeline:.0f} raw_kafka_events_per_s={raw:.0f} "
+          f"ratio={pipeline / raw:.3f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--wallets", type=int, default=500)
+    parser.add_argument("--vms", type=int, default=5_000)
+    asyncio.run(main(parser.parse_args()))

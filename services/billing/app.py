@@ -1,0 +1,41 @@
+"""The billing service: usage and wallet-event consumers and the statements API."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.billing.api import register_routes
+from services.billing.gateway import PaymentGateway, SimulatedGateway
+from services.billing.handlers import CONSUMER, BillingHandlers
+from services.billing.repository import SCHEMA
+from shared.pricing import DEFAULT_BOOK, RateCardBook
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings, get_settings
+from shared.topics import METERING_USAGE, WALLET_EVENTS
+
+# How long (event time, after a month ends) a close waits for the wallet to confirm the
+# month's debits before closing anyway and listing the unconfirmed ones as mismatches.
+DEFAULT_CLOSE_GRACE = timedelta(hours=24)
+DEFAULT_GATEWAY_TIMEOUT_S = 10.0
+# Consumers of metering.usage in this process (one group: the partitions are split between
+# them), so one batch is rated while another waits for the database.
+DEFAULT_USAGE_CONSUMERS = 2
+
+
+class BillingService(ServiceRuntime):
+    def __init__(self, settings: Settings, *, book: RateCardBook = DEFAULT_BOOK,
+                 gateway: PaymentGateway | None = None,
+                 close_grace: timedelta = DEFAULT_CLOSE_GRACE,
+                 gateway_timeout_s: float = DEFAULT_GATEWAY_TIMEOUT_S,
+                 usage_consumers: int = DEFAULT_USAGE_CONSUMERS) -> None:
+        super().__init__("billing", SCHEMA, settings)
+        self.gateway = gateway or SimulatedGateway()
+        self.handlers = BillingHandlers(self, book, self.gateway, close_grace, gateway_timeout_s)
+        for _ in range(usage_consumers):
+            self.consume(METERING_USAGE, CONSUMER, self.handlers.on_usage)
+        self.consume(WALLET_EVENTS, CONSUMER, self.handlers.on_wallet_events)
+        register_routes(self)
+
+
+def create_service(settings: Settings | None = None) -> BillingService:
+    return BillingService(settings or get_settings())

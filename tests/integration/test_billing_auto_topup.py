@@ -1,0 +1,93 @@
+"""Auto top-up: a low-balance event of a wallet with auto top-up charges the card once;
+success tops the wallet up, a decline or a timeout is published as declined."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from services.billing.gateway import SimulatedGateway
+from services.billing.handlers import attempt_id_for
+from shared.contracts.vm import VmSpec
+from shared.contracts.wallet import WalletOpened
+from shared.topics import BILLING_EVENTS, METERING_USAGE, WALLET_EVENTS
+from tests.integration.test_billing_support import JAN, running_billing, usage
+from tests.integration.wallet_fixtures import running_wallet
+from tests.kafka_helpers import KafkaProbe
+
+BIG = VmSpec(vcpu=128, ram_gb=2048, disk_gb=50)  # R97.29 an hour
+
+
+async def test_auto_topup_succeeds_declines_and_times_out_once_each(env, db: asyncpg.Connection):
+    settings = env.settings
+    gateway = SimulatedGateway()
+    async with running_wallet(settings) as (_, wallet), \
+            running_billing(settings, gateway=gateway) as _, \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        wallets: dict[str, tuple[UUID, UUID]] = {}
+        for token in ("tok_visa_ok", "tok_decline_stolen", "tok_timeout_slow"):
+            org, wallet_id = await wallet.open(balance=100_000)
+            response = await wallet.http.put(f"/wallets/{wallet_id}/auto-topup", json={
+                "enabled": True, "threshold_minor": 50_000, "amount_minor": 200_000,
+                "card_token": token})
+            assert response.status_code == 200, response.text
+            wallets[token] = (org, wallet_id)
+        # six hours of a big VM take each wallet from R1,000 to R416.26: below R500
+        await kafka.publish_many(settings.topic(METERING_USAGE.name), [
+            (wallet_id, usage(vm, wallet_id, org, JAN + timedelta(hours=h), [(BIG, 3600)]))
+            for org, wallet_id in wallets.values() for vm in [uuid4()] for h in range(6)])
+
+        declined = await kafka.read_count(
+            settings.topic(BILLING_EVENTS.name), 2, timeout=30,
+            where=lambda m: m["type"] == "billing.auto_topup_declined")
+        reasons = {UUID(m["wallet_id"]): m["reason"] for m in declined}
+        assert "declined" in reasons[wallets["tok_decline_stolen"][1]]
+        assert "timed out" in reasons[wallets["tok_timeout_slow"][1]]
+        assert wallets["tok_visa_ok"][1] not in reasons
+
+        ok_wallet = wallets["tok_visa_ok"][1]
+        topped = await kafka.read_count(
+            settings.topic(WALLET_EVENTS.name), 1, timeout=30,
+            where=lambda m: m["type"] == "wallet.topped_up" and m["wallet_id"] == str(ok_wallet)
+            and m["amount"]["amount_minor"] == 200_000)
+        assert (await wallet.status(ok_wallet))["balance_minor"] == 100_000 - 6 * 9729 + 200_000
+        for _, wallet_id in wallets.values():
+            await wallet.assert_consistent(wallet_id)
+        for token in ("tok_decline_stolen", "tok_timeout_slow"):
+            assert (await wallet.status(wallets[token][1]))["balance_minor"] == \
+                100_000 - 6 * 9729
+
+        # each low-balance event was charged once, under an id derived from it
+        low = await kafka.read_count(settings.topic(WALLET_EVENTS.name), 3,
+                                     where=lambda m: m["type"] == "wallet.low_balance")
+        assert sorted(a for a, _, _ in gateway.calls) == sorted(
+            attempt_id_for(UUID(m["event_id"])) for m in low)
+        assert topped[0]["payment_id"] == str(next(
+            a for a, token, _ in gateway.calls if token == "tok_visa_ok"))
+        statuses = {r["card_token"]: r["status"] for r in await db.fetch(
+            "SELECT card_token, status FROM billing.topup_attempts")}
+        assert statuses == {"tok_visa_ok": "succeeded", "tok_decline_stolen": "declined",
+                            "tok_timeout_slow": "timed_out"}
+
+        # the same low-balance events delivered again charge nothing
+        for m in low:
+            await kafka.publish(settings.topic(WALLET_EVENTS.name), m["wallet_id"],
+                                json.dumps(m).encode())
+        # a marker behind the replays in the same partition: once billing has it, it has
+        # consumed the replays too
+        for m in low:
+            marker = WalletOpened(wallet_id=uuid4(), organisation_id=uuid4(),
+                                  organisation_name="marker", organisation_kind="customer",
+                                  currency="ZAR", billing_mode="PAYG")
+            await kafka.publish(settings.topic(WALLET_EVENTS.name), m["wallet_id"], marker)
+            async with asyncio.timeout(20):
+                while not await db.fetchval(
+                        "SELECT count(*) FROM billing.wallets WHERE wallet_id = $1",
+                        marker.wallet_id):
+                    await asyncio.sleep(0.05)
+        assert len(gateway.calls) == 3
+        assert (await wallet.status(ok_wallet))["balance_minor"] == 100_000 - 6 * 9729 + 200_000

@@ -1,0 +1,126 @@
+"""Duplicate and corrected usage: one line per usage event, corrections bill the difference,
+a late correction of a closed month lands on the next statement, bad usage is reported."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from uuid import uuid4
+
+import asyncpg
+
+from shared.contracts.metering import HourlyUsage
+from shared.contracts.vm import VmSpec
+from shared.topics import DEAD_LETTER, METERING_USAGE
+from tests.integration.test_billing_support import (
+    FEB,
+    JAN,
+    expected_vm_month,
+    month_closed,
+    publish_watermarks,
+    running_billing,
+    usage,
+)
+from tests.integration.wallet_fixtures import running_wallet
+from tests.kafka_helpers import KafkaProbe
+
+MEDIUM = VmSpec.of_tier("medium")
+MAR = FEB + timedelta(days=28)
+
+
+async def test_duplicates_and_corrections(env, db: asyncpg.Connection):
+    settings = env.settings
+    topic = settings.topic(METERING_USAGE.name)
+    async with running_wallet(settings) as (_, wallet), running_billing(settings) as (_, http), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        org, wallet_id = await wallet.open(balance=1_000_000)
+        vm = uuid4()
+
+        def hour(h: int, seconds: int, revision: int = 0) -> tuple[object, HourlyUsage]:
+            return wallet_id, usage(vm, wallet_id, org, JAN + timedelta(hours=h),
+                                    [(MEDIUM, seconds)], revision)
+
+        first = [hour(h, 3600) for h in range(10)]
+        await kafka.publish_many(topic, first)
+        await kafka.publish_many(topic, [
+            first[0], first[0],  # duplicates
+            hour(1, 1800, 1),  # a correction down: a credit
+            hour(2, 1800, 1), hour(2, 3600, 2),  # down, then back up
+            hour(3, 600, 2), hour(3, 1200, 1),  # revision 1 arrives after revision 2: stale
+        ])
+        bad = usage(vm, wallet_id, org, JAN + timedelta(hours=20), [(MEDIUM, 3600)])
+        bad_json = bad.model_dump_json().replace('"seconds":3600,"segments"',
+                                                 '"seconds":3000,"segments"')
+        await kafka.publish(topic, wallet_id, bad_json.encode())
+        await publish_watermarks(kafka, settings, FEB)
+        january = (await month_closed(kafka, settings, [wallet_id], "2026-01"))[wallet_id]
+
+        final = [3600, 1800, 3600, 600] + [3600] * 6
+        charge, seconds = expected_vm_month([[(MEDIUM, s)] for s in final])
+        (summary,) = january["vms"]
+        assert summary["amount"]["amount_minor"] == charge
+        assert summary["seconds_metered"] == seconds
+        # debits: ten hours of 41 cents, and 21 back up; credits: 21, 21 and 35
+        assert january["charges"]["amount_minor"] == 10 * 41 + 21
+        assert january["credits"]["amount_minor"] == 1_000_000 + 21 + 21 + 35
+        assert len(january["mismatches"]) == 1
+        assert "not billed" in january["mismatches"][0]
+        assert "segments add up to 3600 s but the usage says 3000 s" in january["mismatches"][0]
+        letters = await kafka.read_count(settings.topic(DEAD_LETTER.name), 1)
+        assert "segments add up to" in letters[0]["reason"]
+
+        lines = await db.fetch(
+            """SELECT hour_start, revision, amount, stale FROM billing.lines
+               WHERE vm_id = $1 ORDER BY hour_start, revision""", vm)
+        assert len(lines) == 10 + 1 + 2 + 2  # one per distinct usage event
+        assert [(r["revision"], r["amount"], r["stale"]) for r in lines
+                if r["hour_start"] == JAN + timedelta(hours=3)] == [(0, 41, False),
+                                                                     (1, 0, True),
+                                                                     (2, -35, False)]
+        kinds = await db.fetch(
+            """SELECT kind, count(*) AS n, sum(amount) AS total FROM wallet.wallet_transactions
+               WHERE wallet_id = $1 GROUP BY kind""", wallet_id)
+        ledger = {r["kind"]: (r["n"], r["total"]) for r in kinds}
+        assert ledger["usage_debit"] == (11, -(10 * 41 + 21))
+        assert ledger["usage_credit"] == (3, 21 + 21 + 35)
+
+        # a correction of closed January arrives: it is billed, on February's statement
+        await kafka.publish_many(topic, [hour(4, 0, 1)])
+        await publish_watermarks(kafka, settings, MAR)
+        february = (await month_closed(kafka, settings, [wallet_id], "2026-02"))[wallet_id]
+        assert february["opening_balance"] == january["closing_balance"]
+        assert february["credits"]["amount_minor"] == 41
+        assert february["closing_balance"]["amount_minor"] == \
+            january["closing_balance"]["amount_minor"] + 41
+        assert "late correction of 2026-01" in february["notes"][0]
+        assert february["mismatches"] == []
+        unchanged = (await http.get(f"/wallets/{wallet_id}/statements/2026-01")).json()
+        assert unchanged["closing_balance"] == january["closing_balance"]
+        status = await wallet.status(wallet_id)
+        assert status["balance_minor"] == february["closing_balance"]["amount_minor"]
+        await wallet.assert_consistent(wallet_id)
+
+
+async def test_debits_the_wallet_never_confirms_close_after_the_grace_as_mismatches(env, db):
+    settings = env.settings
+    topic = settings.topic(METERING_USAGE.name)
+    async with running_wallet(settings), running_billing(settings) as (_, http), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        ghost, org, vm = uuid4(), uuid4(), uuid4()  # a wallet the wallet service never opened
+        await kafka.publish_many(topic, [
+            (ghost, usage(vm, ghost, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
+            for h in range(3)])
+        await publish_watermarks(kafka, settings, FEB)
+        async with asyncio.timeout(20):
+            while await db.fetchval("SELECT count(*) FROM billing.month_closes") == 0:
+                await asyncio.sleep(0.05)
+        pending = await http.get(f"/wallets/{ghost}/statements/2026-01")
+        assert pending.status_code == 404 and "waiting for the wallet" in pending.json()["detail"]
+
+        await publish_watermarks(kafka, settings, FEB + timedelta(hours=24))
+        statement = (await month_closed(kafka, settings, [ghost], "2026-01"))[ghost]
+        assert statement["charges"]["amount_minor"] == 3 * 41
+        assert statement["vms"][0]["debited"]["amount_minor"] == 0
+        assert any("3 debits/credits totalling 123 not confirmed" in m
+                   for m in statement["mismatches"])
+        assert any("no wallet.opened" in n for n in statement["notes"])

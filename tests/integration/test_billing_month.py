@@ -1,0 +1,128 @@
+"""A month of hourly usage for a few VMs, through billing and the real wallet, reconciled to
+the cent against an independent calculation; the monthly cap; statements and invoices."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from datetime import timedelta
+from uuid import uuid4
+
+from shared.contracts.vm import VmSpec
+from shared.topics import METERING_USAGE
+from tests.integration.test_billing_support import (
+    FEB,
+    JAN,
+    expected_vm_month,
+    month_closed,
+    publish_watermarks,
+    running_billing,
+    usage,
+)
+from tests.integration.wallet_fixtures import running_wallet
+from tests.kafka_helpers import KafkaProbe
+
+SMALL, MEDIUM, LARGE = (VmSpec.of_tier(t) for t in ("small", "medium", "large"))
+CUSTOM = VmSpec(vcpu=3, ram_gb=5, disk_gb=120)
+HOURS = 744  # January
+
+
+def month_pattern(seed: int, kind: str) -> list[list[tuple[VmSpec, int]]]:
+    """Each hour's segments: always on, or a VM that runs part-time and resizes."""
+    rnd = random.Random(seed)
+    hours = []
+    for _ in range(HOURS):
+        if kind == "full":
+            hours.append([(MEDIUM, 3600)])
+        elif kind == "small":
+            hours.append([(SMALL, 3600)])
+        else:
+            on = rnd.choice([0, 3600, 3600, rnd.randint(1, 3599)])
+            split = rnd.randint(0, on)
+            hours.append([(CUSTOM, split), (LARGE, on - split)] if kind == "mixed"
+                         else [(CUSTOM, on)])
+    return hours
+
+
+async def test_a_month_reconciles_to_the_cent(env):
+    settings = env.settings
+    async with running_wallet(settings) as (_, wallet), running_billing(settings) as (_, http), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        payg_org, payg = await wallet.open(balance=5_000_000)
+        invoice_org, invoiced = await wallet.open(billing_mode="INVOICE", credit_limit=10_000_000)
+        vms = {  # vm -> (wallet, org, hours)
+            uuid4(): (payg, payg_org, month_pattern(1, "full")),  # reaches the cap
+            uuid4(): (payg, payg_org, month_pattern(2, "mixed")),
+            uuid4(): (invoiced, invoice_org, month_pattern(3, "small")),  # under the cap
+            uuid4(): (invoiced, invoice_org, month_pattern(4, "custom")),
+        }
+        messages = [(w, usage(vm, w, org, JAN + timedelta(hours=h), segments))
+                    for vm, (w, org, hours) in vms.items() for h, segments in enumerate(hours)]
+        await kafka.publish_many(settings.topic(METERING_USAGE.name), messages)
+        await publish_watermarks(kafka, settings, FEB)
+
+        closed = await month_closed(kafka, settings, [payg, invoiced], "2026-01")
+
+        expected = {vm: expected_vm_month(hours) for vm, (_, _, hours) in vms.items()}
+        for wallet_id, statement in closed.items():
+            mine = {vm: e for vm, e in expected.items() if vms[vm][0] == wallet_id}
+            by_vm = {vm["vm_id"]: vm for vm in statement["vms"]}
+            assert set(by_vm) == {str(vm) for vm in mine}
+            for vm, (charge, seconds) in mine.items():
+                assert by_vm[str(vm)]["amount"]["amount_minor"] == charge
+                assert by_vm[str(vm)]["debited"]["amount_minor"] == charge
+                assert by_vm[str(vm)]["seconds_metered"] == seconds
+            total = sum(charge for charge, _ in mine.values())
+            assert statement["charges"]["amount_minor"] == total
+            assert statement["mismatches"] == []
+            opening = statement["opening_balance"]["amount_minor"]
+            assert statement["closing_balance"]["amount_minor"] == (
+                opening - total + statement["credits"]["amount_minor"])
+            # the wallet's own books agree with the statement, and with its ledger
+            status = await wallet.status(wallet_id)
+            assert status["balance_minor"] == statement["closing_balance"]["amount_minor"]
+            await wallet.assert_consistent(wallet_id)
+
+        payg_statement = closed[payg]
+        assert payg_statement["top_ups"]["amount_minor"] == 5_000_000
+        assert payg_statement["closing_balance"]["amount_minor"] == 5_000_000 - sum(
+            e[0] for vm, e in expected.items() if vms[vm][0] == payg)
+
+        # the cap: the always-on medium VM pays its monthly price, not 744 hours of it
+        capped_vm = next(vm for vm, (_, _, h) in vms.items() if h[0] == [(MEDIUM, 3600)])
+        capped = next(v for v in payg_statement["vms"] if v["vm_id"] == str(capped_vm))
+        assert capped["amount"]["amount_minor"] == 30_000
+        assert capped["rated"]["amount_minor"] == 744 * 41 > 30_000
+        assert capped["seconds_billed"] < capped["seconds_metered"] == 744 * 3600
+
+        # statements over HTTP, JSON and CSV
+        response = await http.get(f"/wallets/{payg}/statements/2026-01")
+        assert response.status_code == 200
+        assert response.json()["closing_balance"] == payg_statement["closing_balance"]
+        rows = list(csv.DictReader(io.StringIO(
+            (await http.get(f"/wallets/{payg}/statements/2026-01?format=csv")).text)))
+        closing = next(r for r in rows if r["record"] == "closing_balance")
+        assert int(closing["amount_minor"]) == payg_statement["closing_balance"]["amount_minor"]
+        assert sum(1 for r in rows if r["record"] == "vm") == 2
+        missing = await http.get(f"/wallets/{payg}/statements/2026-02")
+        assert missing.status_code == 404 and "not closed" in missing.json()["detail"]
+        assert (await http.get(f"/wallets/{uuid4()}/statements/2026-01")).status_code == 404
+        assert (await http.get(f"/wallets/{payg}/statements/2026-1")).status_code == 422
+
+        # the invoice customer's invoice: VAT at 15% per line, CSV for the accounting import
+        assert (await http.get(f"/wallets/{payg}/invoices/2026-01")).status_code == 404
+        invoice = (await http.get(f"/wallets/{invoiced}/invoices/2026-01")).json()
+        invoice_total = sum(e[0] for vm, e in expected.items() if vms[vm][0] == invoiced)
+        assert invoice["net_minor"] == invoice_total
+        assert invoice["vat_minor"] == sum((line["net_minor"] * 15 * 2 + 100) // 200
+                                           for line in invoice["lines"])
+        assert invoice["total_minor"] == invoice["net_minor"] + invoice["vat_minor"]
+        assert invoice["document_date"] == "2026-01-31"
+        exported = (await http.get(f"/wallets/{invoiced}/invoices/2026-01?format=csv")).text
+        lines = list(csv.DictReader(io.StringIO(exported)))
+        assert len(lines) == 2
+        assert {line["document_number"] for line in lines} == {invoice["document_number"]}
+        assert round(sum(float(line["line_total"]) for line in lines) * 100) == \
+            invoice["total_minor"]
+        assert all(line["vat_rate"] == "15.00" for line in lines)

@@ -1,0 +1,96 @@
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.contracts.vm import VmSpec
+from shared.money import Money
+from shared.pricing import (
+    DEFAULT_BOOK,
+    DEFAULT_RATE_CARD,
+    RateCard,
+    RateCardBook,
+    round_charge,
+    round_requirement,
+    tier_spec,
+)
+
+START = DEFAULT_RATE_CARD.effective_from
+
+
+def card(version: str, at: datetime, small: int = 15_000) -> RateCard:
+    return RateCard(version, at, "ZAR", {"small": small, "medium": 30_000, "large": 60_000,
+                                         "enterprise": 120_000}, Fraction(12), Fraction(4),
+                    Fraction(1, 50))
+
+
+@pytest.mark.parametrize("tier, monthly", [("small", 15_000), ("medium", 30_000),
+                                           ("large", 60_000), ("enterprise", 120_000)])
+def test_tier_prices_are_the_seed_price_list(tier, monthly):
+    spec = tier_spec(tier)
+    assert DEFAULT_RATE_CARD.monthly_price(spec) == monthly
+    assert DEFAULT_RATE_CARD.hourly_rate(spec) == Fraction(monthly, 730)
+
+
+def test_custom_sizes_are_priced_per_resource_hour():
+    spec = VmSpec(vcpu=3, ram_gb=5, disk_gb=100)
+    assert DEFAULT_RATE_CARD.hourly_rate(spec) == 3 * 12 + 5 * 4 + Fraction(100, 50)
+    assert DEFAULT_RATE_CARD.monthly_price(spec) == 58 * 730
+
+
+def test_exact_charge_prorates_by_seconds_and_refuses_negative_time():
+    spec = tier_spec("medium")
+    assert DEFAULT_RATE_CARD.exact_charge(spec, 1800) == Fraction(30_000, 730) / 2
+    assert DEFAULT_RATE_CARD.exact_charge(spec, 0) == 0
+    with pytest.raises(ValueError):
+        DEFAULT_RATE_CARD.exact_charge(spec, -1)
+
+
+def test_charges_round_down_and_requirements_round_up():
+    assert round_charge(Fraction(4109, 100), "ZAR") == Money(41)
+    assert round_requirement(Fraction(4101, 100), "ZAR") == Money(42)
+    assert round_charge(Fraction(41), "ZAR") == round_requirement(Fraction(41), "ZAR") == Money(41)
+
+
+@given(st.fractions(min_value=0, max_value=10**9))
+def test_rounding_never_moves_more_than_a_cent_and_brackets_the_exact_amount(exact):
+    down, up = round_charge(exact, "ZAR").amount, round_requirement(exact, "ZAR").amount
+    assert down <= exact <= up and up - down <= 1
+
+
+def test_estimates_round_up_so_a_hold_covers_a_month():
+    estimate = DEFAULT_BOOK.estimate(tier_spec("medium"), START)
+    assert estimate.rate_card_version == "2025-01"
+    assert estimate.hourly == Money(42)  # 41.09...
+    assert estimate.monthly == Money(30_000)
+    custom = VmSpec(vcpu=1, ram_gb=1, disk_gb=11)
+    # (12 + 4 + 11/50) cents an hour x 730 = 11,840.6: rounded up
+    assert DEFAULT_BOOK.monthly_requirement(custom, START) == Money(11_841)
+
+
+def test_the_book_picks_the_card_in_effect():
+    later = START + timedelta(days=40)
+    book = DEFAULT_BOOK.with_card(card("v2", later, small=18_000))
+    assert book.at(later - timedelta(microseconds=1)).version == "2025-01"
+    assert book.at(later).version == "v2"
+    assert book.monthly_requirement(tier_spec("small"), later) == Money(18_000)
+    with pytest.raises(LookupError):
+        book.at(START - timedelta(seconds=1))
+
+
+def test_a_book_needs_cards_in_strictly_increasing_order():
+    with pytest.raises(ValueError):
+        RateCardBook(())
+    with pytest.raises(ValueError):
+        RateCardBook((card("b", START + timedelta(days=1)), card("a", START)))
+    with pytest.raises(ValueError):
+        RateCardBook((card("a", START), card("b", START)))
+
+
+def test_a_tier_must_have_its_shape():
+    with pytest.raises(ValueError, match="tier small is 1 vCPU / 2 GB"):
+        VmSpec(tier="small", vcpu=2, ram_gb=2)
+    assert tier_spec("large", disk_gb=200) == VmSpec(tier="large", vcpu=4, ram_gb=8, disk_gb=200)
+    assert datetime(2025, 1, 1, tzinfo=UTC) == START
