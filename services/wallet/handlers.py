@@ -153,14 +153,12 @@ class WalletHandlers:
 
     async def _commit(self, conn: asyncpg.Connection, wallets: Sequence[Wallet],
                       new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
-                      events: Events) -> list[int]:
-        entries = [e for w in wallets for e in w.entries]
-        entry_ids = await repo.insert_entries(conn, entries)
+                      events: Events) -> None:
+        await repo.append_entries(conn, [e for w in wallets for e in w.entries])
         await repo.save_wallets(conn, wallets)
         await repo.insert_holds(conn, new_holds)
         await repo.update_holds(conn, changed_holds)
         await enqueue(conn, repo.SCHEMA, events.out)
-        return entry_ids
 
     # --- provisioning.requests: reserve or reject ---------------------------------------
 

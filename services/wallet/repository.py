@@ -138,6 +138,23 @@ async def update_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
         [h.status.value for h in holds], [h.closed_at for h in holds])
 
 
+_ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",
+                  "idempotency_key", "vm_id", "refunds_entry_id", "description", "occurred_at"]
+
+
+async def append_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
+    """Append ledger rows without reading their ids back: COPY for a batch, which costs a
+    third of a multi-row INSERT per row."""
+    if len(entries) < 64:
+        await insert_entries(conn, entries)
+        return
+    await conn.copy_records_to_table(
+        "wallet_transactions", schema_name=SCHEMA, columns=_ENTRY_COLUMNS,
+        records=[(e.wallet_id, e.kind.value, e.amount, e.balance_after, e.hold_drawn,
+                  e.idempotency_key, e.vm_id, e.refunds_entry_id, e.description, e.occurred_at)
+                 for e in entries])
+
+
 async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> list[int]:
     if not entries:
         return []
