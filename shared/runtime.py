@@ -62,7 +62,7 @@ class ServiceRuntime:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=256 * 1024,
+            linger_ms=5, max_batch_size=1_000_000, max_request_size=4_000_000,
         )
         await self._producer.start()
         self._relay = OutboxRelay(self._pool, self.schema, self._producer,

@@ -1,5 +1,6 @@
 """The outbox relay against the real broker and database."""
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -42,3 +43,34 @@ async def test_rows_committed_before_a_crash_are_published_by_the_next_relay(env
         assert [m["at"] for m in seen] == [t.at.isoformat().replace("+00:00", "Z") for t in ticks]
         letters = await kafka.read(env.topic(DEAD_LETTER.name), until=lambda ms: False, timeout=1)
         assert letters == []
+
+
+async def test_a_row_committed_behind_the_cursor_is_still_published(env, db):
+    """Ids are taken at insert, rows become visible at commit: a slow transaction's row can
+    sit behind rows already published. The relay goes back for it."""
+    from datetime import UTC, datetime
+
+    early, late = (ClockTick.at_time(datetime(2026, 1, 1, h, tzinfo=UTC)) for h in (1, 2))
+    topic = env.topic(CLOCK_TICKS.name)
+    slow = await asyncpg.connect(env.database_url)
+    pool = await create_pool(env.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await enqueue(slow, "wallet", [outgoing(topic, "clock", early)])  # takes the lower id
+        async with db.transaction():
+            await enqueue(db, "wallet", [outgoing(topic, "clock", late)])
+        relay = OutboxRelay(pool, "wallet", producer, batch_size=10)
+        assert await relay.drain() == 1  # the later id; the cursor moves past the earlier one
+        await slow_tx.commit()
+        assert await relay.drain() == 0  # idle: the cursor returns to the head...
+        assert await relay.drain() == 1  # ...and finds the row committed late
+    finally:
+        await producer.stop()
+        await pool.close()
+        await slow.close()
+    async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        seen = await kafka.read_count(topic, 2)
+    assert {m["event_id"] for m in seen} == {str(early.event_id), str(late.event_id)}
