@@ -206,7 +206,7 @@ class Simulation:
             await asyncio.gather(*sends)
             await publish_tick(self.producer, self.settings, at + timedelta(hours=1))
             if hour % 24 == 23:
-                await asyncio.sleep(0.05)  # let the pipeline breathe; ticks are cheap
+                await self.settle(at + timedelta(hours=1))
         end = self.start + timedelta(days=self.days)
         print(f"clock reached {end:%Y-%m-%d %H:%M} UTC after {self.days * 24} hourly ticks")
 
@@ -218,6 +218,28 @@ class Simulation:
             months.append(first.strftime("%Y-%m"))
             first = following
         return months
+
+    async def settle(self, until: datetime) -> None:
+        """Keep the simulated clock from racing ahead of the pipeline: a day ends when
+        metering has closed its hours for every VM and the wallets have stopped moving (else
+        billing would close months before the wallet confirmed their last debits)."""
+        async def closed() -> bool:
+            for vm_id in self.vm_company:
+                state = await self.http.get(self.url("metering", f"/vms/{vm_id}"))
+                if state.status_code != 200 or \
+                        datetime.fromisoformat(state.json()["closed_until"]) < until:
+                    return False
+            return True
+
+        await self._until(closed, f"metering to close hours up to {until:%Y-%m-%d}")
+        before = None
+        while (now := await self._balances()) != before:
+            before = now
+            await asyncio.sleep(0.15)
+
+    async def _balances(self) -> list[int]:
+        return [(await self.http.get(self.url("wallet", f"/wallets/{c.wallet_id}"))
+                 ).json()["balance_minor"] for c in self.companies]
 
     async def report(self) -> bool:
         ok = True

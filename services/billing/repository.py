@@ -193,14 +193,15 @@ async def set_closed_through(conn: asyncpg.Connection, partition: int, month: da
 
 async def open_month_closes(conn: asyncpg.Connection, partition: int, month: date) -> None:
     """Pending closes for every wallet with usage in the month or before (a continuing
-    customer), or with movements booked on it (or not booked yet)."""
+    customer), or with movements booked on it, before it (a customer whose money is still
+    with us: a quiet month still gets its statement) or not booked yet."""
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.month_closes (wallet_id, month, usage_partition, status)
             SELECT wallet_id, $2, $1, 'pending' FROM (
                 SELECT wallet_id FROM {SCHEMA}.vm_months
                     WHERE usage_partition = $1 AND month <= $2
                 UNION SELECT wallet_id FROM {SCHEMA}.movements
-                    WHERE usage_partition = $1 AND (booked_month = $2 OR booked_month IS NULL)
+                    WHERE usage_partition = $1 AND (booked_month <= $2 OR booked_month IS NULL)
                 ) wallets
             ON CONFLICT DO NOTHING""", partition, month)
 
