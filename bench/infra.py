@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from subprocess import Popen
 
+import psutil
+
+from deploy.processes import free_port, spawn, stop, wait_for_port
 from shared.db import drop_database, migrate, with_database
 from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @asynccontextmanager
@@ -45,3 +52,45 @@ async def bench_settings(**overrides: object) -> AsyncIterator[Settings]:
         if stack is not None:
             stack.stop()
             shutil.rmtree(stack.root, ignore_errors=True)
+
+
+class ServiceProcesses:
+    """Services as `cloudwallet serve` processes on a run's database and topics, so each
+    has its own core to use and its CPU time can be read apart from the load generator's."""
+
+    def __init__(self, settings: Settings, names: tuple[str, ...], logs: Path | None = None
+                 ) -> None:
+        self.settings = settings
+        self.logs = logs or Path(tempfile.mkdtemp(prefix="cloudwallet-bench-"))
+        self.ports = {name: free_port() for name in names}
+        self.processes: dict[str, Popen[bytes]] = {}
+
+    def start(self) -> None:
+        s = self.settings
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+               "DATABASE_URL": s.database_url, "TOPIC_PREFIX": s.topic_prefix,
+               "GROUP_PREFIX": s.group_prefix, "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
+               "CONSUMER_BATCH_TIMEOUT_MS": str(s.consumer_batch_timeout_ms),
+               "OUTBOX_POLL_INTERVAL_S": str(s.outbox_poll_interval_s)}
+        for name, port in self.ports.items():
+            log = self.logs / f"{name}.log"
+            self.processes[name] = process = spawn(
+                [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
+                log, env=env, cwd=REPO_ROOT)
+            wait_for_port(port, process, log)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop(process)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each server process, and this one, has used so far."""
+        used = {}
+        for name, process in self.processes.items():
+            times = psutil.Process(process.pid).cpu_times()
+            used[name] = times.user + times.system
+        used["bench"] = sum(psutil.Process().cpu_times()[:2])
+        return used
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"

@@ -16,22 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import asyncpg
-import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.infra import bench_settings
+from bench.infra import ServiceProcesses, bench_settings
 from bench.wallet import open_wallets, produce
-from deploy.processes import free_port, spawn, stop, wait_for_port
 from shared.contracts.metering import HourlyUsage, UsageSegment, usage_id
 from shared.contracts.vm import VmSpec
 from shared.logs import configure_logging
@@ -58,45 +52,8 @@ def usage_messages(wallets: list[tuple[UUID, UUID]], vms: int, events: int
     return messages
 
 
-class Services:
-    """Wallet and billing, each a `cloudwallet serve` process on this run's database/topics."""
-
-    NAMES = ("wallet", "billing")
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.logs = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-pipeline-"))
-        self.processes: dict[str, object] = {}
-
-    def start(self) -> None:
-        s = self.settings
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-               "DATABASE_URL": s.database_url, "TOPIC_PREFIX": s.topic_prefix,
-               "GROUP_PREFIX": s.group_prefix, "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
-               "CONSUMER_BATCH_TIMEOUT_MS": str(s.consumer_batch_timeout_ms),
-               "OUTBOX_POLL_INTERVAL_S": str(s.outbox_poll_interval_s)}
-        root = Path(__file__).resolve().parent.parent
-        for name in self.NAMES:
-            port, log = free_port(), self.logs / f"{name}.log"
-            process = spawn([sys.executable, "-m", "shared.cli", "serve", name, "--port",
-                             str(port)], log, env=env, cwd=root)
-            self.processes[name] = process
-            wait_for_port(port, process, log)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            stop(process)  # type: ignore[arg-type]
-
-    def cpu_seconds(self) -> dict[str, float]:
-        used = {}
-        for name, process in self.processes.items():
-            times = psutil.Process(process.pid).cpu_times()  # type: ignore[attr-defined]
-            used[name] = times.user + times.system
-        return used
-
-
 async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -> float:
-    services = Services(settings)
+    services = ServiceProcesses(settings, ("wallet", "billing"))
     services.start()
     conn = await asyncpg.connect(settings.database_url)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -28,11 +27,10 @@ from pathlib import Path
 from uuid import uuid4
 
 import httpx
-import psutil
 from aiokafka import AIOKafkaConsumer
 
-from bench.infra import bench_settings
-from deploy.processes import free_port, spawn, stop, tail, wait_for_port
+from bench.infra import ServiceProcesses, bench_settings
+from deploy.processes import tail
 from services.wallet.api import sign
 from shared.settings import Settings
 from shared.topics import PROVISIONING_REQUESTS, WALLET_DECISIONS
@@ -47,44 +45,6 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[int(rank) - 1]
-
-
-class Servers:
-    def __init__(self, settings: Settings, logs: Path) -> None:
-        self.settings = settings
-        self.logs = logs
-        self.ports = {name: free_port() for name in SERVICES}
-        self.processes: dict[str, object] = {}
-
-    def start(self) -> None:
-        s = self.settings
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-               "DATABASE_URL": s.database_url, "TOPIC_PREFIX": s.topic_prefix,
-               "GROUP_PREFIX": s.group_prefix, "LOG_LEVEL": "WARNING", "LOG_JSON": "false",
-               "CONSUMER_BATCH_TIMEOUT_MS": str(s.consumer_batch_timeout_ms),
-               "OUTBOX_POLL_INTERVAL_S": str(s.outbox_poll_interval_s)}
-        for name, port in self.ports.items():
-            log = self.logs / f"{name}.log"
-            process = spawn([sys.executable, "-m", "shared.cli", "serve", name, "--port",
-                             str(port)], log, env=env, cwd=Path(__file__).resolve().parent.parent)
-            self.processes[name] = process
-            wait_for_port(port, process, log)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            stop(process)  # type: ignore[arg-type]
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system) each server process has used so far."""
-        used = {}
-        for name, process in self.processes.items():
-            times = psutil.Process(process.pid).cpu_times()  # type: ignore[attr-defined]
-            used[name] = times.user + times.system
-        used["bench"] = sum(psutil.Process().cpu_times()[:2])
-        return used
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
 
 
 async def healthy(client: httpx.AsyncClient, url: str, timeout: float = 60) -> None:
@@ -253,7 +213,7 @@ async def run_load(client: LoadClient, orgs: list[str], count: int, rate: float,
 async def main(args: argparse.Namespace) -> None:
     logs = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-provisioning-"))
     async with bench_settings() as settings:
-        servers = Servers(settings, logs)
+        servers = ServiceProcesses(settings, SERVICES, logs)
         watcher = DecisionWatcher(settings)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         try:
