@@ -82,7 +82,10 @@ class PostgresServer:
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 preexec_fn=_become(uid, gid),
             )
+        # Write-heavy services: checkpoints (and the full-page images after each) come from
+        # time, not from every gigabyte of WAL.
         options = ["-c", "max_connections=300", "-c", "shared_buffers=256MB",
+                   "-c", "max_wal_size=8GB", "-c", "checkpoint_timeout=15min",
                    "-c", "listen_addresses=127.0.0.1",
                    "-c", f"unix_socket_directories={self.data_dir}"]
         if not self.durable:

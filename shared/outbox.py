@@ -45,6 +45,11 @@ def outgoing(topic: str, key: object, message: Envelope, partition: int | None =
     )
 
 
+# How long an id the cursor skipped is looked for (a transaction open that long is rare;
+# the sweep from the head when idle catches it anyway), and at most how many per drain.
+GAP_PATIENCE_S = 30.0
+MAX_GAPS_PER_DRAIN = 10_000
+
 # Above this many rows COPY beats a multi-row INSERT (a third of the cost per row).
 COPY_THRESHOLD = 64
 
@@ -85,7 +90,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._after_id = 0
-        self._cursor_since = time.monotonic()
+        self._gaps: dict[int, float] = {}  # ids skipped by the cursor -> when first seen
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[str, bytes], int] = {}
 
@@ -123,17 +128,25 @@ class OutboxRelay:
             self._wake.clear()
 
     async def drain(self) -> int:
-        """Publish one batch; returns how many rows it published."""
+        """Publish one batch; returns how many rows it published.
+
+        Rows are deleted up front, in one statement; the delete commits only once Kafka has
+        acknowledged every row, and rolls back (rows kept) if publishing fails. Reading from
+        a cursor past the last id published skips the dead index entries that deleted rows
+        leave at the head of the queue until vacuum, which would otherwise make every drain
+        of a long backlog slower than the one before. Ids are taken at insert but rows
+        appear at commit, so an id skipped by the cursor may still commit: such gaps are
+        looked up by id for a while, and the cursor goes back to the head when idle.
+        """
+        self._forget_old_gaps()
         async with self._pool.acquire() as conn, conn.transaction():
-            # Deleted up front, in one statement; the delete commits only once Kafka has
-            # acknowledged every row, and rolls back (rows kept) if publishing fails.
-            # Starting after the last id published skips the dead index entries that deleted
-            # rows leave at the head of the queue (until vacuum), which would otherwise make
-            # every drain of a long backlog slower than the one before. A row whose
-            # transaction committed after a later id was published sits behind the cursor:
-            # the cursor goes back to the head when idle and at least once a second.
-            if time.monotonic() - self._cursor_since > 1.0:
-                self._after_id, self._cursor_since = 0, time.monotonic()
+            late = []
+            if self._gaps:
+                late = await conn.fetch(
+                    f"""DELETE FROM {self._schema}.outbox WHERE id IN (
+                            SELECT id FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])
+                            FOR UPDATE SKIP LOCKED)
+                        RETURNING id, topic, key, value, partition""", list(self._gaps))
             rows = await conn.fetch(
                 f"""DELETE FROM {self._schema}.outbox WHERE id IN (
                         SELECT id FROM {self._schema}.outbox WHERE id > $2
@@ -141,16 +154,39 @@ class OutboxRelay:
                     RETURNING id, topic, key, value, partition""",
                 self._batch_size, self._after_id,
             )
-            if not rows:
+            if not rows and not late:
                 # Idle: start from the head again next time, in case another instance's
                 # failed drain left older rows behind.
                 self._after_id = 0
+                self._gaps.clear()
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
-            self._after_id = rows[-1]["id"]
-            await asyncio.gather(*await self._send_in_batches(rows))
-        PUBLISHED.labels(self._schema).inc(len(rows))
-        return len(rows)
+            for row in late:
+                self._gaps.pop(row["id"], None)
+            self._note_gaps(rows)
+            # A late row's key has nothing published after it: rows of one key are
+            # committed in id order (see docs/architecture.md), so order per key holds.
+            await asyncio.gather(*await self._send_in_batches([*late, *rows]))
+        PUBLISHED.labels(self._schema).inc(len(rows) + len(late))
+        return len(rows) + len(late)
+
+    def _note_gaps(self, rows: Sequence[asyncpg.Record]) -> None:
+        if not rows:
+            return
+        now = time.monotonic()
+        expected = self._after_id + 1 if self._after_id else rows[0]["id"]
+        for row in rows:
+            for missing in range(expected, min(row["id"], expected + MAX_GAPS_PER_DRAIN)):
+                self._gaps.setdefault(missing, now)
+            expected = row["id"] + 1
+        self._after_id = rows[-1]["id"]
+
+    def _forget_old_gaps(self) -> None:
+        """A gap still empty after a while was a rolled-back insert (or is left to the
+        sweep from the head when idle)."""
+        cutoff = time.monotonic() - GAP_PATIENCE_S
+        for gap in [g for g, seen in self._gaps.items() if seen < cutoff]:
+            del self._gaps[gap]
 
     async def _send_in_batches(self, rows: Sequence[asyncpg.Record]) -> list[asyncio.Future[Any]]:
         """One record batch per partition (aiokafka's create_batch/send_batch): a send() per

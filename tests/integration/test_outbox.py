@@ -47,30 +47,36 @@ async def test_rows_committed_before_a_crash_are_published_by_the_next_relay(env
 
 async def test_a_row_committed_behind_the_cursor_is_still_published(env, db):
     """Ids are taken at insert, rows become visible at commit: a slow transaction's row can
-    sit behind rows already published. The relay goes back for it."""
+    sit behind rows already published. The relay looks the skipped id up again."""
     from datetime import UTC, datetime
 
-    early, late = (ClockTick.at_time(datetime(2026, 1, 1, h, tzinfo=UTC)) for h in (1, 2))
+    ticks = [ClockTick.at_time(datetime(2026, 1, 1, h, tzinfo=UTC)) for h in range(4)]
     topic = env.topic(CLOCK_TICKS.name)
     slow = await asyncpg.connect(env.database_url)
     pool = await create_pool(env.database_url)
     producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
     await producer.start()
+
+    async def committed(tick: ClockTick) -> None:
+        async with db.transaction():
+            await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
+
     try:
+        await committed(ticks[0])
         slow_tx = slow.transaction()
         await slow_tx.start()
-        await enqueue(slow, "wallet", [outgoing(topic, "clock", early)])  # takes the lower id
-        async with db.transaction():
-            await enqueue(db, "wallet", [outgoing(topic, "clock", late)])
+        await enqueue(slow, "wallet", [outgoing(topic, "clock", ticks[1])])  # id 2, pending
+        await committed(ticks[2])
         relay = OutboxRelay(pool, "wallet", producer, batch_size=10)
-        assert await relay.drain() == 1  # the later id; the cursor moves past the earlier one
+        assert await relay.drain() == 2  # ids 1 and 3: the cursor moves past id 2
         await slow_tx.commit()
-        assert await relay.drain() == 0  # idle: the cursor returns to the head...
-        assert await relay.drain() == 1  # ...and finds the row committed late
+        await committed(ticks[3])
+        assert await relay.drain() == 2  # the skipped id 2, looked up again, and id 4
+        assert await db.fetchval("SELECT count(*) FROM wallet.outbox") == 0
     finally:
         await producer.stop()
         await pool.close()
         await slow.close()
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-        seen = await kafka.read_count(topic, 2)
-    assert {m["event_id"] for m in seen} == {str(early.event_id), str(late.event_id)}
+        seen = await kafka.read_count(topic, 4)
+    assert {m["event_id"] for m in seen} == {str(t.event_id) for t in ticks}
