@@ -25,7 +25,10 @@ log = structlog.get_logger(__name__)
 
 
 class ServiceRuntime:
-    def __init__(self, name: str, schema: str, settings: Settings) -> None:
+    """`schema` None: a stateless service (no database, no outbox) that publishes with
+    `producer` directly."""
+
+    def __init__(self, name: str, schema: str | None, settings: Settings) -> None:
         self.name = name
         self.schema = schema
         self.settings = settings
@@ -44,6 +47,11 @@ class ServiceRuntime:
         return self._pool
 
     @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "service not started"
+        return self._producer
+
+    @property
     def relay(self) -> OutboxRelay:
         assert self._relay is not None, "service not started"
         return self._relay
@@ -53,22 +61,25 @@ class ServiceRuntime:
 
         async def on_batch(records: Records) -> None:
             await handler(records)
-            self.relay.notify()
+            if self._relay is not None:
+                self._relay.notify()
 
         subscribe_batches(self.broker, self.settings, topic, consumer, on_batch)
 
     async def start(self) -> None:
-        self._pool = await create_pool(self.settings.database_url, self.settings.db_pool_max_size)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
             linger_ms=5, max_batch_size=1_000_000, max_request_size=4_000_000,
         )
         await self._producer.start()
-        self._relay = OutboxRelay(self._pool, self.schema, self._producer,
-                                  self.settings.outbox_batch_size,
-                                  self.settings.outbox_poll_interval_s)
-        self._relay.start()
+        if self.schema is not None:
+            self._pool = await create_pool(self.settings.database_url,
+                                           self.settings.db_pool_max_size)
+            self._relay = OutboxRelay(self._pool, self.schema, self._producer,
+                                      self.settings.outbox_batch_size,
+                                      self.settings.outbox_poll_interval_s)
+            self._relay.start()
         await self.broker.start()
         # What exists now lives as long as the process: keep it out of every GC pass, so
         # collections triggered by batch allocations stay cheap.
@@ -98,14 +109,17 @@ class ServiceRuntime:
     def _add_operational_routes(self) -> None:
         @self.http.get("/health", tags=["operations"])
         async def health(response: Response) -> dict[str, Any]:
-            checks = {"database": False, "kafka": False}
-            if self._started and self._pool is not None:
-                try:
-                    await self._pool.fetchval("SELECT 1")
-                    checks["database"] = True
-                except Exception:
-                    pass
+            checks = {"kafka": False}
+            if self.schema is not None:
+                checks["database"] = False
+            if self._started:
                 checks["kafka"] = await self.broker.ping(timeout=2)
+                if self._pool is not None:
+                    try:
+                        await self._pool.fetchval("SELECT 1")
+                        checks["database"] = True
+                    except Exception:
+                        pass
             healthy = all(checks.values())
             response.status_code = 200 if healthy else 503
             return {"service": self.name, "status": "ok" if healthy else "unavailable", **checks}

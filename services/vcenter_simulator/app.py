@@ -10,27 +10,19 @@ crash the batch is redelivered and republished with the same event ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
-import structlog
-from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Response
-from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.vcenter_simulator.domain import SimulatorConfig, respond
-from shared.consumer import Records, dead_letters, parse_records, subscribe_batches
+from shared.consumer import Records, dead_letters, parse_records
 from shared.contracts.vcenter import VcenterCommand
 from shared.outbox import Outgoing, outgoing
+from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.topics import VCENTER_COMMANDS, VCENTER_EVENTS
-
-log = structlog.get_logger(__name__)
 
 CONSUMER = "vcenter-simulator"
 COMMANDS: TypeAdapter[Any] = TypeAdapter(VcenterCommand)
@@ -56,18 +48,15 @@ class SimulatorSettings(BaseSettings):
         return SimulatorConfig(**self.model_dump())
 
 
-class VcenterSimulator:
+class VcenterSimulator(ServiceRuntime):
     def __init__(self, settings: Settings, config: SimulatorConfig) -> None:
-        self.name = "vcenter-simulator"
-        self.settings = settings
+        super().__init__("vcenter-simulator", None, settings)
         self.config = config
-        self.broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=self.name,
-                                  logger=None)
-        self.http = FastAPI(title="cloudwallet vcenter-simulator", lifespan=self._lifespan)
-        self._producer: AIOKafkaProducer | None = None
-        self._started = False
-        subscribe_batches(self.broker, settings, VCENTER_COMMANDS, CONSUMER, self.on_commands)
-        self._add_routes()
+        self.consume(VCENTER_COMMANDS, CONSUMER, self.on_commands)
+
+        @self.http.get("/config", tags=["simulator"])
+        async def current_config() -> dict[str, Any]:
+            return asdict(self.config)
 
     async def on_commands(self, records: Records) -> None:
         good, bad = parse_records(records, COMMANDS)
@@ -76,50 +65,9 @@ class VcenterSimulator:
         for item in good:
             out += [outgoing(events_topic, event.vm_id, event)
                     for event in respond(item.message, self.config)]
-        assert self._producer is not None, "simulator not started"
-        sends = [await self._producer.send(o.topic, o.value, key=o.key, partition=o.partition)
+        sends = [await self.producer.send(o.topic, o.value, key=o.key, partition=o.partition)
                  for o in out]
         await asyncio.gather(*sends)
-
-    async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, client_id=self.name,
-            acks="all", enable_idempotence=True, linger_ms=5)
-        await self._producer.start()
-        await self.broker.start()
-        self._started = True
-        log.info("service started", service=self.name, config=asdict(self.config))
-
-    async def stop(self) -> None:
-        self._started = False
-        await self.broker.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    @asynccontextmanager
-    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        await self.start()
-        try:
-            yield
-        finally:
-            await self.stop()
-
-    def _add_routes(self) -> None:
-        @self.http.get("/health", tags=["operations"])
-        async def health(response: Response) -> dict[str, Any]:
-            kafka = self._started and await self.broker.ping(timeout=2)
-            response.status_code = 200 if kafka else 503
-            return {"service": self.name, "status": "ok" if kafka else "unavailable",
-                    "kafka": kafka}
-
-        @self.http.get("/metrics", tags=["operations"])
-        async def metrics() -> Response:
-            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-        @self.http.get("/config", tags=["simulator"])
-        async def config() -> dict[str, Any]:
-            return asdict(self.config)
 
 
 def create_service(settings: Settings | None = None,
