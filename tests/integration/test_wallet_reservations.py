@@ -1,5 +1,6 @@
 """Reservations through the real broker: the rule that no VM is provisioned without funds."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -159,6 +160,7 @@ async def test_every_message_delivered_twice_changes_nothing(env):
         await decisions_for(kafka, env, [first, second])
         for outcome in (succeeded, failed, succeeded, failed):
             await kafka.publish(outcomes, w, outcome)
+        assert await _eventually(lambda s: s["held_minor"] == 30_000, wallet, w)
         decisions = await kafka.read(env.topic(WALLET_DECISIONS.name),
                                      until=lambda ms: False, timeout=2)
         assert len(decisions) == 2
@@ -167,7 +169,7 @@ async def test_every_message_delivered_twice_changes_nothing(env):
         await wallet.assert_consistent(w)
 
 
-async def test_hold_without_outcome_expires_in_event_time(env):
+async def test_hold_without_outcome_expires_in_event_time(env, db):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         org, w = await wallet.open(balance=100_000)
@@ -177,6 +179,14 @@ async def test_hold_without_outcome_expires_in_event_time(env):
         await decisions_for(kafka, env, [waiting, confirmed])
         await kafka.publish(env.topic(PROVISIONING_OUTCOMES.name), w, ProvisioningSucceeded(
             request_id=confirmed.request_id, wallet_id=w, vm_id=confirmed.vm_id))
+        # Outcomes and ticks are separate topics: let the outcome land before time moves on.
+        for _ in range(100):
+            status = await db.fetchval("SELECT status FROM wallet.holds WHERE request_id = $1",
+                                       confirmed.request_id)
+            if status == "active":
+                break
+            await asyncio.sleep(0.1)
+        assert status == "active"
         ttl = timedelta(seconds=env.settings.hold_ttl_seconds)
         await publish_tick(kafka.producer, env.settings, T0 + ttl - timedelta(seconds=1))
         await kafka.read_count(env.topic(CLOCK_TICKS.name), 1)
@@ -187,8 +197,6 @@ async def test_hold_without_outcome_expires_in_event_time(env):
 
 
 async def _eventually(predicate, wallet, wallet_id, attempts: int = 100) -> bool:
-    import asyncio
-
     for _ in range(attempts):
         if predicate(await wallet.status(wallet_id)):
             return True
