@@ -61,8 +61,12 @@ async def test_debits_replayed_apply_once_and_report_thresholds(env):
         status = await wait_for(settled)
         assert status["depleted"] and status["low_balance"]
         await wallet.assert_consistent(w)
-        events = await kafka.read(env.topic(WALLET_EVENTS.name), timeout=3, until=lambda ms: (
-            {"wallet.low_balance", "wallet.depleted"} <= {m["type"] for m in ms}))
+        def booked(ms):
+            return sum(len(m.get("debit_ids", [])) for m in ms) >= len(debits)
+
+        events = await kafka.read(env.topic(WALLET_EVENTS.name), timeout=15, until=lambda ms: (
+            {"wallet.low_balance", "wallet.depleted"} <= {m["type"] for m in ms}
+            and booked(ms)))
         types = [m["type"] for m in events]
         assert types.count("wallet.low_balance") == 1
         assert types.count("wallet.depleted") == 1
