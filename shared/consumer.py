@@ -103,8 +103,7 @@ BatchHandler = Callable[[Records], Awaitable[None]]
 
 
 def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, consumer: str,
-                      handler: BatchHandler, *, title: str | None = None,
-                      description: str | None = None) -> None:
+                      handler: BatchHandler) -> None:
     """Consume `topic` in batches; offsets are committed only after `handler` returns, and a
     failing batch is redelivered (at least once). The group is `<consumer>.<topic>`: one
     group per subscription, so joining one topic never rebalances another."""
@@ -122,8 +121,8 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.NACK_ON_ERROR,
         decoder=raw,
-        title=title or f"{consumer}:{topic.name}",
-        description=description or topic.description,
+        title=f"{consumer}:{topic.name}",
+        description=topic.description,
     )
 
     async def on_batch(body: Any, message: KafkaMessage) -> None:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import hmac
 import io
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID, uuid4
@@ -19,7 +20,14 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.wallet import repository as repo
-from services.wallet.domain import AutoTopUp, BillingMode, Wallet, WalletError, burn_rate
+from services.wallet.domain import (
+    AutoTopUp,
+    BillingMode,
+    UnknownWallet,
+    Wallet,
+    WalletError,
+    burn_rate,
+)
 from services.wallet.handlers import Events
 from shared.contracts.wallet import TopUpWallet, WalletOpened
 from shared.money import CurrencyCode, Money, MoneyModel
@@ -213,7 +221,7 @@ def register_routes(service: WalletService) -> None:
                              wallet.currency])
             return Response(buffer.getvalue(), media_type="text/csv")
         return Response(
-            content=_json({"wallet_id": str(wallet_id), "currency": wallet.currency,
+            content=json.dumps({"wallet_id": str(wallet_id), "currency": wallet.currency,
                            "from": start.isoformat(), "to": end.isoformat(),
                            "opening_balance_minor": opening, "closing_balance_minor": closing,
                            "entries": entries}),
@@ -242,9 +250,10 @@ def register_routes(service: WalletService) -> None:
             source="gateway_webhook", occurred_at=payment.occurred_at or datetime.now(UTC))
         try:
             applied = await service.handlers.top_up(message)
+        except UnknownWallet as error:
+            raise HTTPException(404, str(error)) from None
         except WalletError as error:
-            status = 404 if "unknown wallet" in str(error) else 422
-            raise HTTPException(status, str(error)) from None
+            raise HTTPException(422, str(error)) from None
         service.relay.notify()
         return {"applied": applied, "payment_id": payment.payment_id}
 
@@ -316,8 +325,3 @@ def register_routes(service: WalletService) -> None:
 
     service.http.include_router(router)
 
-
-def _json(value: object) -> bytes:
-    import json
-
-    return json.dumps(value).encode()

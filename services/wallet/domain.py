@@ -55,6 +55,10 @@ class WalletError(ValueError):
     """A request the wallet refuses; the message is the reason given to the caller."""
 
 
+class UnknownWallet(WalletError):
+    pass
+
+
 @dataclass
 class Hold:
     hold_id: UUID

@@ -26,6 +26,7 @@ from services.wallet.domain import (
     Rejection,
     Reserved,
     ToppedUp,
+    UnknownWallet,
     Wallet,
     WalletError,
     WalletFact,
@@ -88,7 +89,7 @@ class Events:
         for fact in facts:
             self._emit_one(wallet, cause, fact)
 
-    def _send(self, topic: str, key: UUID, cause: Envelope | None, model: type[Envelope],
+    def send(self, topic: str, key: UUID, cause: Envelope | None, model: type[Envelope],
               **fields: Any) -> None:
         message = cause.caused(model, **fields) if cause else model(**fields)
         self.out.append(outgoing(self.settings.topic(topic), key, message))
@@ -98,7 +99,7 @@ class Events:
         common = {"wallet_id": w.wallet_id}
         match fact:
             case Reserved(hold=hold, available_after=available):
-                self._send(decisions, w.wallet_id, cause, FundsReserved, **common,
+                self.send(decisions, w.wallet_id, cause, FundsReserved, **common,
                            request_id=hold.request_id, vm_id=hold.vm_id, hold_id=hold.hold_id,
                            amount=self._money(w, hold.amount),
                            available_after=self._money(w, available), expires_at=hold.expires_at)
@@ -110,30 +111,30 @@ class Events:
                     auto = AutoTopUpSettings(threshold=self._money(w, w.auto_topup.threshold),
                                              amount=self._money(w, w.auto_topup.amount),
                                              card_token=w.auto_topup.card_token)
-                self._send(events, w.wallet_id, cause, WalletLowBalance, **common,
+                self.send(events, w.wallet_id, cause, WalletLowBalance, **common,
                            organisation_id=w.organisation_id, billing_mode=w.billing_mode.value,
                            available=self._money(w, available),
                            threshold=self._money(w, threshold), auto_topup=auto)
             case Depleted(available=available):
-                self._send(events, w.wallet_id, cause, WalletDepleted, **common,
+                self.send(events, w.wallet_id, cause, WalletDepleted, **common,
                            organisation_id=w.organisation_id, billing_mode=w.billing_mode.value,
                            available=self._money(w, available))
             case FundsRestored(available=available):
-                self._send(events, w.wallet_id, cause, WalletFundsRestored, **common,
+                self.send(events, w.wallet_id, cause, WalletFundsRestored, **common,
                            organisation_id=w.organisation_id, available=self._money(w, available))
             case ToppedUp(payment_id=payment_id, amount=amount, balance_after=balance):
-                self._send(events, w.wallet_id, cause, WalletToppedUp, **common,
+                self.send(events, w.wallet_id, cause, WalletToppedUp, **common,
                            payment_id=payment_id, amount=self._money(w, amount),
                            balance_after=self._money(w, balance))
             case Refunded(refund_id=refund_id, charge_entry_id=entry, amount=amount,
                           balance_after=balance):
-                self._send(events, w.wallet_id, cause, WalletRefunded, **common,
+                self.send(events, w.wallet_id, cause, WalletRefunded, **common,
                            refund_id=refund_id, charge_entry_id=entry,
                            amount=self._money(w, amount), balance_after=self._money(w, balance))
 
     def reject(self, wallet_id: UUID, currency: str, cause: Envelope | None,
                fact: Rejected) -> None:
-        self._send(WALLET_DECISIONS.name, wallet_id, cause, FundsRejected, wallet_id=wallet_id,
+        self.send(WALLET_DECISIONS.name, wallet_id, cause, FundsRejected, wallet_id=wallet_id,
                    request_id=fact.request_id, vm_id=fact.vm_id,
                    reason=RejectionReason(fact.reason.value), detail=fact.detail,
                    required=MoneyModel(amount_minor=max(fact.required, 0), currency=currency),
@@ -269,7 +270,7 @@ class WalletHandlers:
                 events.emit(wallet, m, wallet.take_facts())
             for wallet_id, (debits, credits, debited, credited, last) in applied.items():
                 w = wallets[wallet_id]
-                events._send(WALLET_EVENTS.name, wallet_id, last, DebitsApplied,
+                events.send(WALLET_EVENTS.name, wallet_id, last, DebitsApplied,
                              wallet_id=wallet_id, debit_ids=debits, credit_ids=credits,
                              debited=MoneyModel(amount_minor=debited, currency=w.currency),
                              credited=MoneyModel(amount_minor=credited, currency=w.currency),
@@ -283,37 +284,53 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            for item in good:
-                try:
-                    await self._top_up(conn, item.message, events)
-                except WalletError as error:
-                    events.out.append(dead_letter(self.settings, CONSUMER, item.record, str(error)))
-            await enqueue(conn, repo.SCHEMA, events.out)
+            wallets, results = await self._apply_top_ups(conn, good, events)
+            # A refused top-up stays claimed: its replay would be refused again.
+            events.out += [dead_letter(self.settings, CONSUMER, item.record, str(error))
+                           for item, error, _ in results if error is not None]
+            await self._commit(conn, wallets, [], [], events)
 
     async def top_up(self, message: TopUpWallet) -> bool:
-        """Apply a settled payment (from the webhook); False if it was applied before."""
+        """Apply a settled payment (from the webhook); False if it was applied before.
+        A refusal raises and rolls back, claim included, so the gateway may try again."""
         events = Events(self.settings)
         async with self.pool.acquire() as conn, conn.transaction():
-            applied = await self._top_up(conn, message, events)
-            await enqueue(conn, repo.SCHEMA, events.out)
+            wallets, [(_, error, applied)] = await self._apply_top_ups(
+                conn, [Incoming(None, message)], events)
+            if error is not None:
+                raise error
+            await self._commit(conn, wallets, [], [], events)
         return applied
 
-    async def _top_up(self, conn: asyncpg.Connection, m: TopUpWallet, events: Events) -> bool:
-        wallets = await repo.lock_wallets(conn, [m.wallet_id])
-        wallet = wallets.get(m.wallet_id)
-        if wallet is None:
-            raise WalletError(f"unknown wallet {m.wallet_id}")
-        async with conn.transaction():  # a savepoint: a refused top-up leaves no inbox row
-            if not await claim_new(conn, repo.SCHEMA, [Incoming(None, m)],
-                                   lambda x: payment_claim_id(x.payment_id)):
-                return False
-            wallet.top_up(payment_id=m.payment_id, amount=m.amount.amount_minor,
-                          currency=m.amount.currency, at=m.occurred_at,
-                          max_amount=self.settings.max_topup_minor)
-        events.emit(wallet, m, wallet.take_facts())
-        await repo.insert_entries(conn, wallet.entries)
-        await repo.save_wallets(conn, [wallet])
-        return True
+    async def _apply_top_ups(self, conn: asyncpg.Connection, items: list[Incoming[TopUpWallet]],
+                             events: Events
+                             ) -> tuple[list[Wallet], list[tuple[Incoming[TopUpWallet],
+                                                                 WalletError | None, bool]]]:
+        """Claim the payments, lock their wallets and book each top-up: per item, the
+        refusal (or None) and whether it was booked now (False: booked before)."""
+        fresh = {id(i) for i in await claim_new(conn, repo.SCHEMA, items,
+                                                lambda m: payment_claim_id(m.payment_id))}
+        wallets = await repo.lock_wallets(
+            conn, (i.message.wallet_id for i in items if id(i) in fresh))
+        results: list[tuple[Incoming[TopUpWallet], WalletError | None, bool]] = []
+        for item in items:
+            m = item.message
+            wallet = wallets.get(m.wallet_id)
+            if id(item) not in fresh:
+                results.append((item, None, False))
+                continue
+            try:
+                if wallet is None:
+                    raise UnknownWallet(f"unknown wallet {m.wallet_id}")
+                wallet.top_up(payment_id=m.payment_id, amount=m.amount.amount_minor,
+                              currency=m.amount.currency, at=m.occurred_at,
+                              max_amount=self.settings.max_topup_minor)
+            except WalletError as error:
+                results.append((item, error, False))
+                continue
+            events.emit(wallet, m, wallet.take_facts())
+            results.append((item, None, True))
+        return list(wallets.values()), results
 
     # --- clock.ticks: expire holds that got no outcome -----------------------------------
 

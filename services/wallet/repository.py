@@ -67,16 +67,6 @@ _HOLD_COLUMNS = """hold_id, request_id, wallet_id, vm_id, purpose, amount, remai
     created_at, expires_at, closed_at"""
 
 
-async def holds_by_request(conn: asyncpg.Connection, request_ids: Sequence[UUID]
-                           ) -> dict[UUID, Hold]:
-    if not request_ids:
-        return {}
-    rows = await conn.fetch(
-        f"SELECT {_HOLD_COLUMNS} FROM {SCHEMA}.holds WHERE request_id = ANY($1::uuid[])",
-        list(request_ids))
-    return {r["request_id"]: _hold(r) for r in rows}
-
-
 async def open_holds_for_wallets(conn: asyncpg.Connection, wallet_ids: Sequence[UUID]
                                  ) -> list[Hold]:
     if not wallet_ids:
