@@ -20,6 +20,7 @@ from shared.topics import (
 from tests.integration.test_provisioning_support import (  # noqa: F401
     MEDIUM_MONTHLY,
     Platform,
+    eventually,
     platform_fixture,
 )
 
@@ -144,6 +145,10 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     await platform.restart_provisioning()
     done = await platform.wait_request(request_id, {"succeeded"})
     await platform.wait_vm(done["vm_id"], lambda v: v["power_state"] == "running")
+    # The outcome and the clock travel on different topics: jumping the clock two hours
+    # before the wallet has the outcome would (rightly) expire the still-pending hold.
+    await eventually(lambda: _hold_status_in_db(platform, request_id), lambda s: s == "active",
+                     what="the wallet to confirm the hold")
     await platform.tick(datetime.fromisoformat(done["updated_at"]) + timedelta(hours=2))
     await asyncio.sleep(0.5)  # a later tick must not time out a finished request
     assert (await platform.request(request_id))["status"] == "succeeded"
@@ -160,6 +165,16 @@ async def _status_in_db(platform: Platform, request_id: str) -> str:
     try:
         status: str = await conn.fetchval(
             "SELECT status FROM provisioning.requests WHERE request_id = $1", UUID(request_id))
+        return status
+    finally:
+        await conn.close()
+
+
+async def _hold_status_in_db(platform: Platform, request_id: str) -> str | None:
+    conn = await asyncpg.connect(platform.env.database_url)
+    try:
+        status: str | None = await conn.fetchval(
+            "SELECT status FROM wallet.holds WHERE request_id = $1", UUID(request_id))
         return status
     finally:
         await conn.close()
