@@ -71,7 +71,16 @@ async def migrate(url: str, services: tuple[str, ...] = SERVICE_NAMES) -> int:
     return await asyncio.to_thread(_apply_migrations, url, services)
 
 
+# asyncpg prepares every statement, and PostgreSQL switches a prepared statement to one
+# generic plan after five runs. A plan made while a table was empty (a fresh outbox, say)
+# then stays after it has grown to a million rows, until autovacuum happens to look: the
+# outbox relay's delete became a sequential scan per batch. Our statements run once per
+# batch, so planning each run with its real parameters and table sizes costs next to nothing.
+PLANNING = {"plan_cache_mode": "force_custom_plan"}
+
+
 async def create_pool(url: str, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size,
+                                     server_settings=PLANNING)
     assert pool is not None
     return pool
