@@ -4,10 +4,10 @@ N running VMs are created (and powered on) first; then a simulated week of hourl
 ticks is published at once and the clock runs until every hour is closed and every usage
 event has been published to `metering.usage`, end to end:
 
-  tick in vcenter.events -> hours closed, usage + outbox rows committed -> outbox relay ->
-  metering.usage (acks=all)
+  tick in vcenter.events -> hours closed, usage rows committed -> published from memory
+  -> metering.usage (acks=all) -> published marks recorded
 
-  closing_per_s       usage events committed (hours closed, outbox rows written) per second
+  closing_per_s       usage events committed (hours closed, usage rows written) per second
   usage_events_per_s  usage events on metering.usage per second (the figure that counts)
 
 Usage: python -m bench.metering [--vms N] [--hours H] [--processes K] [--outbox-batch N]
@@ -123,8 +123,8 @@ async def run(settings: Settings, vms: int, hours: int, processes: int
         closed_at = None
         expected = vms * hours
         report = started + 5
-        # Polled cheaply (a 16-row table and the topic's end offsets): counting a
-        # million-row outbox every few milliseconds would compete with the relay itself.
+        # Polled cheaply (a small table and the topic's end offsets): counting a table of
+        # a million rows every few milliseconds would compete with the service itself.
         while True:
             await asyncio.sleep(0.05)
             published = await records_on(counter, usage_topic) - before
@@ -142,7 +142,7 @@ async def run(settings: Settings, vms: int, hours: int, processes: int
         finished = time.perf_counter()
         on_topic = await records_on(counter, usage_topic) - before
         elapsed, closing = finished - started, closed_at - started
-        print(f"hours closed (usage + outbox committed) in {closing:.2f}s: "
+        print(f"hours closed (usage committed) in {closing:.2f}s: "
               f"closing_per_s={expected / closing:,.0f}")
         stated = await conn.fetchval("SELECT count(*) FROM metering.usage_hours")
         assert stated == expected, f"{stated} hours stated, expected {expected}"

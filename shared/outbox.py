@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,56 @@ async def enqueue(conn: asyncpg.Connection, schema: str, messages: Sequence[Outg
     )
 
 
+# (topic, key, value, partition or None): a message as the outbox stores it.
+Row = tuple[str, bytes | None, bytes, int | None]
+
+
+class RecordSender:
+    """Sends rows in order as one record batch per partition (aiokafka's create_batch and
+    send_batch): a send() per row costs a future, a partitioner call and an accumulator
+    append each. Rows keep their order within a partition; the partition is the one Kafka's
+    default partitioner gives the key, as for any other producer of the topic."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._partitioner = DefaultPartitioner()
+        self._partition_cache: dict[tuple[str, bytes], int] = {}
+
+    async def send(self, rows: Iterable[Row]) -> list[asyncio.Future[Any]]:
+        """Hand the rows to the producer; the futures resolve once Kafka has them all.
+        Returns when every batch is queued (send_batch waits while the partition's previous
+        batch is still queued, which bounds memory), not when it is acknowledged."""
+        producer = self._producer
+        partitions: dict[str, list[int]] = {}
+        batches: dict[tuple[str, int], BatchBuilder] = {}
+        sends: list[asyncio.Future[Any]] = []
+        for topic, key, value, partition in rows:
+            if partition is None:
+                partition = self._partition_cache.get((topic, key))  # type: ignore[arg-type]
+            if partition is None:
+                if topic not in partitions:
+                    partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = self._partitioner(key, partitions[topic], partitions[topic])
+                if key is not None:
+                    self._remember_partition(topic, key, partition)
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[(topic, partition)] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sends.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = batches[(topic, partition)] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for (topic, partition), batch in batches.items():
+            sends.append(await producer.send_batch(batch, topic, partition=partition))
+        return sends
+
+    def _remember_partition(self, topic: str, key: bytes, partition: int) -> None:
+        # Keys repeat (a wallet's id, a VM's id) and aiokafka hashes them in pure Python.
+        if len(self._partition_cache) >= 100_000:
+            self._partition_cache.clear()
+        self._partition_cache[(topic, key)] = partition
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order, in batches, then deletes them.
 
@@ -83,7 +133,7 @@ class OutboxRelay:
                  batch_size: int = 5000, poll_interval_s: float = 0.2) -> None:
         self._pool = pool
         self._schema = schema
-        self._producer = producer
+        self.sender = RecordSender(producer)
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
@@ -91,8 +141,6 @@ class OutboxRelay:
         self._stopping = False
         self._after_id = 0
         self._gaps: dict[int, float] = {}  # ids skipped by the cursor -> when first seen
-        self._partitioner = DefaultPartitioner()
-        self._partition_cache: dict[tuple[str, bytes], int] = {}
 
     def notify(self) -> None:
         self._wake.set()
@@ -166,7 +214,8 @@ class OutboxRelay:
             self._note_gaps(rows)
             # A late row's key has nothing published after it: rows of one key are
             # committed in id order (see docs/architecture.md), so order per key holds.
-            await asyncio.gather(*await self._send_in_batches([*late, *rows]))
+            await asyncio.gather(*await self.sender.send(
+                (r["topic"], r["key"], r["value"], r["partition"]) for r in [*late, *rows]))
         PUBLISHED.labels(self._schema).inc(len(rows) + len(late))
         return len(rows) + len(late)
 
@@ -187,39 +236,3 @@ class OutboxRelay:
         cutoff = time.monotonic() - GAP_PATIENCE_S
         for gap in [g for g, seen in self._gaps.items() if seen < cutoff]:
             del self._gaps[gap]
-
-    async def _send_in_batches(self, rows: Sequence[asyncpg.Record]) -> list[asyncio.Future[Any]]:
-        """One record batch per partition (aiokafka's create_batch/send_batch): a send() per
-        row costs a future, a partitioner call and an accumulator append each. Rows keep their
-        id order within a partition; the partition is the one Kafka's default partitioner
-        gives the key, as for any other producer of the topic."""
-        producer = self._producer
-        partitions: dict[str, list[int]] = {}
-        batches: dict[tuple[str, int], BatchBuilder] = {}
-        sends: list[asyncio.Future[Any]] = []
-        for row in rows:
-            topic, partition, key = row["topic"], row["partition"], row["key"]
-            if partition is None:
-                partition = self._partition_cache.get((topic, key))
-            if partition is None:
-                if topic not in partitions:
-                    partitions[topic] = sorted(await producer.partitions_for(topic))
-                partition = self._partitioner(key, partitions[topic], partitions[topic])
-                if key is not None:
-                    self._remember_partition(topic, key, partition)
-            batch = batches.get((topic, partition))
-            if batch is None:
-                batch = batches[(topic, partition)] = producer.create_batch()
-            if batch.append(key=key, value=row["value"], timestamp=None) is None:
-                sends.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = batches[(topic, partition)] = producer.create_batch()
-                batch.append(key=key, value=row["value"], timestamp=None)
-        for (topic, partition), batch in batches.items():
-            sends.append(await producer.send_batch(batch, topic, partition=partition))
-        return sends
-
-    def _remember_partition(self, topic: str, key: bytes, partition: int) -> None:
-        # Keys repeat (a wallet's id, a VM's id) and aiokafka hashes them in pure Python.
-        if len(self._partition_cache) >= 100_000:
-            self._partition_cache.clear()
-        self._partition_cache[(topic, key)] = partition

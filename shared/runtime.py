@@ -70,7 +70,7 @@ class ServiceRuntime:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
-            linger_ms=5, max_batch_size=1_000_000, max_request_size=4_000_000,
+            linger_ms=0, max_batch_size=1_000_000, max_request_size=4_000_000,
         )
         await self._producer.start()
         if self.schema is not None:

@@ -2,17 +2,26 @@
 
 A batch is handled in event-time terms, not arrival order: its VM events are applied first
 (each VM's history replayed), then each partition's latest clock tick closes that
-partition's hours. Both happen in one transaction with the outgoing messages (outbox), so a
-crash or a replay never changes what was stated. A backlog of ticks (a simulated month at
-once) would make that transaction unbounded, so closing continues in further transactions
-of at most `close_budget` usage rows; each is complete in itself and a redelivered tick
-carries on where the last committed one stopped.
+partition's hours. Both happen in one transaction, so a crash or a replay never changes
+what was stated. A backlog of ticks (a simulated month at once) would make that transaction
+unbounded, so closing continues in further transactions of at most `close_budget` usage
+rows; each is complete in itself and a redelivered tick carries on where the last committed
+one stopped.
+
+Publishing: restatements and dead letters go through the outbox. Closing output (the bulk:
+one usage event per running VM and hour, and the watermarks) is published straight from
+memory once its transaction commits; the usage rows it was made from are the durable
+record, and the partition's `published_until` / `published_up_to` say what Kafka holds.
+Output committed but never published is republished from those rows by the next batch on
+that partition, before anything else. Writing every usage event to the outbox and reading
+it back cost more than closing the hours did.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -48,13 +57,23 @@ CLOSE_BUDGET = 20_000
 
 @dataclass
 class Work:
-    """One transaction's worth of output."""
+    """One transaction's worth of output: usage rows, messages for the outbox, and closing
+    output to publish straight after commit."""
 
     usage: list[UsageRow] = field(default_factory=list)
     out: list[OutboxRow] = field(default_factory=list)
+    direct: list[OutboxRow] = field(default_factory=list)
 
     def send(self, *messages: Outgoing) -> None:
         self.out += [(m.topic, m.key, m.value, m.partition) for m in messages]
+
+
+@dataclass
+class InFlight:
+    """Closing output handed to the producer, and the marks it brings the partitions to."""
+
+    sends: list[asyncio.Future[Any]]
+    marks: list[PartitionMark]
 
 
 class MeteringHandlers:
@@ -78,6 +97,7 @@ class MeteringHandlers:
                 ticks[p] = max(at, ticks.get(p, at))
         touched = {i.record.partition for i in vm_events} | set(ticks)
         async with self.pool.acquire() as conn:
+            in_flight: InFlight | None = None
             first = True
             while first or ticks:
                 work = Work()
@@ -86,12 +106,52 @@ class MeteringHandlers:
                 async with conn.transaction():
                     marks = await repo.lock_partitions(conn, touched if first else ticks)
                     if first:
+                        await self._republish(conn, marks, work)
                         await self._apply_events(conn, vm_events, marks, work)
                     await self._close(conn, ticks, marks, work)
+                    if work.out:
+                        # Restatements, dead letters or a republication go through the
+                        # outbox: this transaction's closing output follows them there.
+                        work.out += work.direct
+                        work.direct = []
+                        await repo.mark_published(conn, marks.values())
                     await repo.insert_usage(conn, work.usage)
                     await repo.enqueue(conn, work.out)
-                self.runtime.relay.notify()
+                if work.out:
+                    self.runtime.relay.notify()
+                if work.direct:
+                    sends = await self.publish(work.direct)
+                    await self._settle(conn, in_flight)
+                    in_flight = InFlight(sends, [replace(m) for m in marks.values()])
                 first = False
+            await self._settle(conn, in_flight)
+
+    async def publish(self, rows: list[OutboxRow]) -> list[asyncio.Future[Any]]:
+        return await self.runtime.relay.sender.send(rows)
+
+    async def _settle(self, conn: asyncpg.Connection, in_flight: InFlight | None) -> None:
+        """Wait until Kafka holds a transaction's closing output, then record that. The next
+        batch is handled only after this, so an hour's first statement is always on Kafka
+        before any restatement of it."""
+        if in_flight is not None:
+            await asyncio.gather(*in_flight.sends)
+            await repo.mark_published(conn, in_flight.marks)
+
+    async def _republish(self, conn: asyncpg.Connection, marks: dict[int, PartitionMark],
+                         work: Work) -> None:
+        """Closing output committed by an earlier batch that never reached Kafka (the process
+        stopped in between) goes out again, through the outbox, before anything else."""
+        for mark in marks.values():
+            if not mark.unpublished:
+                continue
+            for r in await repo.unpublished_usage(conn, mark):
+                wallet_id = str(r["wallet_id"])
+                key = wallet_id.encode()
+                work.out.append((self.usage_topic, key, encode_usage(
+                    str(r["vm_id"]), wallet_id, str(r["organisation_id"]), r["hour_start"], 0,
+                    r["seconds"], r["segments"]), usage_partition(key)))
+            if mark.up_to is not None:
+                work.out += self._watermarks(mark.source_partition, mark.up_to)
 
     # --- VM events ---------------------------------------------------------------------------
 
@@ -161,16 +221,17 @@ class MeteringHandlers:
         for vm_id, start, end in ranges:
             computed = domain.usage_by_hour(histories[vm_id], start, end)
             for statement in domain.restatements(computed, stated[vm_id], start, end):
-                self._state(vms[vm_id], statement, work)
+                self._state(vms[vm_id], statement, work, work.out)
 
-    def _state(self, vm: VmRow | DueVm, statement: Statement, work: Work) -> None:
+    def _state(self, vm: VmRow | DueVm, statement: Statement, work: Work,
+               out: list[OutboxRow]) -> None:
         usage = statement.usage
         vm_id = str(vm.vm_id)
         segments = segments_json(usage.segments)
         work.usage.append((vm.vm_id, usage.hour_start, statement.revision, usage.seconds,
                            segments))
         key = str(vm.wallet_id).encode()
-        work.out.append((
+        out.append((
             self.usage_topic, key,
             encode_usage(vm_id, str(vm.wallet_id), str(vm.organisation_id), usage.hour_start,
                          statement.revision, usage.seconds, segments), usage_partition(key)))
@@ -205,7 +266,7 @@ class MeteringHandlers:
                            closed: datetime | None, until: datetime, work: Work) -> None:
         due = await repo.due_vms(conn, partition, closed, until)
         busy = [vm for vm in due if vm.last_event_at > vm.closed_from]
-        topic, full, usage, out = self.usage_topic, domain.SECONDS_PER_HOUR, work.usage, work.out
+        topic, full, usage, out = self.usage_topic, domain.SECONDS_PER_HOUR, work.usage, work.direct
         for vm in due:  # running through every hour closed here at one size: the hot path
             if vm.last_event_at > vm.closed_from:
                 continue
@@ -224,7 +285,7 @@ class MeteringHandlers:
             for vm in busy:
                 for hour_usage in domain.usage_by_hour(histories[vm.vm_id], vm.closed_from,
                                                        until).values():
-                    self._state(vm, Statement(hour_usage, 0), work)
+                    self._state(vm, Statement(hour_usage, 0), work, work.direct)
 
     async def _advance(self, conn: asyncpg.Connection, mark: PartitionMark,
                        closed_until: datetime, up_to: datetime, work: Work) -> None:
@@ -233,11 +294,14 @@ class MeteringHandlers:
         moved = mark.up_to is None or up_to > mark.up_to
         mark.up_to = up_to if moved else mark.up_to
         await repo.save_mark(conn, mark)
-        if not moved:
-            return
-        work.send(*[
-            outgoing(self.usage_topic, f"watermark-{mark.source_partition}", MeteringWatermark(
-                event_id=watermark_id(mark.source_partition, up_to, target),
-                source_partition=mark.source_partition, up_to=up_to, occurred_at=up_to),
+        if moved:
+            work.direct += self._watermarks(mark.source_partition, up_to)
+
+    def _watermarks(self, source_partition: int, up_to: datetime) -> list[OutboxRow]:
+        """One watermark per `metering.usage` partition: every consumer instance sees it."""
+        return [(m.topic, m.key, m.value, m.partition) for m in (
+            outgoing(self.usage_topic, f"watermark-{source_partition}", MeteringWatermark(
+                event_id=watermark_id(source_partition, up_to, target),
+                source_partition=source_partition, up_to=up_to, occurred_at=up_to),
                 partition=target)
-            for target in range(METERING_USAGE.partitions)])
+            for target in range(METERING_USAGE.partitions))]

@@ -20,6 +20,18 @@ class PartitionMark:
     source_partition: int
     up_to: datetime | None
     closed_until: datetime | None
+    published_until: datetime | None = None
+    published_up_to: datetime | None = None
+
+    @property
+    def unpublished(self) -> bool:
+        """Closing output committed that Kafka is not known to hold."""
+        return _behind(self.published_until, self.closed_until) or \
+            _behind(self.published_up_to, self.up_to)
+
+
+def _behind(published: datetime | None, stated: datetime | None) -> bool:
+    return stated is not None and (published is None or published < stated)
 
 
 @dataclass
@@ -67,10 +79,10 @@ async def lock_partitions(conn: asyncpg.Connection, partitions: Iterable[int]
         f"""INSERT INTO {SCHEMA}.partitions (source_partition) SELECT unnest($1::int[])
             ON CONFLICT DO NOTHING""", ids)
     rows = await conn.fetch(
-        f"""SELECT source_partition, up_to, closed_until FROM {SCHEMA}.partitions
+        f"""SELECT source_partition, up_to, closed_until, published_until, published_up_to
+            FROM {SCHEMA}.partitions
             WHERE source_partition = ANY($1::int[]) ORDER BY source_partition FOR UPDATE""", ids)
-    return {r["source_partition"]: PartitionMark(r["source_partition"], r["up_to"],
-                                                 r["closed_until"]) for r in rows}
+    return {r["source_partition"]: PartitionMark(*r) for r in rows}
 
 
 async def save_mark(conn: asyncpg.Connection, mark: PartitionMark) -> None:
@@ -78,6 +90,38 @@ async def save_mark(conn: asyncpg.Connection, mark: PartitionMark) -> None:
         f"""UPDATE {SCHEMA}.partitions SET up_to = $2, closed_until = $3
             WHERE source_partition = $1""",
         mark.source_partition, mark.up_to, mark.closed_until)
+
+
+async def mark_published(conn: asyncpg.Connection, marks: Iterable[PartitionMark]) -> None:
+    """Record that Kafka holds the partitions' closing output up to their marks. Never moves
+    back: another instance may have published further in the meantime."""
+    marks = list(marks)
+    if marks:
+        await conn.execute(
+            f"""UPDATE {SCHEMA}.partitions p
+                SET published_until = greatest(p.published_until, m.closed_until),
+                    published_up_to = greatest(p.published_up_to, m.up_to)
+                FROM unnest($1::int[], $2::timestamptz[], $3::timestamptz[])
+                     AS m(source_partition, closed_until, up_to)
+                WHERE p.source_partition = m.source_partition""",
+            [m.source_partition for m in marks], [m.closed_until for m in marks],
+            [m.up_to for m in marks])
+
+
+async def unpublished_usage(conn: asyncpg.Connection, mark: PartitionMark
+                            ) -> list[asyncpg.Record]:
+    """The partition's closing output (first statements of its closed hours) that Kafka is
+    not known to hold, in the order it was stated."""
+    if not _behind(mark.published_until, mark.closed_until):
+        return []
+    return await conn.fetch(
+        f"""SELECT u.vm_id, v.wallet_id, v.organisation_id, u.hour_start, u.seconds,
+                   u.segments::text AS segments
+            FROM {SCHEMA}.vms v JOIN {SCHEMA}.usage_hours u USING (vm_id)
+            WHERE v.source_partition = $1 AND u.revision = 0
+              AND u.hour_start >= coalesce($2, '-infinity'::timestamptz) AND u.hour_start < $3
+            ORDER BY u.hour_start, u.vm_id""",
+        mark.source_partition, mark.published_until, mark.closed_until)
 
 
 async def lock_vms(conn: asyncpg.Connection, vm_ids: Iterable[UUID]) -> dict[UUID, VmRow]:

@@ -12,7 +12,7 @@ from uuid import uuid4
 from services.metering.app import MeteringService, create_service
 from shared.contracts.vcenter import VmCreateFailed, VmDeleted, VmPoweredOn, VmResizeFailed
 from shared.topics import DEAD_LETTER, VCENTER_EVENTS
-from tests.integration.test_metering_service import Metering, Vm, at, hour, hours_of
+from tests.integration.test_metering_service import Metering, Vm, at, hour, hours_of, metering
 from tests.kafka_helpers import KafkaProbe
 
 
@@ -172,3 +172,33 @@ async def test_a_backlog_of_ticks_closes_in_bounded_transactions(env, db):
     assert progress & {hour(1), hour(2), hour(3)}
     marks = await db.fetch("SELECT up_to, closed_until FROM metering.partitions")
     assert {(r["up_to"], r["closed_until"]) for r in marks} == {(at(240), at(240))}
+
+
+async def test_closing_output_lost_between_commit_and_publish_is_published_again(env, db):
+    """Closing output is published from memory after its transaction commits. Here that
+    publication fails once, as if the process had stopped right after the commit: the
+    batch is redelivered and the hours already stated are published from the usage rows,
+    once each and unchanged."""
+    vms = [Vm() for _ in range(3)]
+    async with metering(env) as (service, m):
+        publish = service.handlers.publish
+        failures = []
+
+        async def lost_once(rows: list[Any]) -> list[Any]:
+            if not failures:
+                failures.append(len(rows))
+                raise RuntimeError("stopped between commit and publish")
+            return await publish(rows)
+
+        service.handlers.publish = lost_once  # type: ignore[method-assign]
+        for vm in vms:
+            await m.publish(vm.created(0), vm.on(0))
+        await m.closed(await m.tick(60))
+        assert failures, "the closing output never went through the failing publication"
+        for vm in vms:
+            assert {k: v["seconds"] for k, v in hours_of(m.usage(vm)).items()} == \
+                {(hour(0), 0): 3600}
+    assert await db.fetchval("SELECT count(*) FROM metering.usage_hours") == 3
+    marks = await db.fetch("SELECT * FROM metering.partitions WHERE closed_until IS NOT NULL")
+    assert marks and all(r["published_until"] == r["closed_until"]
+                         and r["published_up_to"] == r["up_to"] for r in marks)
