@@ -17,7 +17,9 @@ class Settings(BaseSettings):
     group_prefix: str = ""
 
     consumer_batch_size: int = Field(default=2000, ge=1)
-    consumer_batch_timeout_ms: int = Field(default=20, ge=1)
+    # How long an idle poll waits for records. Records are handed over as soon as they
+    # arrive, so this costs no latency; it only sets how often an idle consumer wakes up.
+    consumer_batch_timeout_ms: int = Field(default=100, ge=1)
     outbox_batch_size: int = Field(default=5000, ge=1)
     outbox_poll_interval_s: float = Field(default=0.2, gt=0)
     db_pool_max_size: int = Field(default=10, ge=1)

@@ -102,7 +102,6 @@ async def env(infrastructure: Infrastructure, template_database: str) -> AsyncIt
         database_url=url,
         topic_prefix=prefix,
         group_prefix=prefix,
-        consumer_batch_timeout_ms=10,
         outbox_poll_interval_s=0.05,
         log_json=False,
     )

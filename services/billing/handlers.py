@@ -37,6 +37,7 @@ from services.billing.domain import (
     document_number,
     invoice_lines,
     last_complete_month,
+    line_id,
     low_watermark,
     month_end,
     month_label,
@@ -76,7 +77,7 @@ from shared.contracts.wallet import (
     WalletToppedUp,
 )
 from shared.money import Money, MoneyModel
-from shared.outbox import Outgoing, enqueue, outgoing
+from shared.outbox import Outgoing, Row, enqueue, outgoing
 from shared.pricing import RateCardBook
 from shared.runtime import ServiceRuntime
 from shared.topics import (
@@ -126,6 +127,7 @@ class BillingHandlers:
         self.gateway = gateway
         self.close_grace = close_grace
         self.gateway_timeout_s = gateway_timeout_s
+        self.debits_topic = self.settings.topic(BILLING_DEBITS.name)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -152,16 +154,28 @@ class BillingHandlers:
             else:
                 key = (item.record.partition, m.source_partition)
                 marks[key] = max(marks.get(key, m.up_to), m.up_to)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if usages:
-                out += await self._bill(conn, usages)
-            if marks:
-                await repo.raise_watermarks(conn, marks)
-                out += await self._advance(conn, sorted({p for p, _ in marks}))
-            await enqueue(conn, repo.SCHEMA, out)
+        charges: list[Row] = []
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                if usages:
+                    charges = await self._bill(conn, usages, out)
+                if marks:
+                    await repo.raise_watermarks(conn, marks)
+                    out += await self._advance(conn, sorted({p for p, _ in marks}))
+                await enqueue(conn, repo.SCHEMA, out)
+        if charges:
+            await asyncio.gather(*await self.runtime.relay.sender.send(charges))
 
-    async def _bill(self, conn: asyncpg.Connection, usages: list[Incoming[HourlyUsage]]
-                    ) -> list[Outgoing]:
+    async def _bill(self, conn: asyncpg.Connection, usages: list[Incoming[HourlyUsage]],
+                    out: list[Outgoing]) -> list[Row]:
+        """Bill the usage; dead letters go to `out`, and the charges (debits and credits
+        for `billing.debits`) are returned, to be published once the transaction commits.
+
+        Charges skip the outbox: they are the bulk of billing's output, and the lines are
+        their durable record. The handler waits for Kafka before it returns, so the batch's
+        offsets are committed only after its charges are on Kafka; if anything stops in
+        between, the batch comes again, and a usage already billed re-sends the charge of
+        the line it has (same id: the wallet books it once)."""
         partitions = sorted({i.record.partition for i in usages})
         closed = await repo.lock_usage_partitions(conn, partitions)
         hour_keys = list(dict.fromkeys((i.message.vm_id, i.message.hour_start) for i in usages))
@@ -174,12 +188,13 @@ class BillingHandlers:
         for key, cap in (await repo.others_caps(conn, revised, hour_keys)).items():
             months[key].others_cap = cap
         biller = Biller(self.book, hours, months, closed, self.rater)
-        out: list[Outgoing] = []
         issues: list[tuple[str, UUID, date | None, str]] = []
+        repeats: list[Incoming[HourlyUsage]] = []
         for item in usages:
             m = item.message
             try:
-                biller.apply(m, item.record.partition)
+                if biller.apply(m, item.record.partition) is None:
+                    repeats.append(item)
             except ValueError as error:  # RatingError, or a currency the book cannot price
                 reason = f"usage {m.usage_id} not billed: {error}"
                 out.append(dead_letter(self.settings, CONSUMER, item.record, reason))
@@ -193,29 +208,39 @@ class BillingHandlers:
         touched = {(x.usage.vm_id, x.month) for x in lines if not x.stale}
         await repo.save_vm_months(conn, [biller.vm_months[k] for k in touched])
         await repo.insert_issues(conn, issues)
-        debits = self.settings.topic(BILLING_DEBITS.name)
-        for line in lines:
-            if line.amount == 0:
-                continue
-            u = line.usage
-            money = MoneyModel(amount_minor=abs(line.amount), currency=line.rated.currency)
-            what = f"vm {u.vm_id} {u.hour_start.isoformat()} r{u.revision}"
-            if line.amount > 0:
-                message: Any = u.caused(
-                    DebitWallet, event_id=line.line_id, debit_id=line.line_id,
-                    wallet_id=u.wallet_id, vm_id=u.vm_id, amount=money,
-                    period_start=u.hour_start, occurred_at=u.occurred_at,
-                    description=f"usage {what}")
-            else:
-                message = u.caused(
-                    CreditWallet, event_id=line.line_id, credit_id=line.line_id,
-                    wallet_id=u.wallet_id, vm_id=u.vm_id, amount=money,
-                    occurred_at=u.occurred_at, description=f"usage correction {what}")
-            # Same key, same partition count: the partition the wallet's key hashes to,
-            # without hashing it again for every debit.
-            out.append(outgoing(debits, u.wallet_id, message, partition=line.partition
-                                if SAME_PARTITIONING else None))
-        return out
+        charges = [self._wallet_charge(x.usage, x.line_id, x.amount, x.rated.currency,
+                                       x.partition) for x in lines if x.amount != 0]
+        billed_now = {x.line_id for x in lines}
+        again = {line_id(i.message.vm_id, i.message.hour_start, i.message.revision): i
+                 for i in repeats}
+        stored = await repo.billed_lines(conn, [k for k in again if k not in billed_now])
+        for line_key, (amount, currency) in stored.items():
+            if amount != 0:
+                item = again[line_key]
+                charges.append(self._wallet_charge(item.message, line_key, amount, currency,
+                                                   item.record.partition))
+        return charges
+
+    def _wallet_charge(self, u: HourlyUsage, line_key: UUID, amount: int, currency: str,
+                       partition: int) -> Row:
+        """The debit (or, for a negative amount, the credit) of one line."""
+        money = MoneyModel(amount_minor=abs(amount), currency=currency)
+        what = f"vm {u.vm_id} {u.hour_start.isoformat()} r{u.revision}"
+        if amount > 0:
+            message: Any = u.caused(
+                DebitWallet, event_id=line_key, debit_id=line_key, wallet_id=u.wallet_id,
+                vm_id=u.vm_id, amount=money, period_start=u.hour_start,
+                occurred_at=u.occurred_at, description=f"usage {what}")
+        else:
+            message = u.caused(
+                CreditWallet, event_id=line_key, credit_id=line_key, wallet_id=u.wallet_id,
+                vm_id=u.vm_id, amount=money, occurred_at=u.occurred_at,
+                description=f"usage correction {what}")
+        # Same key, same partition count: the partition the wallet's key hashes to,
+        # without hashing it again for every debit.
+        m = outgoing(self.debits_topic, u.wallet_id, message,
+                     partition=partition if SAME_PARTITIONING else None)
+        return (m.topic, m.key, m.value, m.partition)
 
     async def _advance(self, conn: asyncpg.Connection, partitions: Sequence[int]
                        ) -> list[Outgoing]:

@@ -35,14 +35,18 @@ async def hour_states(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, datet
     """The latest revision billed for each (vm, hour), and all revisions with a line."""
     if not keys:
         return {}
+    # A lateral lookup per key, on the (vm_id, hour_start, revision) index: a plain join
+    # let the planner hash the whole lines table for every batch once it had grown.
     rows = await conn.fetch(
-        f"""SELECT DISTINCT ON (l.vm_id, l.hour_start) l.vm_id, l.hour_start, l.revision,
-                   l.rated, l.hour_cap, l.seconds,
-                   (SELECT array_agg(x.revision) FROM {SCHEMA}.lines x
-                    WHERE x.vm_id = l.vm_id AND x.hour_start = l.hour_start) AS revisions
+        f"""SELECT k.vm_id, k.hour_start, l.revision, l.rated, l.hour_cap, l.seconds,
+                   l.revisions
             FROM unnest($1::uuid[], $2::timestamptz[]) AS k(vm_id, hour_start)
-            JOIN {SCHEMA}.lines l ON l.vm_id = k.vm_id AND l.hour_start = k.hour_start
-            ORDER BY l.vm_id, l.hour_start, l.revision DESC""",
+            CROSS JOIN LATERAL (
+                SELECT x.revision, x.rated, x.hour_cap, x.seconds,
+                       array_agg(x.revision) OVER () AS revisions
+                FROM {SCHEMA}.lines x
+                WHERE x.vm_id = k.vm_id AND x.hour_start = k.hour_start
+                ORDER BY x.revision DESC LIMIT 1) l""",
         [k[0] for k in keys], [k[1] for k in keys])
     return {(r["vm_id"], r["hour_start"]): HourState(
         r["revision"], r["rated"], r["hour_cap"], r["seconds"], frozenset(r["revisions"]))
@@ -106,6 +110,17 @@ async def insert_lines(conn: asyncpg.Connection, lines: Sequence[Line]) -> None:
              x.rated.hour_cap, x.amount, x.stale, x.rated.currency, x.rated.rate_card_version,
              x.rated.item_code)
             for x in lines])
+
+
+async def billed_lines(conn: asyncpg.Connection, line_ids: Sequence[UUID]
+                       ) -> dict[UUID, tuple[int, str]]:
+    """Amount and currency of lines already stored, by line id."""
+    if not line_ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT line_id, amount, currency FROM {SCHEMA}.lines WHERE line_id = ANY($1::uuid[])",
+        list(line_ids))
+    return {r["line_id"]: (r["amount"], r["currency"].strip()) for r in rows}
 
 
 async def save_vm_months(conn: asyncpg.Connection, months: Sequence[VmMonth]) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 from uuid import uuid4
 
 import asyncpg
 
 from shared.contracts.metering import HourlyUsage
 from shared.contracts.vm import VmSpec
-from shared.topics import DEAD_LETTER, METERING_USAGE
+from shared.topics import BILLING_DEBITS, DEAD_LETTER, METERING_USAGE
 from tests.integration.test_billing_support import (
     FEB,
     JAN,
@@ -124,3 +125,45 @@ async def test_debits_the_wallet_never_confirms_close_after_the_grace_as_mismatc
         assert any("3 debits/credits totalling 123 not confirmed" in m
                    for m in statement["mismatches"])
         assert any("no wallet.opened" in n for n in statement["notes"])
+
+
+async def test_charges_lost_between_commit_and_publish_are_sent_again(env, db):
+    """Charges are published after the lines commit, not through the outbox. Here the
+    first publication of charges fails, as if billing had stopped right after the commit:
+    the batch comes again, the usage is already billed, and its charges are sent again —
+    the wallet books each exactly once."""
+    settings = env.settings
+    debits_topic = settings.topic(BILLING_DEBITS.name)
+    async with running_wallet(settings) as (_, wallet), \
+            running_billing(settings) as (billing, _), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        org, wallet_id = await wallet.open(balance=1_000_000)
+        vm = uuid4()
+        sender = billing.relay.sender
+        send = sender.send
+        lost: list[int] = []
+
+        async def lost_once(rows: Any) -> Any:
+            rows = list(rows)
+            if not lost and any(r[0] == debits_topic for r in rows):
+                lost.append(len(rows))
+                raise RuntimeError("stopped between commit and publish")
+            return await send(rows)
+
+        sender.send = lost_once  # type: ignore[method-assign]
+        await kafka.publish_many(settings.topic(METERING_USAGE.name), [
+            (wallet_id, usage(vm, wallet_id, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
+            for h in range(5)])
+        booked = "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'"
+        for _ in range(300):
+            if await db.fetchval(booked) >= 5:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # a second booking of any charge would show by now
+        assert lost, "no charge went through the failing publication"
+        assert await db.fetchval("SELECT count(*) FROM billing.lines") == 5
+        debits = await db.fetch(
+            """SELECT amount FROM wallet.wallet_transactions
+               WHERE wallet_id = $1 AND kind = 'usage_debit'""", wallet_id)
+        assert sorted(r["amount"] for r in debits) == [-41] * 5
+        await wallet.assert_consistent(wallet_id)
