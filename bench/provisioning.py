@@ -149,7 +149,7 @@ class DecisionWatcher:
         self.consumer = AIOKafkaConsumer(
             self.decisions_topic, settings.topic(PROVISIONING_REQUESTS.name),
             bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
-            enable_auto_commit=False, fetch_max_wait_ms=5)
+            enable_auto_commit=False)  # the broker answers a fetch as soon as records arrive
         self.seen: dict[str, tuple[float, str]] = {}
         self.asked_at: dict[str, float] = {}  # ReserveFunds handed to Kafka (producer time)
         self.decided_at: dict[str, float] = {}  # the decision handed to Kafka
@@ -161,7 +161,7 @@ class DecisionWatcher:
 
     async def _run(self) -> None:
         while True:
-            batch = await self.consumer.getmany(timeout_ms=20)
+            batch = await self.consumer.getmany(timeout_ms=100)
             now = time.time()
             for records in batch.values():
                 for record in records:

@@ -80,8 +80,13 @@ class KafkaBroker:
         return self.data_dir / "broker.out"
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
+        # C1 only (TieredStopAtLevel=1): this broker is started for a run on a machine it
+        # shares with every service, and C2 spent the run's first minute compiling on a
+        # core the services needed (19 s of broker CPU in a 30 s provisioning benchmark,
+        # 11 s without it). A production broker keeps the default.
         return [
             "java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
             f"-Dlog4j2.configurationFile={ASSETS / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp", f"{libs}/*", main, *args,
