@@ -79,8 +79,13 @@ async def migrate(url: str, services: tuple[str, ...] = SERVICE_NAMES) -> int:
 PLANNING = {"plan_cache_mode": "force_custom_plan"}
 
 
-async def create_pool(url: str, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, max_size: int = 10, *, durable_commits: bool = True
+                      ) -> asyncpg.Pool:
+    """`durable_commits=False` is for work whose loss in a crash only repeats it, such as the
+    outbox relay's deletes (a lost delete republishes rows consumers deduplicate): those
+    commits do not wait for the WAL to reach the disk."""
+    settings = {**PLANNING, **({} if durable_commits else {"synchronous_commit": "off"})}
     pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size,
-                                     server_settings=PLANNING)
+                                     server_settings=settings)
     assert pool is not None
     return pool

@@ -36,6 +36,7 @@ class ServiceRuntime:
                                   logger=None)
         self.http = FastAPI(title=f"cloudwallet {name}", lifespan=self._lifespan)
         self._pool: asyncpg.Pool | None = None
+        self._relay_pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._started = False
@@ -76,7 +77,9 @@ class ServiceRuntime:
         if self.schema is not None:
             self._pool = await create_pool(self.settings.database_url,
                                            self.settings.db_pool_max_size)
-            self._relay = OutboxRelay(self._pool, self.schema, self._producer,
+            self._relay_pool = await create_pool(self.settings.database_url, 2,
+                                                 durable_commits=False)
+            self._relay = OutboxRelay(self._relay_pool, self.schema, self._producer,
                                       self.settings.outbox_batch_size,
                                       self.settings.outbox_poll_interval_s)
             self._relay.start()
@@ -96,6 +99,8 @@ class ServiceRuntime:
             await self._producer.stop()
         if self._pool is not None:
             await self._pool.close()
+        if self._relay_pool is not None:
+            await self._relay_pool.close()
         log.info("service stopped", service=self.name)
 
     @asynccontextmanager

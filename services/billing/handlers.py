@@ -1,7 +1,8 @@
 """Thin handlers: usage and wallet events in, domain decisions, lines and events out.
 
-metering.usage: each batch rates its usage into billing lines and sends their debits and
-credits to the wallet through the outbox, in one transaction. Its watermarks close months.
+metering.usage: each batch rates its usage into billing lines in one transaction, then sends
+their debits and credits to the wallet (straight after the commit: see `_bill`). Its
+watermarks close months.
 
 wallet.events: confirms the lines the wallet booked, mirrors top-ups and refunds for the
 statements, closes months whose debits are now all confirmed, and turns low-balance events
@@ -26,6 +27,7 @@ from pydantic import TypeAdapter
 from services.billing import repository as repo
 from services.billing.domain import (
     Biller,
+    Line,
     MonthInput,
     Rater,
     Statement,
@@ -189,12 +191,12 @@ class BillingHandlers:
             months[key].others_cap = cap
         biller = Biller(self.book, hours, months, closed, self.rater)
         issues: list[tuple[str, UUID, date | None, str]] = []
-        repeats: list[Incoming[HourlyUsage]] = []
+        # Per usage, in order: its new line, or None for a usage billed before.
+        billed: list[tuple[Incoming[HourlyUsage], Line | None]] = []
         for item in usages:
             m = item.message
             try:
-                if biller.apply(m, item.record.partition) is None:
-                    repeats.append(item)
+                billed.append((item, biller.apply(m, item.record.partition)))
             except ValueError as error:  # RatingError, or a currency the book cannot price
                 reason = f"usage {m.usage_id} not billed: {error}"
                 out.append(dead_letter(self.settings, CONSUMER, item.record, reason))
@@ -208,16 +210,24 @@ class BillingHandlers:
         touched = {(x.usage.vm_id, x.month) for x in lines if not x.stale}
         await repo.save_vm_months(conn, [biller.vm_months[k] for k in touched])
         await repo.insert_issues(conn, issues)
-        charges = [self._wallet_charge(x.usage, x.line_id, x.amount, x.rated.currency,
-                                       x.partition) for x in lines if x.amount != 0]
+        # Charges in the order of their usage, re-sent ones included, so a wallet books a
+        # correction after the charge it corrects even when both come again.
         billed_now = {x.line_id for x in lines}
-        again = {line_id(i.message.vm_id, i.message.hour_start, i.message.revision): i
-                 for i in repeats}
-        stored = await repo.billed_lines(conn, [k for k in again if k not in billed_now])
-        for line_key, (amount, currency) in stored.items():
+        repeats = {line_id(i.message.vm_id, i.message.hour_start, i.message.revision)
+                   for i, line in billed if line is None}
+        stored = await repo.billed_lines(conn, [k for k in repeats if k not in billed_now])
+        charges: list[Row] = []
+        for item, line in billed:
+            if line is not None:
+                if line.amount != 0:
+                    charges.append(self._wallet_charge(
+                        item.message, line.line_id, line.amount, line.rated.currency,
+                        line.partition))
+                continue
+            repeat = line_id(item.message.vm_id, item.message.hour_start, item.message.revision)
+            amount, currency = stored.pop(repeat, (0, ""))  # once, if the batch repeats it
             if amount != 0:
-                item = again[line_key]
-                charges.append(self._wallet_charge(item.message, line_key, amount, currency,
+                charges.append(self._wallet_charge(item.message, repeat, amount, currency,
                                                    item.record.partition))
         return charges
 

@@ -63,6 +63,7 @@ class Work:
     usage: list[UsageRow] = field(default_factory=list)
     out: list[OutboxRow] = field(default_factory=list)
     direct: list[OutboxRow] = field(default_factory=list)
+    watermarks: list[OutboxRow] = field(default_factory=list)
 
     def send(self, *messages: Outgoing) -> None:
         self.out += [(m.topic, m.key, m.value, m.partition) for m in messages]
@@ -70,10 +71,17 @@ class Work:
 
 @dataclass
 class InFlight:
-    """Closing output handed to the producer, and the marks it brings the partitions to."""
+    """A transaction's usage handed to the producer, the watermarks to send once Kafka has
+    it, and the marks the two bring the partitions to."""
 
     sends: list[asyncio.Future[Any]]
+    watermarks: list[OutboxRow]
     marks: list[PartitionMark]
+
+
+def _retrieve(send: asyncio.Future[Any]) -> None:
+    if not send.cancelled():
+        send.exception()
 
 
 class MeteringHandlers:
@@ -98,6 +106,7 @@ class MeteringHandlers:
         touched = {i.record.partition for i in vm_events} | set(ticks)
         async with self.pool.acquire() as conn:
             in_flight: InFlight | None = None
+            via_outbox = False
             first = True
             while first or ticks:
                 work = Work()
@@ -108,33 +117,47 @@ class MeteringHandlers:
                     if first:
                         await self._republish(conn, marks, work)
                         await self._apply_events(conn, vm_events, marks, work)
+                        # Usage in the outbox (restated or republished here, or still being
+                        # relayed) must not be overtaken by usage sent straight away: then
+                        # the whole batch's closing output follows it through the outbox.
+                        via_outbox = any(row[0] == self.usage_topic for row in work.out) \
+                            or await repo.usage_queued(conn, self.usage_topic)
                     await self._close(conn, ticks, marks, work)
-                    if work.out:
-                        # Restatements, dead letters or a republication go through the
-                        # outbox: this transaction's closing output follows them there.
-                        work.out += work.direct
-                        work.direct = []
+                    if via_outbox:
+                        work.out += work.direct + work.watermarks
+                        work.direct, work.watermarks = [], []
                         await repo.mark_published(conn, marks.values())
                     await repo.insert_usage(conn, work.usage)
                     await repo.enqueue(conn, work.out)
                 if work.out:
                     self.runtime.relay.notify()
-                if work.direct:
+                if work.direct or work.watermarks:
                     sends = await self.publish(work.direct)
                     await self._settle(conn, in_flight)
-                    in_flight = InFlight(sends, [replace(m) for m in marks.values()])
+                    in_flight = InFlight(sends, work.watermarks,
+                                         [replace(m) for m in marks.values()])
                 first = False
             await self._settle(conn, in_flight)
 
     async def publish(self, rows: list[OutboxRow]) -> list[asyncio.Future[Any]]:
-        return await self.runtime.relay.sender.send(rows)
+        sends = await self.runtime.relay.sender.send(rows)
+        # Whoever awaits a send handles its failure; if the batch failed first and nobody
+        # awaits it any more, its exception is still retrieved.
+        for send in sends:
+            send.add_done_callback(_retrieve)
+        return sends
 
     async def _settle(self, conn: asyncpg.Connection, in_flight: InFlight | None) -> None:
-        """Wait until Kafka holds a transaction's closing output, then record that. The next
+        """Wait until Kafka holds a transaction's usage, then send its watermarks, so that
+        a watermark never overtakes the usage it vouches for, and record both. The next
         batch is handled only after this, so an hour's first statement is always on Kafka
         before any restatement of it."""
-        if in_flight is not None:
-            await asyncio.gather(*in_flight.sends)
+        if in_flight is None:
+            return
+        await asyncio.gather(*in_flight.sends)
+        if in_flight.watermarks:
+            await asyncio.gather(*await self.publish(in_flight.watermarks))
+        async with conn.transaction():
             await repo.mark_published(conn, in_flight.marks)
 
     async def _republish(self, conn: asyncpg.Connection, marks: dict[int, PartitionMark],
@@ -295,7 +318,7 @@ class MeteringHandlers:
         mark.up_to = up_to if moved else mark.up_to
         await repo.save_mark(conn, mark)
         if moved:
-            work.direct += self._watermarks(mark.source_partition, up_to)
+            work.watermarks += self._watermarks(mark.source_partition, up_to)
 
     def _watermarks(self, source_partition: int, up_to: datetime) -> list[OutboxRow]:
         """One watermark per `metering.usage` partition: every consumer instance sees it."""

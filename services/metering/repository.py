@@ -95,8 +95,13 @@ async def save_mark(conn: asyncpg.Connection, mark: PartitionMark) -> None:
 async def mark_published(conn: asyncpg.Connection, marks: Iterable[PartitionMark]) -> None:
     """Record that Kafka holds the partitions' closing output up to their marks. Never moves
     back: another instance may have published further in the meantime."""
-    marks = list(marks)
+    marks = sorted(marks, key=lambda m: m.source_partition)
     if marks:
+        # Locked in partition order first, as `lock_partitions` does, so that two instances
+        # overlapping in a rebalance cannot deadlock here.
+        await conn.execute(
+            f"""SELECT FROM {SCHEMA}.partitions WHERE source_partition = ANY($1::int[])
+                ORDER BY source_partition FOR UPDATE""", [m.source_partition for m in marks])
         await conn.execute(
             f"""UPDATE {SCHEMA}.partitions p
                 SET published_until = greatest(p.published_until, m.closed_until),
@@ -106,6 +111,13 @@ async def mark_published(conn: asyncpg.Connection, marks: Iterable[PartitionMark
                 WHERE p.source_partition = m.source_partition""",
             [m.source_partition for m in marks], [m.closed_until for m in marks],
             [m.up_to for m in marks])
+
+
+async def usage_queued(conn: asyncpg.Connection, topic: str) -> bool:
+    """Whether usage waits in the outbox (rows being relayed count until their delete
+    commits)."""
+    return bool(await conn.fetchval(
+        f"SELECT EXISTS (SELECT FROM {SCHEMA}.outbox WHERE topic = $1)", topic))
 
 
 async def unpublished_usage(conn: asyncpg.Connection, mark: PartitionMark
