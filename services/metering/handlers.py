@@ -71,12 +71,12 @@ class Work:
 
 @dataclass
 class InFlight:
-    """A transaction's usage handed to the producer, the watermarks to send once Kafka has
-    it, and the marks the two bring the partitions to."""
+    """A transaction's output on its way to Kafka: `sends` are its usage, then (once Kafka
+    has that) its watermarks; `marks` are where the two bring the partitions."""
 
     sends: list[asyncio.Future[Any]]
-    watermarks: list[OutboxRow]
     marks: list[PartitionMark]
+    watermarks: list[OutboxRow] = field(default_factory=list)
 
 
 def _retrieve(send: asyncio.Future[Any]) -> None:
@@ -105,7 +105,8 @@ class MeteringHandlers:
                 ticks[p] = max(at, ticks.get(p, at))
         touched = {i.record.partition for i in vm_events} | set(ticks)
         async with self.pool.acquire() as conn:
-            in_flight: InFlight | None = None
+            in_flight: InFlight | None = None  # usage sent, watermarks still to send
+            trailing: InFlight | None = None  # watermarks sent, marks still to record
             via_outbox = False
             first = True
             while first or ticks:
@@ -133,11 +134,12 @@ class MeteringHandlers:
                     self.runtime.relay.notify()
                 if work.direct or work.watermarks:
                     sends = await self.publish(work.direct)
-                    await self._settle(conn, in_flight)
-                    in_flight = InFlight(sends, work.watermarks,
-                                         [replace(m) for m in marks.values()])
+                    trailing = await self._settle(conn, in_flight, trailing)
+                    in_flight = InFlight(sends, [replace(m) for m in marks.values()],
+                                         work.watermarks)
                 first = False
-            await self._settle(conn, in_flight)
+            trailing = await self._settle(conn, in_flight, trailing)
+            await self._settle(conn, None, trailing)
 
     async def publish(self, rows: list[OutboxRow]) -> list[asyncio.Future[Any]]:
         sends = await self.runtime.relay.sender.send(rows)
@@ -147,18 +149,21 @@ class MeteringHandlers:
             send.add_done_callback(_retrieve)
         return sends
 
-    async def _settle(self, conn: asyncpg.Connection, in_flight: InFlight | None) -> None:
-        """Wait until Kafka holds a transaction's usage, then send its watermarks, so that
-        a watermark never overtakes the usage it vouches for, and record both. The next
-        batch is handled only after this, so an hour's first statement is always on Kafka
-        before any restatement of it."""
+    async def _settle(self, conn: asyncpg.Connection, in_flight: InFlight | None,
+                      trailing: InFlight | None) -> InFlight | None:
+        """One step along the pipeline: once Kafka holds the trailing transaction's
+        watermarks, record its marks; once it holds the usage in flight, send that
+        transaction's watermarks (so a watermark never overtakes the usage it vouches for)
+        and return it as the new trailing one. The next batch is handled only after the
+        last step, so an hour's first statement is on Kafka before any restatement of it."""
+        if trailing is not None:
+            await asyncio.gather(*trailing.sends)
+            async with conn.transaction():
+                await repo.mark_published(conn, trailing.marks)
         if in_flight is None:
-            return
+            return None
         await asyncio.gather(*in_flight.sends)
-        if in_flight.watermarks:
-            await asyncio.gather(*await self.publish(in_flight.watermarks))
-        async with conn.transaction():
-            await repo.mark_published(conn, in_flight.marks)
+        return InFlight(await self.publish(in_flight.watermarks), in_flight.marks)
 
     async def _republish(self, conn: asyncpg.Connection, marks: dict[int, PartitionMark],
                          work: Work) -> None:
