@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
@@ -184,4 +185,4 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--wallets", type=int, default=500)
     parser.add_argument("--vms", type=int, default=5_000)
-    asyncio.run(main(parser.parse_args()))
+    uvloop.run(main(parser.parse_args()))

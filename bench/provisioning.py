@@ -27,6 +27,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import httpx
+import uvloop
 from aiokafka import AIOKafkaConsumer
 
 from bench.infra import ServiceProcesses, bench_settings
@@ -312,4 +313,4 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--organisations", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=100)
-    asyncio.run(main(parser.parse_args()))
+    uvloop.run(main(parser.parse_args()))

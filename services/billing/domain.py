@@ -256,8 +256,14 @@ class Biller:
         """Bill one usage; None for a duplicate of the revision already billed. Raises
         RatingError for usage that cannot be rated (nothing changes then)."""
         assert self.rater is not None
-        rated = self.rater.rate(usage)
         key = (usage.vm_id, usage.hour_start)
+        previous = self.hours.get(key)
+        if previous is not None and (usage.revision == previous.revision
+                                     or usage.revision in previous.revisions):
+            # Before rating: a usage billed before stays billed (and its charge can be sent
+            # again) even if today's rate cards could no longer price it.
+            return None
+        rated = self.rater.rate(usage)
         month = month_of(usage.hour_start)
         vm_month = self.vm_months.get((usage.vm_id, month))
         if vm_month is None:  # a VM month new in this batch: no hours stored outside it
@@ -267,10 +273,6 @@ class Biller:
         if vm_month.currency != rated.currency:
             raise RatingError(f"rate card {rated.rate_card_version} is in {rated.currency}, "
                               f"this VM's month was billed in {vm_month.currency}")
-        previous = self.hours.get(key)
-        if previous is not None and (usage.revision == previous.revision
-                                     or usage.revision in previous.revisions):
-            return None
         booked = booked_month(month, self.closed_through.get(partition))
         if previous is not None and usage.revision < previous.revision:
             self.hours[key] = HourState(previous.revision, previous.rated, previous.hour_cap,

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from fractions import Fraction
 from uuid import UUID, uuid4
@@ -34,7 +35,7 @@ from services.billing.domain import (
 )
 from shared.contracts.metering import HourlyUsage, UsageSegment
 from shared.contracts.vm import VmSpec
-from shared.pricing import DEFAULT_BOOK, RateCard, RateCardBook
+from shared.pricing import DEFAULT_BOOK, DEFAULT_RATE_CARD, RateCard, RateCardBook
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 SMALL = VmSpec.of_tier("small")
@@ -139,6 +140,17 @@ def test_a_duplicate_revision_makes_no_line():
     assert b.apply(first, 0) is None
     assert b.apply(usage(0), 0) is None  # same vm, hour, revision: the same usage
     assert len(b.lines) == 1
+
+
+def test_a_usage_billed_before_is_a_repeat_even_if_it_could_no_longer_be_rated():
+    b = biller()
+    b.apply(usage(0), 0)
+    later_only = RateCardBook((replace(DEFAULT_RATE_CARD, version="2027-01",
+                                       effective_from=datetime(2027, 1, 1, tzinfo=UTC)),))
+    replay = Biller(later_only, dict(b.hours), {})
+    assert replay.apply(usage(0), 0) is None
+    with pytest.raises(RatingError, match="no rate card"):
+        replay.apply(usage(1), 0)
 
 
 def test_a_higher_revision_bills_only_the_difference():
