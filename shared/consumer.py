@@ -137,8 +137,9 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
 def _poll_without_pause(subscriber: Any, settings: Settings) -> None:
     """FastStream's batch subscriber (0.7) sleeps another `batch_timeout_ms` after every empty
     poll, although `getmany` has just waited that long for records: a record arriving during
-    that sleep waited up to 20 ms for nothing, on every hop of the provisioning saga. Polls
-    here go straight back to `getmany`, which returns as soon as records arrive."""
+    that sleep waited for nothing (up to the whole timeout, 20 ms by our old default), on
+    every hop of the provisioning saga. Polls here go straight back to `getmany`, which
+    returns as soon as records arrive."""
     timeout_ms, max_records = settings.consumer_batch_timeout_ms, settings.consumer_batch_size
 
     async def get_msg(consumer: Any) -> tuple[ConsumerRecord, ...]:
