@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import shutil
 
 import typer
 import uvicorn
@@ -102,10 +103,15 @@ def demo(use_existing: bool = USE_EXISTING,
          days: int = typer.Option(35, help="Simulated days of usage")) -> None:
     """Start the whole system, run the simulation end to end, print the results, stop."""
     from deploy.demo import run_demo
-    from deploy.launcher import start_system
+    from deploy.launcher import DATA_DIR, start_system
 
     configure_logging("WARNING", json=False)
-    system = start_system(get_settings(), use_existing=use_existing)
+    data_dir = DATA_DIR / "demo"
+    if not use_existing:
+        # Every run simulates the same weeks of event time from scratch: the state an earlier
+        # run left (its clocks weeks ahead) would make this run's hours look long closed.
+        shutil.rmtree(data_dir, ignore_errors=True)
+    system = start_system(get_settings(), data_dir, use_existing=use_existing)
     try:
         ok = asyncio.run(run_demo(system, days=days))
     finally:
