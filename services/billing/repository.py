@@ -439,9 +439,7 @@ async def confirm_lines(conn: asyncpg.Connection, line_ids: Sequence[UUID]) -> d
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.confirmations (line_id) SELECT unnest($1::uuid[])
             ON CONFLICT DO NOTHING""", ids)
-    rows = await conn.fetch(
-        f"SELECT line_id, amount FROM {SCHEMA}.lines WHERE line_id = ANY($1::uuid[])", ids)
-    return {r["line_id"]: r["amount"] for r in rows}
+    return {line: amount for line, (amount, _) in (await billed_lines(conn, ids)).items()}
 
 
 async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[tuple[Any, ...]]
