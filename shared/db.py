@@ -86,6 +86,16 @@ async def create_pool(url: str, max_size: int = 10, *, durable_commits: bool = T
     commits do not wait for the WAL to reach the disk."""
     settings = {**PLANNING, **({} if durable_commits else {"synchronous_commit": "off"})}
     pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size,
-                                     server_settings=settings)
+                                     server_settings=settings, reset=_end_open_transaction)
     assert pool is not None
     return pool
+
+
+async def _end_open_transaction(conn: asyncpg.Connection) -> None:
+    """asyncpg's default reset sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release: a round trip per transaction, the provisioning saga's most
+    frequent statement. Our sessions hold none of that state (advisory locks are transaction
+    scoped, settings are connection parameters, no cursors or listeners outlive a
+    transaction), so only a transaction left open needs undoing."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
