@@ -91,7 +91,15 @@ async def claim_new(conn: asyncpg.Connection, schema: str, items: Sequence[Incom
     fresh = {r["message_id"] for r in await conn.fetch(
         f"""INSERT INTO {schema}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
             ON CONFLICT DO NOTHING RETURNING message_id""", ids)}
-    kept: list[Incoming[Any]] = []
+    return keep_fresh(items, ids, fresh)
+
+
+def keep_fresh(items: Sequence[Incoming[T]], ids: Sequence[UUID], fresh: set[UUID]
+               ) -> list[Incoming[T]]:
+    """The items whose message id the inbox claim returned (`fresh`), each id once: for a
+    handler that claims inside a statement of its own."""
+    fresh = set(fresh)
+    kept: list[Incoming[T]] = []
     for item, message_id in zip(items, ids, strict=True):
         if message_id in fresh:
             fresh.discard(message_id)

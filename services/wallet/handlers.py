@@ -6,7 +6,7 @@ touches, the domain decisions, then the writes and the outgoing events (outbox) 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -31,7 +31,7 @@ from services.wallet.domain import (
     WalletError,
     WalletFact,
 )
-from shared.consumer import Incoming, Records, claim_new, dead_letter, dead_letters, parse_records
+from shared.consumer import Incoming, Records, dead_letter, dead_letters, keep_fresh, parse_records
 from shared.contracts.base import Envelope, deterministic_id
 from shared.contracts.clock import ClockTick
 from shared.contracts.wallet import (
@@ -156,10 +156,16 @@ class WalletHandlers:
                       new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
                       events: Events) -> None:
         await repo.append_entries(conn, [e for w in wallets for e in w.entries])
-        await repo.save_wallets(conn, wallets)
-        await repo.insert_holds(conn, new_holds)
-        await repo.update_holds(conn, changed_holds)
-        await enqueue(conn, repo.SCHEMA, events.out)
+        await repo.save_batch(conn, wallets, new_holds, changed_holds, events.out)
+
+    @staticmethod
+    async def _claim(conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
+                     id_of: Callable[[Any], UUID] = lambda m: m.event_id
+                     ) -> tuple[list[Incoming[Any]], dict[UUID, Wallet]]:
+        """The batch's messages not seen before, and its wallets locked: one round trip."""
+        ids = [id_of(i.message) for i in items]
+        fresh, wallets = await repo.claim_and_lock(conn, ids, (i.message.wallet_id for i in items))
+        return keep_fresh(items, ids, fresh), wallets
 
     # --- provisioning.requests: reserve or reject ---------------------------------------
 
@@ -168,9 +174,8 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh: list[Incoming[ReserveFunds]] = await claim_new(
-                conn, repo.SCHEMA, good, lambda m: deterministic_id("reserve", m.request_id))
-            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            fresh, wallets = await self._claim(
+                conn, good, lambda m: deterministic_id("reserve", m.request_id))
             new_holds: list[Hold] = []
             for item in fresh:
                 m = item.message
@@ -196,8 +201,7 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(conn, repo.SCHEMA, good)
-            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            fresh, wallets = await self._claim(conn, good)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_request = {h.request_id: h for h in holds}
             for item in fresh:
@@ -227,10 +231,8 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(
-                conn, repo.SCHEMA, good,
-                lambda m: m.debit_id if isinstance(m, DebitWallet) else m.credit_id)
-            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in fresh))
+            fresh, wallets = await self._claim(
+                conn, good, lambda m: m.debit_id if isinstance(m, DebitWallet) else m.credit_id)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             holds_by_wallet: dict[UUID, list[Hold]] = {}
             for hold in holds:
@@ -308,10 +310,8 @@ class WalletHandlers:
                                                                  WalletError | None, bool]]]:
         """Claim the payments, lock their wallets and book each top-up: per item, the
         refusal (or None) and whether it was booked now (False: booked before)."""
-        fresh = {id(i) for i in await claim_new(conn, repo.SCHEMA, items,
-                                                lambda m: payment_claim_id(m.payment_id))}
-        wallets = await repo.lock_wallets(
-            conn, (i.message.wallet_id for i in items if id(i) in fresh))
+        claimed, wallets = await self._claim(conn, items, lambda m: payment_claim_id(m.payment_id))
+        fresh = {id(i) for i in claimed}
         results: list[tuple[Incoming[TopUpWallet], WalletError | None, bool]] = []
         for item in items:
             m = item.message

@@ -16,6 +16,7 @@ from services.wallet.domain import (
     LedgerEntry,
     Wallet,
 )
+from shared.outbox import COPY_THRESHOLD, Outgoing, enqueue
 
 SCHEMA = "wallet"
 
@@ -54,6 +55,26 @@ async def lock_wallets(conn: asyncpg.Connection, wallet_ids: Iterable[UUID]) -> 
         f"""SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
             WHERE w.wallet_id = ANY($1::uuid[]) ORDER BY w.wallet_id FOR UPDATE""", ids)
     return {r["wallet_id"]: _wallet(r) for r in rows}
+
+
+async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
+                         wallet_ids: Iterable[UUID]) -> tuple[set[UUID], dict[UUID, Wallet]]:
+    """A batch's inbox claim and the row locks on its wallets in one round trip: the ids not
+    seen before, and the wallets (of every message, repeats too: locking one more changes
+    nothing), locked in id order so concurrent batches cannot deadlock."""
+    rows = await conn.fetch(
+        f"""WITH claimed AS (
+                INSERT INTO {SCHEMA}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
+                ON CONFLICT DO NOTHING RETURNING message_id
+            ), locked AS (
+                SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
+                WHERE w.wallet_id = ANY($2::uuid[]) ORDER BY w.wallet_id FOR UPDATE
+            )
+            SELECT (SELECT array_agg(message_id) FROM claimed) AS fresh, locked.*
+            FROM (VALUES (1)) AS one(x) LEFT JOIN locked ON true""",
+        list(message_ids), sorted(set(wallet_ids)))
+    fresh = set(rows[0]["fresh"] or ())
+    return fresh, {r["wallet_id"]: _wallet(r) for r in rows if r["wallet_id"] is not None}
 
 
 async def get_wallet(conn: asyncpg.Connection, wallet_id: UUID) -> Wallet | None:
@@ -126,6 +147,52 @@ async def update_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
             WHERE h.hold_id = v.hold_id""",
         [h.hold_id for h in holds], [h.remaining for h in holds],
         [h.status.value for h in holds], [h.closed_at for h in holds])
+
+
+async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
+                     new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
+                     messages: Sequence[Outgoing]) -> None:
+    """A batch's wallet balances, new and changed holds and outbox messages in one
+    statement (one round trip); ledger rows go first, by `append_entries`."""
+    if len(messages) >= COPY_THRESHOLD:
+        await enqueue(conn, SCHEMA, messages)
+        messages = ()
+    if not (wallets or new_holds or changed_holds or messages):
+        return
+    w, n, c, m = wallets, new_holds, changed_holds, messages
+    await conn.execute(
+        f"""WITH saved AS (
+                UPDATE {SCHEMA}.organisation_wallets w SET
+                    balance = v.balance, held = v.held, low_balance = v.low_balance,
+                    depleted = v.depleted
+                FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bool[], $5::bool[])
+                    AS v(wallet_id, balance, held, low_balance, depleted)
+                WHERE w.wallet_id = v.wallet_id
+            ), held AS (
+                INSERT INTO {SCHEMA}.holds ({_HOLD_COLUMNS})
+                SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::uuid[], $10::text[],
+                    $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[],
+                    $15::timestamptz[], $16::timestamptz[])
+            ), changed AS (
+                UPDATE {SCHEMA}.holds h SET remaining = v.remaining, status = v.status,
+                    closed_at = v.closed_at
+                FROM unnest($17::uuid[], $18::bigint[], $19::text[], $20::timestamptz[])
+                    AS v(hold_id, remaining, status, closed_at)
+                WHERE h.hold_id = v.hold_id
+            ), queued AS (
+                INSERT INTO {SCHEMA}.outbox (topic, key, value, partition)
+                SELECT * FROM unnest($21::text[], $22::bytea[], $23::bytea[], $24::int[])
+            )
+            SELECT 1""",
+        [x.wallet_id for x in w], [x.balance for x in w], [x.held for x in w],
+        [x.low_balance for x in w], [x.depleted for x in w],
+        [h.hold_id for h in n], [h.request_id for h in n], [h.wallet_id for h in n],
+        [h.vm_id for h in n], [h.purpose for h in n], [h.amount for h in n],
+        [h.remaining for h in n], [h.status.value for h in n], [h.created_at for h in n],
+        [h.expires_at for h in n], [h.closed_at for h in n],
+        [h.hold_id for h in c], [h.remaining for h in c], [h.status.value for h in c],
+        [h.closed_at for h in c],
+        [x.topic for x in m], [x.key for x in m], [x.value for x in m], [x.partition for x in m])
 
 
 _ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",
