@@ -30,9 +30,11 @@ class ProvisioningService(ServiceRuntime):
     async def start(self) -> None:
         await super().start()
         self.handlers.intake.start()
+        await self.handlers.resend_reservations()
 
     async def stop(self) -> None:
         await self.handlers.intake.stop()
+        await self.handlers.settle()
         await super().stop()
 
 

@@ -8,6 +8,7 @@ crash anywhere leaves either all of it or none of it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -15,10 +16,12 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import structlog
 from pydantic import TypeAdapter
 
 from services.provisioning import repository as repo
 from services.provisioning.domain import (
+    AskForFunds,
     Conflict,
     Fact,
     InvalidRequest,
@@ -59,11 +62,14 @@ from shared.contracts.wallet import (
     WalletFundsRestored,
     WalletOpened,
 )
-from shared.outbox import Outgoing, enqueue
+from shared.outbox import Outgoing, Row, enqueue
 from shared.pricing import DEFAULT_BOOK, RateCardBook
 from shared.runtime import ServiceRuntime
 
 CONSUMER = "provisioning"
+RESEND_DELAY_S = 1.0
+
+log = structlog.get_logger(__name__)
 
 PORTAL: TypeAdapter[RequestVm] = TypeAdapter(RequestVm)
 DECISIONS: TypeAdapter[Any] = TypeAdapter(WalletDecision)
@@ -131,8 +137,9 @@ class ProvisioningHandlers:
         self.funds_timeout = timedelta(seconds=self.settings.hold_ttl_seconds)
         self.vcenter_timeout = timedelta(seconds=self.settings.vcenter_timeout_seconds)
         self.intake: IntakeQueue[Submission, Accepted | Refused] = IntakeQueue(
-            lambda: self.pool, self.submit, lambda: runtime.relay.notify())
+            lambda: self.pool, self.submit)
         self._known_organisations: dict[UUID, Organisation] = {}
+        self._confirming: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -145,15 +152,61 @@ class ProvisioningHandlers:
 
     async def submit(self, conn: asyncpg.Connection, submissions: Sequence[Submission]
                      ) -> list[Accepted | Refused]:
-        """Accept HTTP submissions: one read and one atomic write, no explicit transaction
-        (each request is stored together with its ReserveFunds in one statement)."""
-        return await self._intake(conn, submissions, Messages(self.settings))
+        """Accept HTTP submissions: one read and one write, no explicit transaction; then
+        their ReserveFunds go to Kafka at once, not through the outbox, whose relay round
+        trips were most of the time from a POST to the wallet's decision. The stored request
+        is the durable record: a failed send is repeated, and what a crash left unsent is
+        sent again at start (`resend_reservations`). The wallet claims a reservation by its
+        request id, so a repeat changes nothing."""
+        results, unsent = await self._intake(conn, submissions, Messages(self.settings),
+                                             queue=False)
+        await self._publish(unsent)
+        return results
+
+    async def resend_reservations(self) -> int:
+        """Send the ReserveFunds of every request still awaiting funds again (at start)."""
+        async with self.pool.acquire() as conn:
+            waiting = await repo.requests_awaiting_funds(conn)
+        messages = Messages(self.settings)
+        messages.add([AskForFunds(r) for r in waiting], None)
+        await self._publish(messages.out)
+        return len(waiting)
+
+    async def _publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        rows = [(m.topic, m.key, m.value, m.partition) for m in messages]
+        try:
+            acks = await self.runtime.relay.sender.send(rows)
+        except Exception:
+            acks = None
+        confirming = asyncio.create_task(self._confirm(rows, acks))
+        self._confirming.add(confirming)
+        confirming.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, rows: list[Row], acks: list[asyncio.Future[Any]] | None) -> None:
+        while True:
+            try:
+                if acks is None:
+                    acks = await self.runtime.relay.sender.send(rows)
+                await asyncio.gather(*acks)
+                return
+            except Exception:
+                log.warning("publishing reservations failed; retrying", count=len(rows),
+                            exc_info=True)
+                acks = None
+                await asyncio.sleep(RESEND_DELAY_S)
+
+    async def settle(self, timeout: float = 10) -> None:
+        """Wait (a while) for reservations still being published; at stop."""
+        if self._confirming:
+            await asyncio.wait(set(self._confirming), timeout=timeout)
 
     async def _organisations(self, conn: asyncpg.Connection, ids: set[UUID]
                              ) -> dict[UUID, Organisation]:
         """Intake needs only an organisation's wallet and currency, which never change once
         the wallet is opened, so those found are remembered."""
-        missing = ids - self._known_organisations.keys()
+        missing = {i for i in ids if i not in self._known_organisations}
         if missing:
             found = await repo.organisations(conn, missing)
             for org_id, org in found.items():
@@ -161,7 +214,10 @@ class ProvisioningHandlers:
         return {i: self._known_organisations[i] for i in ids if i in self._known_organisations}
 
     async def _intake(self, conn: asyncpg.Connection, submissions: Sequence[Submission],
-                      messages: Messages) -> list[Accepted | Refused]:
+                      messages: Messages, *, queue: bool = True
+                      ) -> tuple[list[Accepted | Refused], list[Outgoing]]:
+        """Store new requests; their messages go into the outbox with them (`queue`), or
+        are returned, those of the requests actually stored, for the caller to publish."""
         ids = [request_id_for(s.organisation_id, s.idempotency_key) for s in submissions]
         orgs = await self._organisations(conn, {s.organisation_id for s in submissions})
         clock, known = await repo.clock_and_requests(conn, ids)
@@ -192,14 +248,16 @@ class ProvisioningHandlers:
             before = len(messages.out)
             messages.add(facts, s.cause)
             outgoing_by_request += [(request_id, o) for o in messages.out[before:]]
-        inserted = await repo.insert_requests(conn, list(created.values()), outgoing_by_request)
+        inserted = await repo.insert_requests(conn, list(created.values()),
+                                              outgoing_by_request if queue else ())
+        unsent = [] if queue else [o for r, o in outgoing_by_request if r in inserted]
         raced = [r for r in created if r not in inserted]
         if raced:  # a concurrent writer stored the same key first: answer with theirs
             theirs = await repo.requests_by_id(conn, raced)
             results = [Accepted(theirs[x.request.request_id], False)
                        if isinstance(x, Accepted) and x.request.request_id in theirs else x
                        for x in results]
-        return results
+        return results, unsent
 
     @staticmethod
     def _repeat(prior: VmRequest, s: Submission) -> Accepted | Refused:
@@ -215,7 +273,7 @@ class ProvisioningHandlers:
         async with self.pool.acquire() as conn, conn.transaction():
             submissions = [Submission(m.organisation_id, m.idempotency_key, m.name, m.spec,
                                       m.occurred_at, m) for m in (i.message for i in good)]
-            results = await self._intake(conn, submissions, Messages(self.settings))
+            results, _ = await self._intake(conn, submissions, Messages(self.settings))
             for item, result in zip(good, results, strict=True):
                 if isinstance(result, Refused):
                     messages.out.append(dead_letter(self.settings, CONSUMER, item.record,

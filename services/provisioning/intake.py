@@ -28,15 +28,13 @@ Out = TypeVar("Out")
 
 
 class IntakeQueue(Generic[In, Out]):
-    """`write(conn, items)` stores a batch and returns one result per item, in order;
-    `after_write()` runs after each stored batch (to wake the outbox relay)."""
+    """`write(conn, items)` stores a batch and returns one result per item, in order."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool],
                  write: Callable[[asyncpg.Connection, Sequence[In]], Awaitable[list[Out]]],
-                 after_write: Callable[[], None], max_batch: int = 500) -> None:
+                 max_batch: int = 500) -> None:
         self._pool = pool
         self._write_batch = write
-        self._after_write = after_write
         self.max_batch = max_batch
         self._waiting: list[tuple[In, asyncio.Future[Out]]] = []
         self._wake = asyncio.Event()
@@ -88,7 +86,6 @@ class IntakeQueue(Generic[In, Out]):
                 if not future.done():
                     future.set_exception(error)
             raise
-        self._after_write()
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -192,6 +192,13 @@ async def due_requests(conn: asyncpg.Connection, now: datetime) -> list[VmReques
     return [_request(r) for r in rows]
 
 
+async def requests_awaiting_funds(conn: asyncpg.Connection) -> list[VmRequest]:
+    rows = await conn.fetch(
+        f"""SELECT {_REQUEST_COLUMNS} FROM {SCHEMA}.requests
+            WHERE status = 'awaiting_funds' ORDER BY received_at""")
+    return [_request(r) for r in rows]
+
+
 async def requests_of_vms(conn: asyncpg.Connection, vm_ids: Iterable[UUID], lock: Lock = ""
                           ) -> list[VmRequest]:
     wanted = _ids(vm_ids)

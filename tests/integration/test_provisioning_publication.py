@@ -1,0 +1,76 @@
+"""ReserveFunds of an HTTP request is published straight after the request is stored, not
+through the outbox: a send that fails is repeated, and a reservation a crash left unsent is
+sent at the next start. Real broker and database."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared.topics import PROVISIONING_REQUESTS, WALLET_DECISIONS
+from tests.integration.test_provisioning_support import (  # noqa: F401
+    MEDIUM_MONTHLY,
+    Platform,
+    platform_fixture,
+)
+
+
+async def test_a_failed_reservation_send_is_repeated(platform: Platform):
+    org = await platform.open_organisation(balance_minor=100_000)
+    requests_topic = platform.topic(PROVISIONING_REQUESTS.name)
+    sender = platform.provisioning.relay.sender
+    send = sender.send
+    failed: list[int] = []
+
+    async def fails_once(rows: Any) -> Any:
+        rows = list(rows)
+        if not failed and any(r[0] == requests_topic for r in rows):
+            failed.append(len(rows))
+            raise ConnectionError("broker unreachable")
+        return await send(rows)
+
+    sender.send = fails_once  # type: ignore[method-assign]
+    r = await platform.request_vm(org["organisation_id"], "web-retry", tier="medium")
+    assert r.status_code == 202, r.text
+    request_id = r.json()["request_id"]
+    done = await platform.wait_request(request_id, {"succeeded"})
+    assert failed, "the reservation never went through the failing send"
+    assert done["hold_minor"] == MEDIUM_MONTHLY
+    decisions = await platform.messages(WALLET_DECISIONS.name, 1)
+    assert [d["request_id"] for d in decisions] == [request_id]
+
+
+async def test_a_reservation_lost_in_a_crash_is_sent_at_the_next_start(platform: Platform):
+    org = await platform.open_organisation(balance_minor=100_000)
+    lost: list[int] = []
+
+    async def crash_before_publishing(messages: Any) -> None:
+        lost.append(len(messages))
+
+    platform.provisioning.handlers._publish = crash_before_publishing  # type: ignore[method-assign]
+    r = await platform.request_vm(org["organisation_id"], "web-lost", tier="medium")
+    assert r.status_code == 202, r.text
+    request_id = r.json()["request_id"]
+    assert lost == [1]
+    await platform.provisioning.stop()
+    assert await _status_in_db(platform, request_id) == "awaiting_funds"
+    assert not await platform.kafka.read(platform.topic(PROVISIONING_REQUESTS.name),
+                                         until=bool, timeout=1.0)
+
+    await platform.restart_provisioning()
+    done = await platform.wait_request(request_id, {"succeeded"})
+    assert done["hold_minor"] == MEDIUM_MONTHLY
+    wallet = await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] > 0)
+    assert wallet["held_minor"] == MEDIUM_MONTHLY
+
+
+async def _status_in_db(platform: Platform, request_id: str) -> str:
+    conn = await asyncpg.connect(platform.env.database_url)
+    try:
+        status: str = await conn.fetchval(
+            "SELECT status FROM provisioning.requests WHERE request_id = $1", UUID(request_id))
+        return status
+    finally:
+        await conn.close()
