@@ -90,6 +90,17 @@ class ServiceProcesses:
             times = psutil.Process(process.pid).cpu_times()
             used[name] = times.user + times.system
         used["bench"] = sum(psutil.Process().cpu_times()[:2])
+        # A stack this run started (a broker, PostgreSQL and its backends) is ours to count.
+        services = {p.pid for p in self.processes.values()}
+        for child in psutil.Process().children(recursive=True):
+            try:
+                if child.pid in services or child.ppid() in services:
+                    continue
+                kind = {"java": "kafka", "postgres": "postgres"}.get(child.name())
+                if kind is not None:
+                    used[kind] = used.get(kind, 0.0) + sum(child.cpu_times()[:2])
+            except psutil.NoSuchProcess:
+                continue
         return used
 
     def url(self, name: str) -> str:

@@ -82,7 +82,8 @@ async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -
         debited = await conn.fetchval(
             "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'")
         assert debited == len(messages), f"{debited} debits booked, {len(messages)} expected"
-        cpu = {name: used - cpu_before[name] for name, used in services.cpu_seconds().items()}
+        cpu = {name: used - cpu_before.get(name, 0.0)
+               for name, used in services.cpu_seconds().items()}
         print(f"  {len(messages)} usage events already on the topic; all {debited} booked "
               f"{elapsed:.2f} s after billing's first line")
         print("  CPU seconds used meanwhile: " + ", ".join(

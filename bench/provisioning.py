@@ -237,7 +237,7 @@ async def main(args: argparse.Namespace) -> None:
                 finally:
                     await load.close()
                 intake = await intake_figures(client, provisioning)
-                cpu = {name: used - cpu_before[name]
+                cpu = {name: used - cpu_before.get(name, 0.0)
                        for name, used in servers.cpu_seconds().items()}
         except BaseException:
             for name in SERVICES:
