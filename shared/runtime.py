@@ -57,12 +57,14 @@ class ServiceRuntime:
         assert self._relay is not None, "service not started"
         return self._relay
 
-    def consume(self, topic: Topic, consumer: str, handler: BatchHandler) -> None:
-        """Consume `topic` in batches; after each committed batch, wake the outbox relay."""
+    def consume(self, topic: Topic, consumer: str, handler: BatchHandler, *,
+                wake_relay: bool = True) -> None:
+        """Consume `topic` in batches; after each committed batch, wake the outbox relay
+        (`wake_relay=False`: the handler pushes what it committed to the relay itself)."""
 
         async def on_batch(records: Records) -> None:
             await handler(records)
-            if self._relay is not None:
+            if wake_relay and self._relay is not None:
                 self._relay.notify()
 
         subscribe_batches(self.broker, self.settings, topic, consumer, on_batch)

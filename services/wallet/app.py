@@ -20,11 +20,13 @@ class WalletService(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
         super().__init__("wallet", SCHEMA, settings)
         self.handlers = WalletHandlers(self)
-        self.consume(PROVISIONING_REQUESTS, CONSUMER, self.handlers.on_reservation_requests)
-        self.consume(PROVISIONING_OUTCOMES, CONSUMER, self.handlers.on_provisioning_outcomes)
-        self.consume(BILLING_DEBITS, CONSUMER, self.handlers.on_billing_charges)
-        self.consume(WALLET_TOPUPS, CONSUMER, self.handlers.on_topups)
-        self.consume(CLOCK_TICKS, CONSUMER, self.handlers.on_clock_ticks)
+        # Every handler pushes the outbox rows it committed to the relay itself.
+        h, pushes = self.handlers, {"wake_relay": False}
+        self.consume(PROVISIONING_REQUESTS, CONSUMER, h.on_reservation_requests, **pushes)
+        self.consume(PROVISIONING_OUTCOMES, CONSUMER, h.on_provisioning_outcomes, **pushes)
+        self.consume(BILLING_DEBITS, CONSUMER, h.on_billing_charges, **pushes)
+        self.consume(WALLET_TOPUPS, CONSUMER, h.on_topups, **pushes)
+        self.consume(CLOCK_TICKS, CONSUMER, h.on_clock_ticks, **pushes)
         register_routes(self)
 
 

@@ -57,7 +57,7 @@ from shared.contracts.wallet import (
     WalletToppedUp,
 )
 from shared.money import MoneyModel
-from shared.outbox import Outgoing, enqueue, outgoing
+from shared.outbox import Outgoing, Queued, enqueue, outgoing
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 from shared.topics import WALLET_DECISIONS, WALLET_EVENTS
@@ -154,9 +154,10 @@ class WalletHandlers:
 
     async def _commit(self, conn: asyncpg.Connection, wallets: Sequence[Wallet],
                       new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
-                      events: Events) -> None:
+                      events: Events) -> Queued:
+        """Write the batch; returns its outbox rows, to push to the relay once committed."""
         await repo.append_entries(conn, [e for w in wallets for e in w.entries])
-        await repo.save_batch(conn, wallets, new_holds, changed_holds, events.out)
+        return await repo.save_batch(conn, wallets, new_holds, changed_holds, events.out)
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
@@ -192,7 +193,8 @@ class WalletHandlers:
                 if hold is not None:
                     new_holds.append(hold)
                 events.emit(wallet, m, wallet.take_facts())
-            await self._commit(conn, list(wallets.values()), new_holds, [], events)
+            committed = await self._commit(conn, list(wallets.values()), new_holds, [], events)
+        self.runtime.relay.push(committed)
 
     # --- provisioning.outcomes: confirm or release holds ---------------------------------
 
@@ -222,7 +224,8 @@ class WalletHandlers:
                             if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
                                 wallet.release(hold, m.occurred_at)
                 events.emit(wallet, m, wallet.take_facts())
-            await self._commit(conn, list(wallets.values()), [], holds, events)
+            committed = await self._commit(conn, list(wallets.values()), [], holds, events)
+        self.runtime.relay.push(committed)
 
     # --- billing.debits: usage debits and correction credits ------------------------------
 
@@ -277,7 +280,8 @@ class WalletHandlers:
                              debited=MoneyModel(amount_minor=debited, currency=w.currency),
                              credited=MoneyModel(amount_minor=credited, currency=w.currency),
                              balance_after=MoneyModel(amount_minor=w.balance, currency=w.currency))
-            await self._commit(conn, list(wallets.values()), [], holds, events)
+            committed = await self._commit(conn, list(wallets.values()), [], holds, events)
+        self.runtime.relay.push(committed)
 
     # --- wallet.topups and the payment webhook --------------------------------------------
 
@@ -290,7 +294,8 @@ class WalletHandlers:
             # A refused top-up stays claimed: its replay would be refused again.
             events.out += [dead_letter(self.settings, CONSUMER, item.record, str(error))
                            for item, error, _ in results if error is not None]
-            await self._commit(conn, wallets, [], [], events)
+            committed = await self._commit(conn, wallets, [], [], events)
+        self.runtime.relay.push(committed)
 
     async def top_up(self, message: TopUpWallet) -> bool:
         """Apply a settled payment (from the webhook); False if it was applied before.
@@ -301,7 +306,8 @@ class WalletHandlers:
                 conn, [Incoming(None, message)], events)
             if error is not None:
                 raise error
-            await self._commit(conn, wallets, [], [], events)
+            committed = await self._commit(conn, wallets, [], [], events)
+        self.runtime.relay.push(committed)
         return applied
 
     async def _apply_top_ups(self, conn: asyncpg.Connection, items: list[Incoming[TopUpWallet]],
@@ -342,7 +348,8 @@ class WalletHandlers:
             if good:
                 latest = max(good, key=lambda i: i.message.at).message
                 await self._expire_holds(conn, latest.at, latest, events)
-            await enqueue(conn, repo.SCHEMA, events.out)
+            committed = await enqueue(conn, repo.SCHEMA, events.out)
+        self.runtime.relay.push(committed)
 
     async def _expire_holds(self, conn: asyncpg.Connection, now: datetime, cause: Envelope,
                             events: Events) -> None:

@@ -16,7 +16,7 @@ from services.wallet.domain import (
     LedgerEntry,
     Wallet,
 )
-from shared.outbox import COPY_THRESHOLD, Outgoing, enqueue
+from shared.outbox import COPY_THRESHOLD, Outgoing, Queued, enqueue, queued
 
 SCHEMA = "wallet"
 
@@ -151,16 +151,18 @@ async def update_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
 
 async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
                      new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
-                     messages: Sequence[Outgoing]) -> None:
+                     messages: Sequence[Outgoing]) -> Queued:
     """A batch's wallet balances, new and changed holds and outbox messages in one
-    statement (one round trip); ledger rows go first, by `append_entries`."""
+    statement (one round trip); ledger rows go first, by `append_entries`. Returns the
+    outbox rows with their ids, for the relay (None if they went by COPY)."""
     if len(messages) >= COPY_THRESHOLD:
-        await enqueue(conn, SCHEMA, messages)
-        messages = ()
+        copied = await enqueue(conn, SCHEMA, messages)
+        await save_batch(conn, wallets, new_holds, changed_holds, ())
+        return copied
     if not (wallets or new_holds or changed_holds or messages):
-        return
+        return []
     w, n, c, m = wallets, new_holds, changed_holds, messages
-    await conn.execute(
+    rows = await conn.fetch(
         f"""WITH saved AS (
                 UPDATE {SCHEMA}.organisation_wallets w SET
                     balance = v.balance, held = v.held, low_balance = v.low_balance,
@@ -182,8 +184,9 @@ async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
             ), queued AS (
                 INSERT INTO {SCHEMA}.outbox (topic, key, value, partition)
                 SELECT * FROM unnest($21::text[], $22::bytea[], $23::bytea[], $24::int[])
+                RETURNING id
             )
-            SELECT 1""",
+            SELECT id FROM queued""",
         [x.wallet_id for x in w], [x.balance for x in w], [x.held for x in w],
         [x.low_balance for x in w], [x.depleted for x in w],
         [h.hold_id for h in n], [h.request_id for h in n], [h.wallet_id for h in n],
@@ -193,6 +196,7 @@ async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
         [h.hold_id for h in c], [h.remaining for h in c], [h.status.value for h in c],
         [h.closed_at for h in c],
         [x.topic for x in m], [x.key for x in m], [x.value for x in m], [x.partition for x in m])
+    return queued([r["id"] for r in rows], m)
 
 
 _ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",

@@ -6,7 +6,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.contracts.clock import ClockTick
 from shared.db import create_pool
-from shared.outbox import OutboxRelay, enqueue, outgoing
+from shared.outbox import OutboxRelay, Queued, enqueue, outgoing
 from shared.topics import CLOCK_TICKS, DEAD_LETTER
 from tests.kafka_helpers import KafkaProbe
 
@@ -80,3 +80,62 @@ async def test_a_row_committed_behind_the_cursor_is_still_published(env, db):
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         seen = await kafka.read_count(topic, 4)
     assert {m["event_id"] for m in seen} == {str(t.event_id) for t in ticks}
+
+
+async def test_pushed_rows_go_out_once_in_commit_order_and_a_failed_push_is_drained(env, db):
+    """`push` publishes a committed transaction's rows without reading them back. Rows a
+    drain is due for go first; pushed rows are deleted after publishing, so a later drain
+    does not send them again; rows of a push that failed stay for the next drain."""
+    from datetime import UTC, datetime
+
+    ticks = [ClockTick.at_time(datetime(2026, 2, 1, h, tzinfo=UTC)) for h in range(5)]
+    topic = env.topic(CLOCK_TICKS.name)
+    pool = await create_pool(env.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
+    await producer.start()
+
+    async def committed(tick: ClockTick) -> Queued:
+        async with db.transaction():
+            return await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
+
+    async def left() -> int:
+        return int(await db.fetchval("SELECT count(*) FROM wallet.outbox"))
+
+    try:
+        relay = OutboxRelay(pool, "wallet", producer, batch_size=10)
+        await relay.drain()  # what start() does first: nothing there yet
+        relay._drain_wanted = False
+        await committed(ticks[0])
+        relay.notify()  # a writer that only wakes the relay, committed first
+        relay.push(await committed(ticks[1]))
+        await relay._cycle()  # the drain sends both, in id order; the push has nothing left
+        assert await left() == 0
+
+        relay.push(await committed(ticks[2]))
+        await relay._cycle()
+        assert await left() == 1, "a published push is deleted a little later, in bulk"
+        relay.notify()
+        await relay._cycle()  # deletes it before draining: not published twice
+        assert await left() == 0
+
+        send = relay.sender.send
+
+        async def unreachable(rows: object) -> object:
+            raise ConnectionError("broker unreachable")
+
+        relay.sender.send = unreachable  # type: ignore[method-assign]
+        relay.push(await committed(ticks[3]))
+        with pytest.raises(ConnectionError):
+            await relay._cycle()
+        assert await left() == 1
+        relay.sender.send = send  # type: ignore[method-assign]
+        relay.push(await committed(ticks[4]))
+        await relay._cycle()  # drains the failed row first, then the rest
+        await relay._delete_published()
+        assert await left() == 0
+    finally:
+        await producer.stop()
+        await pool.close()
+    async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        seen = await kafka.read(topic, until=lambda ms: False, timeout=2)
+    assert [m["event_id"] for m in seen] == [str(t.event_id) for t in ticks]
