@@ -70,10 +70,13 @@ async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
                 SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
                 WHERE w.wallet_id = ANY($2::uuid[]) ORDER BY w.wallet_id FOR UPDATE
             )
-            SELECT (SELECT array_agg(message_id) FROM claimed) AS fresh, locked.*
-            FROM (VALUES (1)) AS one(x) LEFT JOIN locked ON true""",
+            -- the claimed ids once, on the first row (not repeated on every wallet's)
+            SELECT CASE WHEN l.n IS NULL OR l.n = 1
+                        THEN (SELECT array_agg(message_id) FROM claimed) END AS fresh, l.*
+            FROM (VALUES (1)) AS one(x)
+            LEFT JOIN (SELECT locked.*, row_number() OVER () AS n FROM locked) l ON true""",
         list(message_ids), sorted(set(wallet_ids)))
-    fresh = set(rows[0]["fresh"] or ())
+    fresh = set(next((r["fresh"] for r in rows if r["fresh"] is not None), ()))
     return fresh, {r["wallet_id"]: _wallet(r) for r in rows if r["wallet_id"] is not None}
 
 
