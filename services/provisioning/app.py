@@ -19,12 +19,15 @@ from shared.topics import (
 class ProvisioningService(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
         super().__init__("provisioning", SCHEMA, settings)
-        self.handlers = ProvisioningHandlers(self)
-        self.consume(WALLET_EVENTS, CONSUMER, self.handlers.on_wallet_events)
-        self.consume(PORTAL_VM_REQUESTS, CONSUMER, self.handlers.on_portal_requests)
-        self.consume(WALLET_DECISIONS, CONSUMER, self.handlers.on_wallet_decisions)
-        self.consume(VCENTER_EVENTS, CONSUMER, self.handlers.on_vcenter_events)
-        self.consume(CLOCK_TICKS, CONSUMER, self.handlers.on_clock_ticks)
+        self.handlers = h = ProvisioningHandlers(self)
+        # These handlers push the outbox rows they committed to the relay themselves; portal
+        # intake writes its rows with the requests, in one statement, and wakes the relay.
+        pushes = {"wake_relay": False}
+        self.consume(WALLET_EVENTS, CONSUMER, h.on_wallet_events, **pushes)
+        self.consume(PORTAL_VM_REQUESTS, CONSUMER, h.on_portal_requests)
+        self.consume(WALLET_DECISIONS, CONSUMER, h.on_wallet_decisions, **pushes)
+        self.consume(VCENTER_EVENTS, CONSUMER, h.on_vcenter_events, **pushes)
+        self.consume(CLOCK_TICKS, CONSUMER, h.on_clock_ticks, **pushes)
         register_routes(self)
 
     async def start(self) -> None:

@@ -305,7 +305,8 @@ class ProvisioningHandlers:
                                                    event_now(clock, request.received_at))
                 messages.add(facts, m)
             await repo.save_requests(conn, list(requests.values()))
-            await enqueue(conn, repo.SCHEMA, messages.out)
+            committed = await enqueue(conn, repo.SCHEMA, messages.out)
+        self.runtime.relay.push(committed)
 
     # --- vcenter.events ------------------------------------------------------------------
 
@@ -331,7 +332,8 @@ class ProvisioningHandlers:
                 messages.add(self._apply_vm_event(m, request, vms, orgs), m)
             await repo.save_requests(conn, requests)
             await repo.save_vms(conn, list(vms.values()))
-            await enqueue(conn, repo.SCHEMA, messages.out)
+            committed = await enqueue(conn, repo.SCHEMA, messages.out)
+        self.runtime.relay.push(committed)
 
     @staticmethod
     def _request_for(m: Any, by_id: dict[UUID, VmRequest], requests: Sequence[VmRequest]
@@ -397,7 +399,8 @@ class ProvisioningHandlers:
                 for request in due:
                     messages.add(request.time_out(tick.at), tick)
                 await repo.save_requests(conn, due)
-            await enqueue(conn, repo.SCHEMA, messages.out)
+            committed = await enqueue(conn, repo.SCHEMA, messages.out)
+        self.runtime.relay.push(committed)
 
     # --- wallet.events: the organisation table, suspension and resume ----------------------
 
@@ -433,7 +436,8 @@ class ProvisioningHandlers:
                     messages.add(org.funds_restored(mine, now), m)
             await repo.save_suspension(conn, list(orgs.values()))
             await repo.save_vms(conn, vms)
-            await enqueue(conn, repo.SCHEMA, messages.out)
+            committed = await enqueue(conn, repo.SCHEMA, messages.out)
+        self.runtime.relay.push(committed)
 
     # --- HTTP commands -------------------------------------------------------------------
 
