@@ -7,11 +7,14 @@ answer does not slow the senders) and watches `wallet.decisions`. Latency is fro
 the POST to the moment the wallet's decision (FundsReserved / FundsRejected) for that request
 is read from Kafka. Every tenth organisation has no money, so rejections are measured too.
 
-Also printed: the HTTP answer time, the latency split at the Kafka producer timestamps of
-ReserveFunds and of the decision, provisioning's intake batching, and the CPU time each
+Also printed: the HTTP answer time, provisioning's intake batching, and the CPU time each
 process spent per request (on a small machine the CPU budget is what decides the tail).
+With `--stages`, the latency is also split at the Kafka producer timestamps of ReserveFunds
+and of the decision; that reads `provisioning.requests` too, a second consumer on the
+machine being measured, so it is off by default.
 
 Usage: python -m bench.provisioning [--count N] [--rate R] [--organisations N] [--warmup N]
+                                    [--stages]
 """
 
 from __future__ import annotations
@@ -145,10 +148,13 @@ class DecisionWatcher:
     """Reads wallet.decisions and notes when each request's decision was first seen; also
     the producers' timestamps of ReserveFunds and of the decision, to split the latency."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stages: bool) -> None:
         self.decisions_topic = settings.topic(WALLET_DECISIONS.name)
+        topics = [self.decisions_topic]
+        if stages:
+            topics.append(settings.topic(PROVISIONING_REQUESTS.name))
         self.consumer = AIOKafkaConsumer(
-            self.decisions_topic, settings.topic(PROVISIONING_REQUESTS.name),
+            *topics,
             bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
             enable_auto_commit=False)  # the broker answers a fetch as soon as records arrive
         self.seen: dict[str, tuple[float, str]] = {}
@@ -215,7 +221,7 @@ async def main(args: argparse.Namespace) -> None:
     logs = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-provisioning-"))
     async with bench_settings() as settings:
         servers = ServiceProcesses(settings, SERVICES, logs)
-        watcher = DecisionWatcher(settings)
+        watcher = DecisionWatcher(settings, args.stages)
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         try:
             servers.start()
@@ -262,6 +268,16 @@ async def main(args: argparse.Namespace) -> None:
     print(f"POST -> wallet decision: p50 {percentile(latencies, 50):.1f} ms, "
           f"p90 {percentile(latencies, 90):.1f} ms, p99 {percentile(latencies, 99):.1f} ms, "
           f"max {max(latencies):.1f} ms")
+    if args.stages:
+        print_stages(watcher, sent)
+    print(intake)
+    print("CPU per request (ms): " + ", ".join(
+        f"{name} {seconds * 1000 / args.count:.2f}" for name, seconds in cpu.items()))
+    print(f"rate_per_s={achieved:.0f} p50_ms={percentile(latencies, 50):.1f} "
+          f"p99_ms={percentile(latencies, 99):.1f}")
+
+
+def print_stages(watcher: DecisionWatcher, sent: dict[str, float]) -> None:
     stages = {
         "POST -> ReserveFunds published": [watcher.asked_at[r] - t for r, t in sent.items()],
         "ReserveFunds -> decision published": [watcher.decided_at[r] - watcher.asked_at[r]
@@ -271,11 +287,6 @@ async def main(args: argparse.Namespace) -> None:
     print("stages, p50 / p99 (ms; Kafka timestamps have ms resolution): " + "; ".join(
         f"{name} {percentile(values, 50) * 1000:.1f} / {percentile(values, 99) * 1000:.1f}"
         for name, values in stages.items()))
-    print(intake)
-    print("CPU per request (ms): " + ", ".join(
-        f"{name} {seconds * 1000 / args.count:.2f}" for name, seconds in cpu.items()))
-    print(f"rate_per_s={achieved:.0f} p50_ms={percentile(latencies, 50):.1f} "
-          f"p99_ms={percentile(latencies, 99):.1f}")
 
 
 async def intake_figures(client: httpx.AsyncClient, provisioning: str) -> str:
@@ -313,4 +324,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--organisations", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--stages", action="store_true",
+                        help="also read provisioning.requests to split the latency in stages")
     uvloop.run(main(parser.parse_args()))
