@@ -57,6 +57,10 @@ COPY_THRESHOLD = 64
 # a full batch comes first).
 DELETE_DELAY_S = 0.1
 
+# How many ids of pushed (or drained) rows the relay remembers, to tell them from gaps (or
+# not to publish them twice).
+RECENT_IDS = 100_000
+
 
 # (topic, key, value, partition or None): a message as the outbox stores it.
 Row = tuple[str, bytes | None, bytes, int | None]
@@ -170,6 +174,9 @@ class OutboxRelay:
         self._pushed: list[tuple[int, Row]] = []
         self._published: list[int] = []  # pushed rows published, to delete
         self._delete_due = 0.0
+        self._drain_due = 0.0
+        self._recently_pushed: set[int] = set()  # not gaps when a drain's cursor passes them
+        self._recently_drained: set[int] = set()  # not to publish again when pushed
 
     def notify(self) -> None:
         self._drain_wanted = True
@@ -220,8 +227,11 @@ class OutboxRelay:
                 self._drain_wanted = True  # rows of another instance, or of a failed drain
 
     async def _cycle(self) -> None:
-        if self._drain_wanted:
+        if self._drain_wanted or time.monotonic() >= self._drain_due:
+            # Also on a clock while pushes keep the relay busy: rows nobody pushed (a
+            # transaction whose commit reply was lost, another process) still go out.
             self._drain_wanted = False
+            self._drain_due = time.monotonic() + self._poll_interval_s
             await self._delete_published()  # or the drain would publish them again
             while await self.drain() >= self._batch_size:
                 pass
@@ -232,7 +242,8 @@ class OutboxRelay:
             await self._delete_published()
 
     async def _publish_pushed(self) -> None:
-        batch, self._pushed = self._pushed, []
+        batch = [p for p in self._pushed if p[0] not in self._recently_drained]
+        self._pushed = []
         try:
             await asyncio.gather(*await self.sender.send(row for _, row in batch))
         except Exception:
@@ -240,7 +251,13 @@ class OutboxRelay:
             raise
         if not self._published:
             self._delete_due = time.monotonic() + DELETE_DELAY_S
-        self._published += [outbox_id for outbox_id, _ in batch]
+        ids = [outbox_id for outbox_id, _ in batch]
+        self._published += ids
+        if len(self._recently_pushed) >= RECENT_IDS:
+            self._recently_pushed = set()
+        self._recently_pushed.update(ids)
+        for outbox_id in ids:
+            self._gaps.pop(outbox_id, None)
         PUBLISHED.labels(self._schema).inc(len(batch))
 
     async def _delete_published(self) -> None:
@@ -287,20 +304,29 @@ class OutboxRelay:
                 # failed drain left older rows behind.
                 self._after_id = 0
                 self._gaps.clear()
+                self._recently_pushed.clear()
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
-            for row in late:
-                self._gaps.pop(row["id"], None)
-            if self._pushed:  # committed and pushed meanwhile: published here instead
-                drained = {r["id"] for r in rows} | {r["id"] for r in late}
-                self._pushed = [p for p in self._pushed if p[0] not in drained]
-            self._note_gaps(rows)
             # A late row's key has nothing published after it: rows of one key are
             # committed in id order (see docs/architecture.md), so order per key holds.
             await asyncio.gather(*await self.sender.send(
                 (r["topic"], r["key"], r["value"], r["partition"]) for r in [*late, *rows]))
+            # Only now, published: a failed send rolls back and leaves cursor and gaps be.
+            for row in late:
+                self._gaps.pop(row["id"], None)
+            self._note_gaps(rows)
+            self._remember_drained([*late, *rows])
         PUBLISHED.labels(self._schema).inc(len(rows) + len(late))
         return len(rows) + len(late)
+
+    def _remember_drained(self, rows: Sequence[asyncpg.Record]) -> None:
+        """Rows a drain published are not published again when their push comes after it
+        (a commit the drain saw before its handler had pushed)."""
+        drained = {r["id"] for r in rows}
+        if self._pushed:
+            self._pushed = [p for p in self._pushed if p[0] not in drained]
+        self._recently_drained = (self._recently_drained | drained
+                                  if len(self._recently_drained) < RECENT_IDS else drained)
 
     def _note_gaps(self, rows: Sequence[asyncpg.Record]) -> None:
         if not rows:
@@ -309,7 +335,8 @@ class OutboxRelay:
         expected = self._after_id + 1 if self._after_id else rows[0]["id"]
         for row in rows:
             for missing in range(expected, min(row["id"], expected + MAX_GAPS_PER_DRAIN)):
-                self._gaps.setdefault(missing, now)
+                if missing not in self._recently_pushed:  # published already, not a gap
+                    self._gaps.setdefault(missing, now)
             expected = row["id"] + 1
         self._after_id = rows[-1]["id"]
 

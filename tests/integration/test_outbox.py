@@ -102,7 +102,8 @@ async def test_pushed_rows_go_out_once_in_commit_order_and_a_failed_push_is_drai
         return int(await db.fetchval("SELECT count(*) FROM wallet.outbox"))
 
     try:
-        relay = OutboxRelay(pool, "wallet", producer, batch_size=10)
+        # A poll interval long enough that no drain falls due by the clock in between.
+        relay = OutboxRelay(pool, "wallet", producer, batch_size=10, poll_interval_s=600)
         await relay.drain()  # what start() does first: nothing there yet
         relay._drain_wanted = False
         await committed(ticks[0])
