@@ -58,16 +58,30 @@ class ServiceRuntime:
         return self._relay
 
     def consume(self, topic: Topic, consumer: str, handler: BatchHandler, *,
-                wake_relay: bool = True) -> None:
+                wake_relay: bool = True, commit_in_background: bool = False) -> None:
         """Consume `topic` in batches; after each committed batch, wake the outbox relay
-        (`wake_relay=False`: the handler pushes what it committed to the relay itself)."""
+        (`wake_relay=False`: the handler pushes what it committed to the relay itself).
 
-        async def on_batch(records: Records) -> None:
-            await handler(records)
-            if wake_relay and self._relay is not None:
+        A pushing handler's rows reach the table but not the relay if its commit reply is
+        lost, and an instance taking over partitions may find rows a crashed one committed:
+        a failed batch and an assignment therefore wake a drain, which goes before the next
+        push, so those rows still leave ahead of later rows of their keys."""
+
+        def drain() -> None:
+            if self._relay is not None:
                 self._relay.notify()
 
-        subscribe_batches(self.broker, self.settings, topic, consumer, on_batch)
+        async def on_batch(records: Records) -> None:
+            try:
+                await handler(records)
+            except BaseException:
+                drain()
+                raise
+            if wake_relay:
+                drain()
+
+        subscribe_batches(self.broker, self.settings, topic, consumer, on_batch,
+                          commit_in_background=commit_in_background, on_assigned=drain)
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(

@@ -67,8 +67,11 @@ async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
                 INSERT INTO {SCHEMA}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
                 ON CONFLICT DO NOTHING RETURNING message_id
             ), locked AS (
+                -- after the claim (it reads `claimed`), as it was in two statements: a
+                -- claim taken after a wallet lock could deadlock with the webhook's top-up
                 SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
-                WHERE w.wallet_id = ANY($2::uuid[]) ORDER BY w.wallet_id FOR UPDATE
+                WHERE w.wallet_id = ANY($2::uuid[]) AND (SELECT count(*) FROM claimed) >= 0
+                ORDER BY w.wallet_id FOR UPDATE
             )
             -- the claimed ids once, on the first row (not repeated on every wallet's)
             SELECT CASE WHEN l.n IS NULL OR l.n = 1
