@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     # No answer from vCenter by then: the provisioning request fails and funds are released.
     vcenter_timeout_seconds: int = Field(default=900, ge=1)
+    # How often provisioning sends the reservations of requests still awaiting funds again
+    # (their first send goes straight to Kafka, not through the outbox).
+    reservation_resend_interval_s: float = Field(default=60, gt=0)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
+
 from services.provisioning.api import register_routes
 from services.provisioning.handlers import CONSUMER, ProvisioningHandlers
 from services.provisioning.repository import SCHEMA
@@ -14,6 +18,8 @@ from shared.topics import (
     WALLET_DECISIONS,
     WALLET_EVENTS,
 )
+
+log = structlog.get_logger(__name__)
 
 
 class ProvisioningService(ServiceRuntime):
@@ -33,12 +39,22 @@ class ProvisioningService(ServiceRuntime):
     async def start(self) -> None:
         await super().start()
         self.handlers.intake.start()
-        await self.handlers.resend_reservations()
+        self._resending = asyncio.create_task(self._resend_reservations())
 
     async def stop(self) -> None:
+        self._resending.cancel()
+        await asyncio.gather(self._resending, return_exceptions=True)
         await self.handlers.intake.stop()
         await self.handlers.settle()
         await super().stop()
+
+    async def _resend_reservations(self) -> None:
+        while True:
+            try:
+                await self.handlers.resend_reservations()
+            except Exception:
+                log.exception("resending reservations failed")
+            await asyncio.sleep(self.settings.reservation_resend_interval_s)
 
 
 def create_service(settings: Settings | None = None) -> ProvisioningService:

@@ -28,6 +28,7 @@ from services.provisioning.domain import (
     Organisation,
     PowerState,
     RequestKind,
+    RequestStatus,
     UnknownOrganisation,
     Vm,
     VmRequest,
@@ -139,7 +140,7 @@ class ProvisioningHandlers:
         self.intake: IntakeQueue[Submission, Accepted | Refused] = IntakeQueue(
             lambda: self.pool, self.submit)
         self._known_organisations: dict[UUID, Organisation] = {}
-        self._confirming: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -160,47 +161,47 @@ class ProvisioningHandlers:
         request id, so a repeat changes nothing."""
         results, unsent = await self._intake(conn, submissions, Messages(self.settings),
                                              queue=False)
-        await self._publish(unsent)
+        self._publish(unsent)
         return results
 
     async def resend_reservations(self) -> int:
-        """Send the ReserveFunds of every request still awaiting funds again (at start)."""
+        """Send the ReserveFunds of every request still awaiting funds again: at start, and
+        every `reservation_resend_interval_s`, for what a crash, or an error between the
+        insert and the send, left unsent."""
         async with self.pool.acquire() as conn:
             waiting = await repo.requests_awaiting_funds(conn)
         messages = Messages(self.settings)
         messages.add([AskForFunds(r) for r in waiting], None)
-        await self._publish(messages.out)
+        self._publish(messages.out)
         return len(waiting)
 
-    async def _publish(self, messages: Sequence[Outgoing]) -> None:
+    def _publish(self, messages: Sequence[Outgoing]) -> None:
+        """Send in the background, so a slow or unreachable broker never holds up intake
+        (which needs only the database); a failed send is repeated until Kafka has it."""
         if not messages:
             return
         rows = [(m.topic, m.key, m.value, m.partition) for m in messages]
-        try:
-            acks = await self.runtime.relay.sender.send(rows)
-        except Exception:
-            acks = None
-        confirming = asyncio.create_task(self._confirm(rows, acks))
-        self._confirming.add(confirming)
-        confirming.add_done_callback(self._confirming.discard)
+        sending = asyncio.create_task(self._send_until_acknowledged(rows))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
 
-    async def _confirm(self, rows: list[Row], acks: list[asyncio.Future[Any]] | None) -> None:
+    async def _send_until_acknowledged(self, rows: list[Row]) -> None:
         while True:
             try:
-                if acks is None:
-                    acks = await self.runtime.relay.sender.send(rows)
-                await asyncio.gather(*acks)
+                await asyncio.gather(*await self.runtime.relay.sender.send(rows))
                 return
             except Exception:
                 log.warning("publishing reservations failed; retrying", count=len(rows),
                             exc_info=True)
-                acks = None
                 await asyncio.sleep(RESEND_DELAY_S)
 
     async def settle(self, timeout: float = 10) -> None:
-        """Wait (a while) for reservations still being published; at stop."""
-        if self._confirming:
-            await asyncio.wait(set(self._confirming), timeout=timeout)
+        """At stop: wait a while for reservations still being sent, then give up on them
+        (the requests are stored; the next start sends their reservations)."""
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=timeout)
+        for sending in list(self._sending):
+            sending.cancel()
 
     async def _organisations(self, conn: asyncpg.Connection, ids: set[UUID]
                              ) -> dict[UUID, Organisation]:
@@ -225,10 +226,17 @@ class ProvisioningHandlers:
         results: list[Accepted | Refused] = []
         created: dict[UUID, VmRequest] = {}
         outgoing_by_request: list[tuple[UUID, Outgoing]] = []
+        resend: list[Outgoing] = []
         for s, request_id in zip(submissions, ids, strict=True):
             prior = known.get(request_id) or created.get(request_id)
             if prior is not None:
                 results.append(self._repeat(prior, s))
+                if (not queue and request_id in known and isinstance(results[-1], Accepted)
+                        and prior.status is RequestStatus.AWAITING_FUNDS):
+                    # The portal asks again while the first send may never have happened.
+                    repeat = Messages(self.settings)
+                    repeat.add([AskForFunds(prior)], None)
+                    resend += repeat.out
                 continue
             try:
                 org = orgs.get(s.organisation_id)
@@ -250,7 +258,7 @@ class ProvisioningHandlers:
             outgoing_by_request += [(request_id, o) for o in messages.out[before:]]
         inserted = await repo.insert_requests(conn, list(created.values()),
                                               outgoing_by_request if queue else ())
-        unsent = [] if queue else [o for r, o in outgoing_by_request if r in inserted]
+        unsent = [] if queue else [o for r, o in outgoing_by_request if r in inserted] + resend
         raced = [r for r in created if r not in inserted]
         if raced:  # a concurrent writer stored the same key first: answer with theirs
             theirs = await repo.requests_by_id(conn, raced)

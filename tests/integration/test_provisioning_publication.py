@@ -46,7 +46,7 @@ async def test_a_reservation_lost_in_a_crash_is_sent_at_the_next_start(platform:
     org = await platform.open_organisation(balance_minor=100_000)
     lost: list[int] = []
 
-    async def crash_before_publishing(messages: Any) -> None:
+    def crash_before_publishing(messages: Any) -> None:
         lost.append(len(messages))
 
     platform.provisioning.handlers._publish = crash_before_publishing  # type: ignore[method-assign]
@@ -64,6 +64,23 @@ async def test_a_reservation_lost_in_a_crash_is_sent_at_the_next_start(platform:
     assert done["hold_minor"] == MEDIUM_MONTHLY
     wallet = await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] > 0)
     assert wallet["held_minor"] == MEDIUM_MONTHLY
+
+
+async def test_asking_again_for_a_request_awaiting_funds_sends_its_reservation_again(
+        platform: Platform):
+    """An error between storing a request and sending its reservation: the portal's retry
+    (same idempotency key) gets the stored request and sends the reservation again."""
+    org = await platform.open_organisation(balance_minor=100_000)
+    handlers = platform.provisioning.handlers
+    publish = handlers._publish
+    handlers._publish = lambda messages: None  # type: ignore[method-assign]
+    first = await platform.request_vm(org["organisation_id"], "web-again", key="again-1")
+    assert first.status_code == 202, first.text
+    handlers._publish = publish  # type: ignore[method-assign]
+    again = await platform.request_vm(org["organisation_id"], "web-again", key="again-1")
+    assert again.status_code == 200 and again.json()["request_id"] == first.json()["request_id"]
+    done = await platform.wait_request(first.json()["request_id"], {"succeeded"})
+    assert done["hold_minor"] == MEDIUM_MONTHLY
 
 
 async def _status_in_db(platform: Platform, request_id: str) -> str:
