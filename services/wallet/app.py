@@ -22,7 +22,8 @@ class WalletService(ServiceRuntime):
         self.handlers = WalletHandlers(self)
         # Every handler pushes the outbox rows it committed to the relay itself.
         h, pushes = self.handlers, {"wake_relay": False}
-        self.consume(PROVISIONING_REQUESTS, CONSUMER, h.on_reservation_requests, **pushes)
+        self.consume(PROVISIONING_REQUESTS, CONSUMER, h.on_reservation_requests,
+                     commit_in_background=True, **pushes)
         self.consume(PROVISIONING_OUTCOMES, CONSUMER, h.on_provisioning_outcomes, **pushes)
         self.consume(BILLING_DEBITS, CONSUMER, h.on_billing_charges, **pushes)
         self.consume(WALLET_TOPUPS, CONSUMER, h.on_topups, **pushes)

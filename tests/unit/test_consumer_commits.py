@@ -1,0 +1,59 @@
+"""`BackgroundCommits`: one commit in flight, later batches' offsets merged into the next,
+each partition's offset the one after its batch's last record, and a failed commit
+neither raised nor retried (those records come again; consumers are idempotent)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from shared.consumer import BackgroundCommits
+
+
+def record(partition: int, offset: int) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord("t", partition, offset, 0, 0, None, b"", None, 0, 0, ())
+
+
+class SlowConsumer:
+    def __init__(self, fail: bool = False) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.release = asyncio.Event()
+        self.fail = fail
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+        await self.release.wait()
+        if self.fail:
+            raise RuntimeError("rebalanced")
+
+
+async def test_offsets_of_later_batches_merge_into_the_next_commit():
+    consumer = SlowConsumer()
+    commits = BackgroundCommits()
+    commits.after(consumer, (record(0, 4), record(1, 9)))
+    await asyncio.sleep(0)  # the first commit is in flight
+    commits.after(consumer, (record(0, 5),))
+    commits.after(consumer, (record(0, 7), record(2, 1)))
+    consumer.release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert consumer.commits == [
+        {TopicPartition("t", 0): 5, TopicPartition("t", 1): 10},
+        {TopicPartition("t", 0): 8, TopicPartition("t", 2): 2},
+    ]
+
+
+async def test_a_failed_commit_is_logged_not_raised():
+    consumer = SlowConsumer(fail=True)
+    commits = BackgroundCommits()
+    commits.after(consumer, (record(0, 1),))
+    consumer.release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert consumer.commits == [{TopicPartition("t", 0): 2}]
+    commits.after(consumer, (record(0, 2),))  # a later batch commits again
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert consumer.commits[-1] == {TopicPartition("t", 0): 3}
