@@ -227,9 +227,13 @@ class OutboxRelay:
                 self._drain_wanted = True  # rows of another instance, or of a failed drain
 
     async def _cycle(self) -> None:
-        if self._drain_wanted or time.monotonic() >= self._drain_due:
+        if time.monotonic() >= self._drain_due:
             # Also on a clock while pushes keep the relay busy: rows nobody pushed (a
             # transaction whose commit reply was lost, another process) still go out.
+            self._drain_wanted = True
+        # Until no drain is wanted: a commit notified while a drain ran may be missing from
+        # its snapshot, and a push that came after it must not go out first.
+        while self._drain_wanted:
             self._drain_wanted = False
             self._drain_due = time.monotonic() + self._poll_interval_s
             await self._delete_published()  # or the drain would publish them again

@@ -140,3 +140,46 @@ async def test_pushed_rows_go_out_once_in_commit_order_and_a_failed_push_is_drai
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         seen = await kafka.read(topic, until=lambda ms: False, timeout=2)
     assert [m["event_id"] for m in seen] == [str(t.event_id) for t in ticks]
+
+
+async def test_a_push_during_a_drain_goes_out_after_rows_notified_meanwhile(env, db):
+    """While a drain publishes, one transaction commits and wakes the relay (its rows are
+    not in the drain's snapshot), then a later one commits and pushes: the pushed rows
+    must not overtake the notified ones."""
+    from datetime import UTC, datetime
+
+    ticks = [ClockTick.at_time(datetime(2026, 4, 1, h, tzinfo=UTC)) for h in range(3)]
+    topic = env.topic(CLOCK_TICKS.name)
+    pool = await create_pool(env.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
+    await producer.start()
+
+    async def committed(tick: ClockTick) -> Queued:
+        async with db.transaction():
+            return await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
+
+    try:
+        relay = OutboxRelay(pool, "wallet", producer, batch_size=10, poll_interval_s=600)
+        await committed(ticks[0])
+        relay.notify()
+        send = relay.sender.send
+        meanwhile: list[bool] = []
+
+        async def send_while_others_commit(rows: object) -> object:
+            if not meanwhile:
+                meanwhile.append(True)
+                await committed(ticks[1])
+                relay.notify()
+                relay.push(await committed(ticks[2]))
+            return await send(rows)  # type: ignore[arg-type]
+
+        relay.sender.send = send_while_others_commit  # type: ignore[method-assign]
+        await relay._cycle()
+        await relay._delete_published()
+        assert await db.fetchval("SELECT count(*) FROM wallet.outbox") == 0
+    finally:
+        await producer.stop()
+        await pool.close()
+    async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        seen = await kafka.read(topic, until=lambda ms: False, timeout=2)
+    assert [m["event_id"] for m in seen] == [str(t.event_id) for t in ticks]
