@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
+FAILED_BATCH_PAUSE_S = 0.2
+
 CONSUMED = Counter("cloudwallet_messages_consumed_total", "Kafka records consumed",
                    ["consumer", "topic"])
 DEAD_LETTERED = Counter("cloudwallet_dead_letters_total", "Records sent to the dead-letter topic",
@@ -161,18 +163,37 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         records: Records = message.raw_message  # type: ignore[assignment]
         consumed.inc(len(records))
-        if commits is None:
-            await handler(records)
-            return
         try:
             await handler(records)
-        except BaseException:
-            await message.nack()  # rewinds each partition to the batch's first record
+        except Exception:
+            # The broker is built without a logger: say it here, and pause, so a batch
+            # that keeps failing comes again a few times a second, not in a tight loop.
+            log.exception("batch failed; it comes again", consumer=consumer,
+                          topic=topic.name, records=len(records))
+            if commits is not None:
+                rewind(message.consumer, records)
+            await asyncio.sleep(FAILED_BATCH_PAUSE_S)
             raise
-        commits.after(message.consumer, records)
+        if commits is not None:
+            commits.after(message.consumer, records)
 
     subscriber(on_batch)
     _poll_without_pause(subscriber, settings)
+
+
+def rewind(consumer: Any, records: Records) -> None:
+    """Seek each partition of a failed batch back to its first record, so the batch comes
+    again; a partition revoked meanwhile is skipped (its new owner starts from the last
+    commit, which is at or before the batch), where a seek would raise and leave the
+    partitions after it unrewound."""
+    earliest: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        earliest[tp] = min(earliest.get(tp, r.offset), r.offset)
+    assigned = consumer.assignment()
+    for tp, offset in earliest.items():
+        if tp in assigned:
+            consumer.seek(tp, offset)
 
 
 class BackgroundCommits:

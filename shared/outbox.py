@@ -216,7 +216,13 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.exception("outbox relay failed; retrying", schema=self._schema)
+                # Everything not yet published is in the table: read it again from the
+                # head, in id order, rather than hold pushes or trust the cursor and gaps.
                 self._drain_wanted = True
+                self._pushed.clear()
+                self._after_id = 0
+                self._gaps.clear()
+                self._recently_pushed.clear()
                 await asyncio.sleep(1)
                 continue
             if self._pushed or self._drain_wanted:
@@ -289,13 +295,8 @@ class OutboxRelay:
         """
         self._forget_old_gaps()
         async with self._pool.acquire() as conn, conn.transaction():
-            late = []
-            if self._gaps:
-                late = await conn.fetch(
-                    f"""DELETE FROM {self._schema}.outbox WHERE id IN (
-                            SELECT id FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])
-                            FOR UPDATE SKIP LOCKED)
-                        RETURNING id, topic, key, value, partition""", list(self._gaps))
+            # The cursor first, the gaps after: a gap that commits in between is then read
+            # by the second statement, and never comes after a later row of its key.
             rows = await conn.fetch(
                 f"""DELETE FROM {self._schema}.outbox WHERE id IN (
                         SELECT id FROM {self._schema}.outbox WHERE id > $2
@@ -303,6 +304,13 @@ class OutboxRelay:
                     RETURNING id, topic, key, value, partition""",
                 self._batch_size, self._after_id,
             )
+            late = []
+            if self._gaps:
+                late = await conn.fetch(
+                    f"""DELETE FROM {self._schema}.outbox WHERE id IN (
+                            SELECT id FROM {self._schema}.outbox WHERE id = ANY($1::bigint[])
+                            FOR UPDATE SKIP LOCKED)
+                        RETURNING id, topic, key, value, partition""", list(self._gaps))
             if not rows and not late:
                 # Idle: start from the head again next time, in case another instance's
                 # failed drain left older rows behind.
@@ -311,10 +319,11 @@ class OutboxRelay:
                 self._recently_pushed.clear()
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
-            # A late row's key has nothing published after it: rows of one key are
-            # committed in id order (see docs/architecture.md), so order per key holds.
+            # Late rows and rows together in id order: rows of one key are committed in id
+            # order (see docs/architecture.md), so order per key holds.
             await asyncio.gather(*await self.sender.send(
-                (r["topic"], r["key"], r["value"], r["partition"]) for r in [*late, *rows]))
+                (r["topic"], r["key"], r["value"], r["partition"])
+                for r in sorted([*late, *rows], key=lambda r: r["id"])))
             # Only now, published: a failed send rolls back and leaves cursor and gaps be.
             for row in late:
                 self._gaps.pop(row["id"], None)

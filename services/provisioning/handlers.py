@@ -69,6 +69,7 @@ from shared.runtime import ServiceRuntime
 
 CONSUMER = "provisioning"
 RESEND_DELAY_S = 1.0
+SEND_ATTEMPTS = 3
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +142,7 @@ class ProvisioningHandlers:
             lambda: self.pool, self.submit)
         self._known_organisations: dict[UUID, Organisation] = {}
         self._sending: set[asyncio.Task[None]] = set()
+        self._awaiting_funds: set[UUID] | None = None  # at the last resend sweep
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -157,27 +159,31 @@ class ProvisioningHandlers:
         their ReserveFunds go to Kafka at once, not through the outbox, whose relay round
         trips were most of the time from a POST to the wallet's decision. The stored request
         is the durable record: a failed send is repeated, and what a crash left unsent is
-        sent again at start (`resend_reservations`). The wallet claims a reservation by its
-        request id, so a repeat changes nothing."""
+        sent again by `resend_reservations`. The wallet claims a reservation by its request
+        id, so a repeat changes nothing."""
         results, unsent = await self._intake(conn, submissions, Messages(self.settings),
                                              queue=False)
         self._publish(unsent)
         return results
 
     async def resend_reservations(self) -> int:
-        """Send the ReserveFunds of every request still awaiting funds again: at start, and
-        every `reservation_resend_interval_s`, for what a crash, or an error between the
-        insert and the send, left unsent."""
+        """Send the ReserveFunds of requests still awaiting funds again, for what a crash,
+        or an error between the insert and the send, left unsent: at start all of them,
+        then (every `reservation_resend_interval_s`) those already waiting at the last
+        sweep, so a request just received or a wallet merely busy is not sent twice."""
         async with self.pool.acquire() as conn:
             waiting = await repo.requests_awaiting_funds(conn)
+        before, self._awaiting_funds = self._awaiting_funds, {r.request_id for r in waiting}
+        due = [r for r in waiting if before is None or r.request_id in before]
         messages = Messages(self.settings)
-        messages.add([AskForFunds(r) for r in waiting], None)
+        messages.add([AskForFunds(r) for r in due], None)
         self._publish(messages.out)
-        return len(waiting)
+        return len(due)
 
     def _publish(self, messages: Sequence[Outgoing]) -> None:
         """Send in the background, so a slow or unreachable broker never holds up intake
-        (which needs only the database); a failed send is repeated until Kafka has it."""
+        (which needs only the database); a failed send is tried twice more, a second apart,
+        and after that left to the periodic sweep."""
         if not messages:
             return
         rows = [(m.topic, m.key, m.value, m.partition) for m in messages]
@@ -186,14 +192,15 @@ class ProvisioningHandlers:
         sending.add_done_callback(self._sending.discard)
 
     async def _send_until_acknowledged(self, rows: list[Row]) -> None:
-        while True:
+        for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
                 await asyncio.gather(*await self.runtime.relay.sender.send(rows))
                 return
             except Exception:
-                log.warning("publishing reservations failed; retrying", count=len(rows),
-                            exc_info=True)
+                log.warning("publishing reservations failed", count=len(rows),
+                            attempt=attempt, exc_info=True)
                 await asyncio.sleep(RESEND_DELAY_S)
+        # The requests stay awaiting funds: the periodic sweep sends them again.
 
     async def settle(self, timeout: float = 10) -> None:
         """At stop: wait a while for reservations still being sent, then give up on them

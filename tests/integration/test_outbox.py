@@ -1,5 +1,9 @@
 """The outbox relay against the real broker and database."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -11,6 +15,30 @@ from shared.topics import CLOCK_TICKS, DEAD_LETTER
 from tests.kafka_helpers import KafkaProbe
 
 pytestmark = pytest.mark.integration
+
+
+def committer(db: asyncpg.Connection, topic: str) -> Callable[[ClockTick], Awaitable[Queued]]:
+    """Commits one tick's outbox row per call; returns what `enqueue` gave back."""
+
+    async def committed(tick: ClockTick) -> Queued:
+        async with db.transaction():
+            return await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
+
+    return committed
+
+
+@asynccontextmanager
+async def wallet_relay(env: Any, **options: Any) -> AsyncIterator[OutboxRelay]:
+    """A relay on the wallet's outbox with its own pool and producer (not started: the
+    tests drive its cycles one by one)."""
+    pool = await create_pool(env.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        yield OutboxRelay(pool, "wallet", producer, **options)
+    finally:
+        await producer.stop()
+        await pool.close()
 
 
 async def test_rows_committed_before_a_crash_are_published_by_the_next_relay(env, db):
@@ -90,20 +118,13 @@ async def test_pushed_rows_go_out_once_in_commit_order_and_a_failed_push_is_drai
 
     ticks = [ClockTick.at_time(datetime(2026, 2, 1, h, tzinfo=UTC)) for h in range(5)]
     topic = env.topic(CLOCK_TICKS.name)
-    pool = await create_pool(env.database_url)
-    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
-    await producer.start()
-
-    async def committed(tick: ClockTick) -> Queued:
-        async with db.transaction():
-            return await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
+    committed = committer(db, topic)
 
     async def left() -> int:
         return int(await db.fetchval("SELECT count(*) FROM wallet.outbox"))
 
-    try:
-        # A poll interval long enough that no drain falls due by the clock in between.
-        relay = OutboxRelay(pool, "wallet", producer, batch_size=10, poll_interval_s=600)
+    # A poll interval long enough that no drain falls due by the clock in between.
+    async with wallet_relay(env, batch_size=10, poll_interval_s=600) as relay:
         await relay.drain()  # what start() does first: nothing there yet
         relay._drain_wanted = False
         await committed(ticks[0])
@@ -134,9 +155,6 @@ async def test_pushed_rows_go_out_once_in_commit_order_and_a_failed_push_is_drai
         await relay._cycle()  # drains the failed row first, then the rest
         await relay._delete_published()
         assert await left() == 0
-    finally:
-        await producer.stop()
-        await pool.close()
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         seen = await kafka.read(topic, until=lambda ms: False, timeout=2)
     assert [m["event_id"] for m in seen] == [str(t.event_id) for t in ticks]
@@ -150,16 +168,8 @@ async def test_a_push_during_a_drain_goes_out_after_rows_notified_meanwhile(env,
 
     ticks = [ClockTick.at_time(datetime(2026, 4, 1, h, tzinfo=UTC)) for h in range(3)]
     topic = env.topic(CLOCK_TICKS.name)
-    pool = await create_pool(env.database_url)
-    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
-    await producer.start()
-
-    async def committed(tick: ClockTick) -> Queued:
-        async with db.transaction():
-            return await enqueue(db, "wallet", [outgoing(topic, "clock", tick)])
-
-    try:
-        relay = OutboxRelay(pool, "wallet", producer, batch_size=10, poll_interval_s=600)
+    committed = committer(db, topic)
+    async with wallet_relay(env, batch_size=10, poll_interval_s=600) as relay:
         await committed(ticks[0])
         relay.notify()
         send = relay.sender.send
@@ -177,9 +187,6 @@ async def test_a_push_during_a_drain_goes_out_after_rows_notified_meanwhile(env,
         await relay._cycle()
         await relay._delete_published()
         assert await db.fetchval("SELECT count(*) FROM wallet.outbox") == 0
-    finally:
-        await producer.stop()
-        await pool.close()
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         seen = await kafka.read(topic, until=lambda ms: False, timeout=2)
     assert [m["event_id"] for m in seen] == [str(t.event_id) for t in ticks]

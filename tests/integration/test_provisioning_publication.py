@@ -5,9 +5,6 @@ sent at the next start. Real broker and database."""
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
-
-import asyncpg
 
 from shared.topics import PROVISIONING_REQUESTS, WALLET_DECISIONS
 from tests.integration.test_provisioning_support import (  # noqa: F401
@@ -55,7 +52,7 @@ async def test_a_reservation_lost_in_a_crash_is_sent_at_the_next_start(platform:
     request_id = r.json()["request_id"]
     assert lost == [1]
     await platform.provisioning.stop()
-    assert await _status_in_db(platform, request_id) == "awaiting_funds"
+    assert await platform.status_in_db(request_id) == "awaiting_funds"
     assert not await platform.kafka.read(platform.topic(PROVISIONING_REQUESTS.name),
                                          until=bool, timeout=1.0)
 
@@ -83,11 +80,16 @@ async def test_asking_again_for_a_request_awaiting_funds_sends_its_reservation_a
     assert done["hold_minor"] == MEDIUM_MONTHLY
 
 
-async def _status_in_db(platform: Platform, request_id: str) -> str:
-    conn = await asyncpg.connect(platform.env.database_url)
-    try:
-        status: str = await conn.fetchval(
-            "SELECT status FROM provisioning.requests WHERE request_id = $1", UUID(request_id))
-        return status
-    finally:
-        await conn.close()
+async def test_the_sweep_sends_again_only_requests_waiting_since_the_last_one(
+        platform: Platform):
+    org = await platform.open_organisation(balance_minor=100_000)
+    handlers = platform.provisioning.handlers
+    publish = handlers._publish
+    handlers._publish = lambda messages: None  # type: ignore[method-assign]
+    r = await platform.request_vm(org["organisation_id"], "web-swept", tier="medium")
+    assert r.status_code == 202, r.text
+    handlers._publish = publish  # type: ignore[method-assign]
+    assert await handlers.resend_reservations() == 0, "just received: not yet"
+    assert await handlers.resend_reservations() == 1, "still waiting a sweep later"
+    done = await platform.wait_request(r.json()["request_id"], {"succeeded"})
+    assert done["hold_minor"] == MEDIUM_MONTHLY

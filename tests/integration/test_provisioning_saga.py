@@ -140,7 +140,7 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     await platform.provisioning.stop()
     decisions = await platform.messages(WALLET_DECISIONS.name, 1)
     assert decisions[0]["type"] == "wallet.funds_reserved"
-    assert (await _status_in_db(platform, request_id)) == "awaiting_funds"
+    assert (await platform.status_in_db(request_id)) == "awaiting_funds"
 
     await platform.restart_provisioning()
     done = await platform.wait_request(request_id, {"succeeded"})
@@ -160,14 +160,6 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     assert wallet["held_minor"] == MEDIUM_MONTHLY
 
 
-async def _status_in_db(platform: Platform, request_id: str) -> str:
-    conn = await asyncpg.connect(platform.env.database_url)
-    try:
-        status: str = await conn.fetchval(
-            "SELECT status FROM provisioning.requests WHERE request_id = $1", UUID(request_id))
-        return status
-    finally:
-        await conn.close()
 
 
 async def _hold_status_in_db(platform: Platform, request_id: str) -> str | None:

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-from uuid import uuid4
+from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -128,6 +129,17 @@ class Platform:
                        where: Callable[[dict[str, Any]], bool] = lambda m: True,
                        timeout: float = 20.0) -> list[dict[str, Any]]:
         return await self.kafka.read_count(self.topic(topic), count, timeout, where)
+
+    async def status_in_db(self, request_id: str) -> str:
+        """The request's status as stored, read without the (possibly stopped) service."""
+        conn = await asyncpg.connect(self.env.database_url)
+        try:
+            status: str = await conn.fetchval(
+                "SELECT status FROM provisioning.requests WHERE request_id = $1",
+                UUID(request_id))
+            return status
+        finally:
+            await conn.close()
 
     async def restart_provisioning(self) -> None:
         """A new instance on the same database and consumer groups (a crash and restart)."""

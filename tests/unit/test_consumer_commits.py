@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from shared.consumer import BackgroundCommits
+from shared.consumer import BackgroundCommits, rewind
 
 
 def record(partition: int, offset: int) -> ConsumerRecord[Any, Any]:
@@ -57,3 +57,23 @@ async def test_a_failed_commit_is_logged_not_raised():
     for _ in range(3):
         await asyncio.sleep(0)
     assert consumer.commits[-1] == {TopicPartition("t", 0): 3}
+
+
+class AssignedConsumer:
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self.assigned = assigned
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self.assigned:
+            raise AssertionError("aiokafka raises IllegalStateError for a partition not assigned")
+        self.seeks.append((tp, offset))
+
+
+def test_a_failed_batch_rewinds_each_assigned_partition_to_its_first_record():
+    consumer = AssignedConsumer({TopicPartition("t", 0), TopicPartition("t", 2)})
+    rewind(consumer, (record(0, 7), record(1, 3), record(0, 5), record(2, 9)))
+    assert sorted(consumer.seeks) == [(TopicPartition("t", 0), 5), (TopicPartition("t", 2), 9)]
