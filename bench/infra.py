@@ -42,7 +42,6 @@ async def bench_settings(**overrides: object) -> AsyncIterator[Settings]:
         fields: dict[str, object] = {
             "kafka_bootstrap_servers": kafka, "database_url": url, "topic_prefix": f"b{tag}.",
             "group_prefix": f"b{tag}.", "log_json": False, "log_level": "WARNING",
-            "outbox_poll_interval_s": 0.05,
         }
         fields.update(overrides)
         yield Settings(**fields)  # type: ignore[arg-type]
