@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from shared.topics import PROVISIONING_REQUESTS, WALLET_DECISIONS
 from tests.integration.test_provisioning_support import (  # noqa: F401
     MEDIUM_MONTHLY,
@@ -68,12 +70,7 @@ async def test_asking_again_for_a_request_awaiting_funds_sends_its_reservation_a
     """An error between storing a request and sending its reservation: the portal's retry
     (same idempotency key) gets the stored request and sends the reservation again."""
     org = await platform.open_organisation(balance_minor=100_000)
-    handlers = platform.provisioning.handlers
-    publish = handlers._publish
-    handlers._publish = lambda messages: None  # type: ignore[method-assign]
-    first = await platform.request_vm(org["organisation_id"], "web-again", key="again-1")
-    assert first.status_code == 202, first.text
-    handlers._publish = publish  # type: ignore[method-assign]
+    first = await stored_but_not_sent(platform, org["organisation_id"], "web-again", "again-1")
     again = await platform.request_vm(org["organisation_id"], "web-again", key="again-1")
     assert again.status_code == 200 and again.json()["request_id"] == first.json()["request_id"]
     done = await platform.wait_request(first.json()["request_id"], {"succeeded"})
@@ -83,13 +80,23 @@ async def test_asking_again_for_a_request_awaiting_funds_sends_its_reservation_a
 async def test_the_sweep_sends_again_only_requests_waiting_since_the_last_one(
         platform: Platform):
     org = await platform.open_organisation(balance_minor=100_000)
+    r = await stored_but_not_sent(platform, org["organisation_id"], "web-swept", "swept-1")
     handlers = platform.provisioning.handlers
-    publish = handlers._publish
-    handlers._publish = lambda messages: None  # type: ignore[method-assign]
-    r = await platform.request_vm(org["organisation_id"], "web-swept", tier="medium")
-    assert r.status_code == 202, r.text
-    handlers._publish = publish  # type: ignore[method-assign]
     assert await handlers.resend_reservations() == 0, "just received: not yet"
     assert await handlers.resend_reservations() == 1, "still waiting a sweep later"
     done = await platform.wait_request(r.json()["request_id"], {"succeeded"})
     assert done["hold_minor"] == MEDIUM_MONTHLY
+
+
+async def stored_but_not_sent(platform: Platform, organisation_id: str, name: str,
+                              key: str) -> httpx.Response:
+    """A VM request stored whose reservation was never sent (an error in between)."""
+    handlers = platform.provisioning.handlers
+    publish = handlers._publish
+    handlers._publish = lambda messages: None  # type: ignore[method-assign]
+    try:
+        r = await platform.request_vm(organisation_id, name, key=key)
+    finally:
+        handlers._publish = publish  # type: ignore[method-assign]
+    assert r.status_code == 202, r.text
+    return r
