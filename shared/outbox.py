@@ -155,7 +155,8 @@ class OutboxRelay:
     without reading them back and deletes them by id in bulk a little later, which saves a
     transaction (begin, `DELETE … RETURNING`, commit) per batch on the way from a commit to
     Kafka. One task does both, draining first whenever a drain is due, so rows go out in
-    commit order either way. A failed push leaves its rows in the table for the next drain.
+    commit order either way (docs/architecture.md names the one exception: a commit whose
+    reply was lost). A failed push leaves its rows in the table for the next drain.
     """
 
     def __init__(self, pool: asyncpg.Pool, schema: str, producer: AIOKafkaProducer,
