@@ -35,6 +35,11 @@ class Outgoing:
     value: bytes
     partition: int | None = None
 
+    @property
+    def row(self) -> Row:
+        """As the outbox stores it and `RecordSender` sends it."""
+        return (self.topic, self.key, self.value, self.partition)
+
 
 def outgoing(topic: str, key: object, message: Envelope, partition: int | None = None) -> Outgoing:
     return Outgoing(
@@ -78,7 +83,7 @@ async def enqueue(conn: asyncpg.Connection, schema: str, messages: Sequence[Outg
     if len(messages) >= COPY_THRESHOLD:
         await conn.copy_records_to_table(
             "outbox", schema_name=schema, columns=["topic", "key", "value", "partition"],
-            records=[(m.topic, m.key, m.value, m.partition) for m in messages])
+            records=[m.row for m in messages])
         return None
     rows = await conn.fetch(
         f"""INSERT INTO {schema}.outbox (topic, key, value, partition)
@@ -93,8 +98,7 @@ async def enqueue(conn: asyncpg.Connection, schema: str, messages: Sequence[Outg
 def queued(ids: Sequence[int], messages: Sequence[Outgoing]) -> Queued:
     """Pair the ids an INSERT … SELECT FROM unnest returned with its messages: one statement
     takes its ids from the sequence in row order, so sorted ids follow the messages."""
-    return list(zip(sorted(ids), ((m.topic, m.key, m.value, m.partition) for m in messages),
-                    strict=True))
+    return list(zip(sorted(ids), (m.row for m in messages), strict=True))
 
 
 class RecordSender:

@@ -250,7 +250,7 @@ class BillingHandlers:
         # without hashing it again for every debit.
         m = outgoing(self.debits_topic, u.wallet_id, message,
                      partition=partition if SAME_PARTITIONING else None)
-        return (m.topic, m.key, m.value, m.partition)
+        return m.row
 
     async def _advance(self, conn: asyncpg.Connection, partitions: Sequence[int]
                        ) -> list[Outgoing]:

@@ -66,7 +66,7 @@ class Work:
     watermarks: list[OutboxRow] = field(default_factory=list)
 
     def send(self, *messages: Outgoing) -> None:
-        self.out += [(m.topic, m.key, m.value, m.partition) for m in messages]
+        self.out += [m.row for m in messages]
 
 
 @dataclass
@@ -327,7 +327,7 @@ class MeteringHandlers:
 
     def _watermarks(self, source_partition: int, up_to: datetime) -> list[OutboxRow]:
         """One watermark per `metering.usage` partition: every consumer instance sees it."""
-        return [(m.topic, m.key, m.value, m.partition) for m in (
+        return [m.row for m in (
             outgoing(self.usage_topic, f"watermark-{source_partition}", MeteringWatermark(
                 event_id=watermark_id(source_partition, up_to, target),
                 source_partition=source_partition, up_to=up_to, occurred_at=up_to),

@@ -175,10 +175,14 @@ class ProvisioningHandlers:
             waiting = await repo.requests_awaiting_funds(conn)
         before, self._awaiting_funds = self._awaiting_funds, {r.request_id for r in waiting}
         due = [r for r in waiting if before is None or r.request_id in before]
-        messages = Messages(self.settings)
-        messages.add([AskForFunds(r) for r in due], None)
-        self._publish(messages.out)
+        self._publish(self._reservations(due))
         return len(due)
+
+    def _reservations(self, requests: Sequence[VmRequest]) -> list[Outgoing]:
+        """The ReserveFunds of stored requests, as first sent (same event ids)."""
+        messages = Messages(self.settings)
+        messages.add([AskForFunds(r) for r in requests], None)
+        return messages.out
 
     def _publish(self, messages: Sequence[Outgoing]) -> None:
         """Send in the background, so a slow or unreachable broker never holds up intake
@@ -186,12 +190,12 @@ class ProvisioningHandlers:
         and after that left to the periodic sweep."""
         if not messages:
             return
-        rows = [(m.topic, m.key, m.value, m.partition) for m in messages]
-        sending = asyncio.create_task(self._send_until_acknowledged(rows))
+        rows = [m.row for m in messages]
+        sending = asyncio.create_task(self._send(rows))
         self._sending.add(sending)
         sending.add_done_callback(self._sending.discard)
 
-    async def _send_until_acknowledged(self, rows: list[Row]) -> None:
+    async def _send(self, rows: list[Row]) -> None:
         for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
                 await asyncio.gather(*await self.runtime.relay.sender.send(rows))
@@ -199,7 +203,8 @@ class ProvisioningHandlers:
             except Exception:
                 log.warning("publishing reservations failed", count=len(rows),
                             attempt=attempt, exc_info=True)
-                await asyncio.sleep(RESEND_DELAY_S)
+                if attempt < SEND_ATTEMPTS:
+                    await asyncio.sleep(RESEND_DELAY_S)
         # The requests stay awaiting funds: the periodic sweep sends them again.
 
     async def settle(self, timeout: float = 10) -> None:
@@ -241,9 +246,7 @@ class ProvisioningHandlers:
                 if (not queue and request_id in known and isinstance(results[-1], Accepted)
                         and prior.status is RequestStatus.AWAITING_FUNDS):
                     # The portal asks again while the first send may never have happened.
-                    repeat = Messages(self.settings)
-                    repeat.add([AskForFunds(prior)], None)
-                    resend += repeat.out
+                    resend += self._reservations([prior])
                 continue
             try:
                 org = orgs.get(s.organisation_id)

@@ -57,7 +57,7 @@ from shared.contracts.wallet import (
     WalletToppedUp,
 )
 from shared.money import MoneyModel
-from shared.outbox import Outgoing, Queued, enqueue, outgoing
+from shared.outbox import Outgoing, Queued, outgoing
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings
 from shared.topics import WALLET_DECISIONS, WALLET_EVENTS
@@ -345,14 +345,17 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
+            wallets: list[Wallet] = []
+            expired: list[Hold] = []
             if good:
                 latest = max(good, key=lambda i: i.message.at).message
-                await self._expire_holds(conn, latest.at, latest, events)
-            committed = await enqueue(conn, repo.SCHEMA, events.out)
+                wallets, expired = await self._expire_holds(conn, latest.at, latest, events)
+            committed = await self._commit(conn, wallets, [], expired, events)
         self.runtime.relay.push(committed)
 
     async def _expire_holds(self, conn: asyncpg.Connection, now: datetime, cause: Envelope,
-                            events: Events) -> None:
+                            events: Events) -> tuple[list[Wallet], list[Hold]]:
+        """Expire pending holds due by `now`: the wallets touched and the holds expired."""
         wallet_ids = await repo.expired_pending_wallets(conn, now)
         wallets = await repo.lock_wallets(conn, wallet_ids)
         holds = await repo.open_holds_for_wallets(conn, list(wallets))
@@ -360,5 +363,4 @@ class WalletHandlers:
             wallet = wallets[hold.wallet_id]
             wallet.expire(hold, now)
             events.emit(wallet, cause, wallet.take_facts())
-        await repo.save_wallets(conn, list(wallets.values()))
-        await repo.update_holds(conn, [h for h in holds if h.status is HoldStatus.EXPIRED])
+        return list(wallets.values()), [h for h in holds if h.status is HoldStatus.EXPIRED]

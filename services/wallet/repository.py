@@ -127,34 +127,6 @@ async def save_wallets(conn: asyncpg.Connection, wallets: Sequence[Wallet]) -> N
         [w.low_balance for w in wallets], [w.depleted for w in wallets])
 
 
-async def insert_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
-    if not holds:
-        return
-    await conn.execute(
-        f"""INSERT INTO {SCHEMA}.holds ({_HOLD_COLUMNS})
-            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
-                $6::bigint[], $7::bigint[], $8::text[], $9::timestamptz[], $10::timestamptz[],
-                $11::timestamptz[])""",
-        [h.hold_id for h in holds], [h.request_id for h in holds], [h.wallet_id for h in holds],
-        [h.vm_id for h in holds], [h.purpose for h in holds], [h.amount for h in holds],
-        [h.remaining for h in holds], [h.status.value for h in holds],
-        [h.created_at for h in holds], [h.expires_at for h in holds],
-        [h.closed_at for h in holds])
-
-
-async def update_holds(conn: asyncpg.Connection, holds: Sequence[Hold]) -> None:
-    if not holds:
-        return
-    await conn.execute(
-        f"""UPDATE {SCHEMA}.holds h SET remaining = v.remaining, status = v.status,
-                closed_at = v.closed_at
-            FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[])
-                AS v(hold_id, remaining, status, closed_at)
-            WHERE h.hold_id = v.hold_id""",
-        [h.hold_id for h in holds], [h.remaining for h in holds],
-        [h.status.value for h in holds], [h.closed_at for h in holds])
-
-
 async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
                      new_holds: Sequence[Hold], changed_holds: Sequence[Hold],
                      messages: Sequence[Outgoing]) -> Queued:
