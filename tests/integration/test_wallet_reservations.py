@@ -35,11 +35,12 @@ def request(org: UUID, wallet: UUID, amount: int, currency: str = "ZAR",
 
 async def decisions_for(kafka: KafkaProbe, env, requests: list[ReserveFunds]) -> dict[str, dict]:
     wanted = {str(r.request_id) for r in requests}
-    # Generous: with two instances the group rebalances first, which alone takes about
-    # 10 s, and once took over 30 s in a full run on a busy machine.
-    found = await kafka.read_count(env.topic(WALLET_DECISIONS.name), len(wanted),
-                                   where=lambda m: m["request_id"] in wanted, timeout=90)
-    by_request = {m["request_id"]: m for m in found}
+    # Until every request has its decision: a decision may come twice (at least once; with
+    # two instances, one's drain can take a row the other pushed before its delete), so
+    # counting messages is not enough. Generous: two instances rebalance first (about 10 s).
+    found = await kafka.read(env.topic(WALLET_DECISIONS.name), timeout=90,
+                             until=lambda ms: wanted <= {m["request_id"] for m in ms})
+    by_request = {m["request_id"]: m for m in found if m["request_id"] in wanted}
     assert set(by_request) == wanted
     return by_request
 
