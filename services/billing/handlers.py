@@ -68,10 +68,11 @@ from shared.contracts.billing import (
 )
 from shared.contracts.metering import HourlyUsage, UsageStreamItem
 from shared.contracts.wallet import (
-    CreditWallet,
+    MAX_CHARGES_PER_MESSAGE,
+    ChargeWallet,
     DebitsApplied,
-    DebitWallet,
     TopUpWallet,
+    UsageCharge,
     WalletEvent,
     WalletLowBalance,
     WalletOpened,
@@ -117,6 +118,50 @@ class Attempt:
     amount: Money
     card_token: str
     cause: WalletLowBalance
+
+
+class WalletCharges:
+    """A usage batch's charges, one `ChargeWallet` per wallet (and currency), in line order:
+    one message where a debit each would cost a parse, an envelope and a record apiece."""
+
+    def __init__(self) -> None:
+        self._by_wallet: dict[tuple[UUID, str], list[UsageCharge]] = {}
+        self._first: dict[tuple[UUID, str], Incoming[HourlyUsage]] = {}
+
+    def add(self, item: Incoming[HourlyUsage], line_key: UUID, amount: int,
+            currency: str) -> None:
+        """The debit (or, for a negative amount, the credit) of one line."""
+        u = item.message
+        key = (u.wallet_id, currency)
+        what = f"vm {u.vm_id} {u.hour_start.isoformat()} r{u.revision}"
+        charge = UsageCharge(
+            line_id=line_key, kind="debit" if amount > 0 else "credit",
+            amount_minor=abs(amount), vm_id=u.vm_id, period_start=u.hour_start,
+            description=f"usage {what}" if amount > 0 else f"usage correction {what}")
+        charges = self._by_wallet.get(key)
+        if charges is None:
+            charges = self._by_wallet[key] = []
+            self._first[key] = item
+        charges.append(charge)
+
+    def rows(self, topic: str) -> list[Row]:
+        rows = []
+        for key, charges in self._by_wallet.items():
+            first = self._first[key]
+            wallet_id, currency = key
+            for start in range(0, len(charges), MAX_CHARGES_PER_MESSAGE):
+                chunk = charges[start:start + MAX_CHARGES_PER_MESSAGE]
+                message = first.message.caused(
+                    ChargeWallet, event_id=deterministic_id(
+                        "billing.charges", chunk[0].line_id, chunk[-1].line_id, len(chunk)),
+                    wallet_id=wallet_id, currency=currency, charges=chunk,
+                    occurred_at=first.message.occurred_at)
+                # Same key, same partition count: the partition the wallet's key hashes to,
+                # the one its usage came from.
+                rows.append(outgoing(topic, wallet_id, message,
+                                     partition=first.record.partition if SAME_PARTITIONING
+                                     else None).row)
+        return rows
 
 
 class BillingHandlers:
@@ -216,41 +261,17 @@ class BillingHandlers:
         repeats = {line_id(i.message.vm_id, i.message.hour_start, i.message.revision)
                    for i, line in billed if line is None}
         stored = await repo.billed_lines(conn, [k for k in repeats if k not in billed_now])
-        charges: list[Row] = []
+        charges = WalletCharges()
         for item, line in billed:
             if line is not None:
                 if line.amount != 0:
-                    charges.append(self._wallet_charge(
-                        item.message, line.line_id, line.amount, line.rated.currency,
-                        line.partition))
+                    charges.add(item, line.line_id, line.amount, line.rated.currency)
                 continue
             repeat = line_id(item.message.vm_id, item.message.hour_start, item.message.revision)
             amount, currency = stored.pop(repeat, (0, ""))  # once, if the batch repeats it
             if amount != 0:
-                charges.append(self._wallet_charge(item.message, repeat, amount, currency,
-                                                   item.record.partition))
-        return charges
-
-    def _wallet_charge(self, u: HourlyUsage, line_key: UUID, amount: int, currency: str,
-                       partition: int) -> Row:
-        """The debit (or, for a negative amount, the credit) of one line."""
-        money = MoneyModel(amount_minor=abs(amount), currency=currency)
-        what = f"vm {u.vm_id} {u.hour_start.isoformat()} r{u.revision}"
-        if amount > 0:
-            message: Any = u.caused(
-                DebitWallet, event_id=line_key, debit_id=line_key, wallet_id=u.wallet_id,
-                vm_id=u.vm_id, amount=money, period_start=u.hour_start,
-                occurred_at=u.occurred_at, description=f"usage {what}")
-        else:
-            message = u.caused(
-                CreditWallet, event_id=line_key, credit_id=line_key, wallet_id=u.wallet_id,
-                vm_id=u.vm_id, amount=money, occurred_at=u.occurred_at,
-                description=f"usage correction {what}")
-        # Same key, same partition count: the partition the wallet's key hashes to,
-        # without hashing it again for every debit.
-        m = outgoing(self.debits_topic, u.wallet_id, message,
-                     partition=partition if SAME_PARTITIONING else None)
-        return m.row
+                charges.add(item, repeat, amount, currency)
+        return charges.rows(self.debits_topic)
 
     async def _advance(self, conn: asyncpg.Connection, partitions: Sequence[int]
                        ) -> list[Outgoing]:

@@ -1,12 +1,14 @@
 """Thin handlers: Kafka batches and HTTP commands in, domain calls, facts out as events.
 
-Each batch runs in one transaction: inbox claim (idempotency), row locks on the wallets it
-touches, the domain decisions, then the writes and the outgoing events (outbox) together.
+Each batch runs in one transaction: inbox claim (idempotency; for charges, the ledger's own
+unique key), row locks on the wallets it touches, the domain decisions, then the writes and
+the outgoing events (outbox) together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -37,6 +39,7 @@ from shared.contracts.clock import ClockTick
 from shared.contracts.wallet import (
     AutoTopUpSettings,
     BillingCharge,
+    ChargeWallet,
     CreditWallet,
     DebitsApplied,
     DebitWallet,
@@ -230,58 +233,70 @@ class WalletHandlers:
     # --- billing.debits: usage debits and correction credits ------------------------------
 
     async def on_billing_charges(self, records: Records) -> None:
+        """Book each charge once, by its ledger key; no inbox, as the ledger's unique key is
+        the claim. A batch first assumes every charge is new (the rule, and no extra read):
+        a charge booked before, from a redelivery, breaks that key and rolls the batch back,
+        and it runs again leaving out what is booked."""
         good, bad = parse_records(records, CHARGES)
+        try:
+            committed = await self._book_charges(good, bad, skip_booked=False)
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != repo.LEDGER_KEY:
+                raise
+            committed = await self._book_charges(good, bad, skip_booked=True)
+        self.runtime.relay.push(committed)
+
+    async def _book_charges(self, items: list[Incoming[Any]], bad: list[Any], *,
+                            skip_booked: bool) -> Queued:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh, wallets = await self._claim(
-                conn, good, lambda m: m.debit_id if isinstance(m, DebitWallet) else m.credit_id)
+            wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in items))
+            booked = await repo.booked_keys(conn, [
+                (i.message.wallet_id, c.key) for i in items for c in charges_of(i.message)
+            ]) if skip_booked else set()
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             holds_by_wallet: dict[UUID, list[Hold]] = {}
             for hold in holds:
                 holds_by_wallet.setdefault(hold.wallet_id, []).append(hold)
             applied: dict[UUID, tuple[list[UUID], list[UUID], int, int, Envelope]] = {}
-            for item in fresh:
+            for item in items:
                 m = item.message
                 wallet = wallets.get(m.wallet_id)
-                reason = None
-                if wallet is None:
-                    reason = f"unknown wallet {m.wallet_id}"
-                elif m.amount.currency != wallet.currency:
-                    reason = f"charge is in {m.amount.currency}, wallet is in {wallet.currency}"
-                elif m.amount.amount_minor <= 0:
-                    reason = "charge amount must be positive"
+                reason = charge_refusal(m, wallet)
                 if reason is not None or wallet is None:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   reason or "unknown wallet"))
                     continue
                 debits, credits, debited, credited, _ = applied.get(
                     wallet.wallet_id, ([], [], 0, 0, m))
-                if isinstance(m, DebitWallet):
-                    wallet.debit_usage(amount=m.amount.amount_minor, key=f"debit:{m.debit_id}",
-                                       at=m.period_start or m.occurred_at, vm_id=m.vm_id,
-                                       holds=holds_by_wallet.get(wallet.wallet_id, []),
-                                       description=m.description)
-                    debits.append(m.debit_id)
-                    debited += m.amount.amount_minor
-                else:
-                    assert isinstance(m, CreditWallet)
-                    wallet.credit_usage(amount=m.amount.amount_minor, key=f"credit:{m.credit_id}",
-                                        at=m.occurred_at, vm_id=m.vm_id,
-                                        description=m.description)
-                    credits.append(m.credit_id)
-                    credited += m.amount.amount_minor
+                for c in charges_of(m):
+                    if (wallet.wallet_id, c.key) in booked:
+                        continue
+                    booked.add((wallet.wallet_id, c.key))  # once, if the batch repeats it
+                    if c.kind == "debit":
+                        wallet.debit_usage(amount=c.amount, key=c.key, at=c.at, vm_id=c.vm_id,
+                                           holds=holds_by_wallet.get(wallet.wallet_id, []),
+                                           description=c.description)
+                        debits.append(c.charge_id)
+                        debited += c.amount
+                    else:
+                        wallet.credit_usage(amount=c.amount, key=c.key, at=c.at, vm_id=c.vm_id,
+                                            description=c.description)
+                        credits.append(c.charge_id)
+                        credited += c.amount
                 applied[wallet.wallet_id] = (debits, credits, debited, credited, m)
                 events.emit(wallet, m, wallet.take_facts())
             for wallet_id, (debits, credits, debited, credited, last) in applied.items():
+                if not (debits or credits):
+                    continue
                 w = wallets[wallet_id]
                 events.send(WALLET_EVENTS.name, wallet_id, last, DebitsApplied,
                              wallet_id=wallet_id, debit_ids=debits, credit_ids=credits,
                              debited=MoneyModel(amount_minor=debited, currency=w.currency),
                              credited=MoneyModel(amount_minor=credited, currency=w.currency),
                              balance_after=MoneyModel(amount_minor=w.balance, currency=w.currency))
-            committed = await self._commit(conn, list(wallets.values()), [], holds, events)
-        self.runtime.relay.push(committed)
+            return await self._commit(conn, list(wallets.values()), [], holds, events)
 
     # --- wallet.topups and the payment webhook --------------------------------------------
 
@@ -364,3 +379,46 @@ class WalletHandlers:
             wallet.expire(hold, now)
             events.emit(wallet, cause, wallet.take_facts())
         return list(wallets.values()), [h for h in holds if h.status is HoldStatus.EXPIRED]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One debit or credit, whichever message carried it."""
+
+    kind: str  # "debit" or "credit"
+    charge_id: UUID
+    amount: int
+    vm_id: UUID | None
+    at: datetime
+    description: str
+
+    @property
+    def key(self) -> str:
+        """The ledger's idempotency key."""
+        return f"{self.kind}:{self.charge_id}"
+
+
+def charges_of(m: Any) -> list[Charge]:
+    match m:
+        case ChargeWallet():
+            return [Charge(c.kind, c.line_id, c.amount_minor, c.vm_id, c.period_start,
+                           c.description) for c in m.charges]
+        case DebitWallet():
+            return [Charge("debit", m.debit_id, m.amount.amount_minor, m.vm_id,
+                           m.period_start or m.occurred_at, m.description)]
+        case _:
+            assert isinstance(m, CreditWallet)
+            return [Charge("credit", m.credit_id, m.amount.amount_minor, m.vm_id,
+                           m.occurred_at, m.description)]
+
+
+def charge_refusal(m: Any, wallet: Wallet | None) -> str | None:
+    """Why a charge message cannot be booked at all (it goes to the dead letters), or None."""
+    if wallet is None:
+        return f"unknown wallet {m.wallet_id}"
+    currency = m.currency if isinstance(m, ChargeWallet) else m.amount.currency
+    if currency != wallet.currency:
+        return f"charge is in {currency}, wallet is in {wallet.currency}"
+    if not isinstance(m, ChargeWallet) and m.amount.amount_minor <= 0:
+        return "charge amount must be positive"
+    return None

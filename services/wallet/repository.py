@@ -19,6 +19,8 @@ from services.wallet.domain import (
 from shared.outbox import COPY_THRESHOLD, Outgoing, Queued, enqueue, queued
 
 SCHEMA = "wallet"
+# The ledger's unique (wallet_id, idempotency_key): what makes booking a charge idempotent.
+LEDGER_KEY = "wallet_transactions_wallet_id_idempotency_key_key"
 
 _WALLET_COLUMNS = """w.wallet_id, w.organisation_id, w.currency, w.billing_mode, w.credit_limit,
     w.balance, w.held, w.status, w.low_balance_threshold, w.low_balance, w.depleted,
@@ -209,6 +211,19 @@ async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry
         [e.vm_id for e in entries], [e.refunds_entry_id for e in entries],
         [e.description for e in entries], [e.occurred_at for e in entries])
     return [r["entry_id"] for r in rows]
+
+
+async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
+                      ) -> set[tuple[UUID, str]]:
+    """Which of these (wallet, idempotency key) pairs the ledger holds."""
+    if not keys:
+        return set()
+    rows = await conn.fetch(
+        f"""SELECT t.wallet_id, t.idempotency_key FROM {SCHEMA}.wallet_transactions t
+            JOIN unnest($1::uuid[], $2::text[]) AS k(wallet_id, idempotency_key)
+            USING (wallet_id, idempotency_key)""",
+        [w for w, _ in keys], [k for _, k in keys])
+    return {(r["wallet_id"], r["idempotency_key"]) for r in rows}
 
 
 async def existing_keys(conn: asyncpg.Connection, wallet_id: UUID, keys: Sequence[str]) -> set[str]:

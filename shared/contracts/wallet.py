@@ -7,12 +7,14 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from shared.contracts.base import Envelope
-from shared.money import MoneyModel
+from shared.money import CurrencyCode, MoneyModel
 
 BillingMode = Literal["PAYG", "INVOICE"]
+# About 300 bytes of JSON each: 2,000 charges stay well inside Kafka's default 1 MB message.
+MAX_CHARGES_PER_MESSAGE = 2_000
 
 
 class RejectionReason(StrEnum):
@@ -140,7 +142,35 @@ class CreditWallet(Envelope):
     description: str = Field(default="usage correction", max_length=200)
 
 
-BillingCharge = Annotated[DebitWallet | CreditWallet, Field(discriminator="type")]
+class UsageCharge(BaseModel):
+    """One billing line's charge in a `ChargeWallet`: a debit, or a credit from a correction
+    that lowered the line. `line_id` is its idempotency key in the ledger (as `debit_id` and
+    `credit_id` are for the single messages)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    line_id: UUID
+    kind: Literal["debit", "credit"]
+    amount_minor: StrictInt = Field(gt=0)
+    vm_id: UUID | None = None
+    period_start: AwareDatetime  # the charged hour's start; the ledger row's time
+    description: str = Field(max_length=200)
+
+
+class ChargeWallet(Envelope):
+    """Billing's charges for one wallet from one batch of usage, in the order of their lines.
+    Each charge is booked once by its line id, whatever message carries it: a charge sent
+    again may come in another grouping."""
+
+    type: Literal["billing.charge_wallet"] = "billing.charge_wallet"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    currency: CurrencyCode
+    charges: list[UsageCharge] = Field(min_length=1, max_length=MAX_CHARGES_PER_MESSAGE)
+
+
+BillingCharge = Annotated[DebitWallet | CreditWallet | ChargeWallet,
+                          Field(discriminator="type")]
 
 
 # --- wallet.topups -------------------------------------------------------------------------

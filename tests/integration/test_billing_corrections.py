@@ -167,3 +167,34 @@ async def test_charges_lost_between_commit_and_publish_are_sent_again(env, db):
                WHERE wallet_id = $1 AND kind = 'usage_debit'""", wallet_id)
         assert sorted(r["amount"] for r in debits) == [-41] * 5
         await wallet.assert_consistent(wallet_id)
+
+
+async def test_a_batchs_charges_go_to_each_wallet_in_one_message_in_line_order(env):
+    """One `ChargeWallet` per wallet and batch, its charges in the order of their usage:
+    a correction's credit after the debit it corrects."""
+    settings = env.settings
+    async with KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        wallets = {uuid4(): uuid4() for _ in range(2)}  # wallet -> organisation
+        vms = {w: [uuid4(), uuid4()] for w in wallets}
+        published = [(w, usage(vm, w, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
+                     for h in range(3) for w, org in wallets.items() for vm in vms[w]]
+        first_wallet, first_vm = published[0][0], published[0][1].vm_id
+        correction = usage(first_vm, first_wallet, wallets[first_wallet], JAN,
+                           [(MEDIUM, 1800)], revision=1)
+        await kafka.publish_many(settings.topic(METERING_USAGE.name),
+                                 [*published, (first_wallet, correction)])
+        async with running_billing(settings):  # the usage waits: it comes in one batch
+            messages = await kafka.read(settings.topic(BILLING_DEBITS.name), until=lambda ms: (
+                sum(len(m["charges"]) for m in ms) >= len(published) + 1))
+    assert {m["type"] for m in messages} == {"billing.charge_wallet"}
+    assert len(messages) < len(published) + 1
+    for w in wallets:
+        charges = [c for m in messages if m["wallet_id"] == str(w) for c in m["charges"]]
+        expected = [u for wallet_id, u in published if wallet_id == w]
+        if w == first_wallet:
+            expected.append(correction)
+        assert [c["vm_id"] for c in charges] == [str(u.vm_id) for u in expected]
+        assert [c["kind"] for c in charges] == ["debit"] * 6 + (["credit"] if w == first_wallet
+                                                                 else [])
+        assert [c["amount_minor"] for c in charges] == [41] * 6 + (
+            [21] if w == first_wallet else [])

@@ -8,7 +8,14 @@ from uuid import uuid4
 
 import pytest
 
-from shared.contracts.wallet import CreditWallet, DebitWallet, ReserveFunds, TopUpWallet
+from shared.contracts.wallet import (
+    ChargeWallet,
+    CreditWallet,
+    DebitWallet,
+    ReserveFunds,
+    TopUpWallet,
+    UsageCharge,
+)
 from shared.money import MoneyModel
 from shared.topics import (
     BILLING_DEBITS,
@@ -80,6 +87,51 @@ async def test_debits_replayed_apply_once_and_report_thresholds(env):
             "wallet.funds_restored" in {m["type"] for m in ms}))
         assert any(m["type"] == "wallet.funds_restored" and m["available"]["amount_minor"] == 8_000
                    for m in events)
+
+
+def charges(wallet_id, items, currency="ZAR") -> ChargeWallet:
+    """A ChargeWallet of (line_id, kind, amount) items."""
+    return ChargeWallet(wallet_id=wallet_id, currency=currency, occurred_at=T0, charges=[
+        UsageCharge(line_id=line, kind=kind, amount_minor=amount, vm_id=None,
+                    period_start=T0 + timedelta(hours=n), description=f"usage {n}")
+        for n, (line, kind, amount) in enumerate(items)])
+
+
+async def test_charges_sent_again_in_other_groupings_are_booked_once(env):
+    """Billing re-sends a batch's charges after a crash, grouped by the batch it replays:
+    each charge is booked once by its line id, whatever message carries it."""
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        _, w = await wallet.open(balance=10_000)
+        lines = [uuid4() for _ in range(5)]
+        first = charges(w, [(lines[0], "debit", 1_000), (lines[1], "debit", 2_000),
+                            (lines[2], "debit", 3_000)])
+        regrouped = charges(w, [(lines[1], "debit", 2_000), (lines[2], "debit", 3_000),
+                                (lines[3], "debit", 400), (lines[4], "credit", 500)])
+        topic = env.topic(BILLING_DEBITS.name)
+        await kafka.publish(topic, w, first)
+        await kafka.publish(topic, w, regrouped)
+        await kafka.publish(topic, w, first)
+        await kafka.publish(topic, w, charges(w, [(uuid4(), "debit", 100)], currency="USD"))
+
+        letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 1)
+        assert "USD" in letters[0]["reason"]
+
+        async def settled():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 10_000 - 6_400 + 500 else None
+
+        await wait_for(settled)
+        await asyncio.sleep(0.5)  # the repeats are behind it on the partition
+        assert (await wallet.status(w))["balance_minor"] == 4_100
+        await wallet.assert_consistent(w)
+        events = await kafka.read(env.topic(WALLET_EVENTS.name), timeout=10, until=lambda ms: (
+            sum(len(m.get("debit_ids", [])) for m in ms) >= 4))
+        applied = [m for m in events if m["type"] == "wallet.debits_applied"]
+        assert sorted(i for m in applied for i in m["debit_ids"]) == \
+            sorted(str(line) for line in lines[:4])
+        assert [i for m in applied for i in m["credit_ids"]] == [str(lines[4])]
+        assert sum(m["debited"]["amount_minor"] for m in applied) == 6_400
 
 
 async def test_usage_draws_down_the_vms_hold(env):

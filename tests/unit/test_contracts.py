@@ -1,3 +1,4 @@
+import json
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -10,8 +11,12 @@ from shared.contracts.base import deterministic_id
 from shared.contracts.clock import ClockTick
 from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import (
+    MAX_CHARGES_PER_MESSAGE,
+    BillingCharge,
+    ChargeWallet,
     FundsReserved,
     ReserveFunds,
+    UsageCharge,
     WalletDecision,
 )
 from shared.money import MoneyModel
@@ -58,6 +63,30 @@ def test_discriminated_union_picks_the_model_by_type():
                                 available_after=MoneyModel(amount_minor=0),
                                 expires_at=datetime.now(UTC))
     assert isinstance(adapter.validate_json(reserved.model_dump_json()), FundsReserved)
+
+
+def test_charge_messages_need_positive_charges_and_a_bounded_count():
+    def charge(amount: int) -> dict[str, object]:
+        return {"line_id": str(uuid4()), "kind": "debit", "amount_minor": amount,
+                "period_start": "2026-01-01T00:00:00Z", "description": "usage"}
+
+    def message(*charges: dict[str, object]) -> str:
+        return json.dumps({"type": "billing.charge_wallet", "wallet_id": str(uuid4()),
+                           "currency": "ZAR", "occurred_at": "2026-01-01T01:00:00Z",
+                           "charges": list(charges)})
+
+    adapter = TypeAdapter(BillingCharge)
+    parsed = adapter.validate_json(message(charge(41), charge(7)))
+    assert isinstance(parsed, ChargeWallet)
+    assert [c.amount_minor for c in parsed.charges] == [41, 7]
+    for bad in (message(charge(0)), message(charge(-41)), message(charge(41) | {"kind": "x"}),
+                message(*[charge(1)] * (MAX_CHARGES_PER_MESSAGE + 1))):
+        with pytest.raises(ValidationError):
+            adapter.validate_json(bad)
+    with pytest.raises(ValidationError):
+        ChargeWallet(wallet_id=uuid4(), currency="ZAR", charges=[])
+    assert UsageCharge(line_id=uuid4(), kind="credit", amount_minor=5,
+                       period_start=datetime(2026, 1, 1, tzinfo=UTC), description="x").vm_id is None
 
 
 def test_deterministic_ids_and_ticks():
