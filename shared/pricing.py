@@ -21,14 +21,6 @@ if TYPE_CHECKING:
 
 SECONDS_PER_HOUR = 3600
 
-# (vCPU, GB RAM) of each tier, from the product's price list.
-TIER_SHAPES: dict[str, tuple[int, int]] = {
-    "small": (1, 2),
-    "medium": (2, 4),
-    "large": (4, 8),
-    "enterprise": (8, 16),
-}
-
 
 @dataclass(frozen=True)
 class RateCard:

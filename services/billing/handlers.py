@@ -72,7 +72,6 @@ from shared.contracts.wallet import (
     ChargeWallet,
     DebitsApplied,
     TopUpWallet,
-    UsageCharge,
     WalletEvent,
     WalletLowBalance,
     WalletOpened,
@@ -125,24 +124,22 @@ class WalletCharges:
     one message where a debit each would cost a parse, an envelope and a record apiece."""
 
     def __init__(self) -> None:
-        self._by_wallet: dict[tuple[UUID, str], list[UsageCharge]] = {}
+        self._by_wallet: dict[tuple[UUID, str], list[dict[str, Any]]] = {}
         self._first: dict[tuple[UUID, str], Incoming[HourlyUsage]] = {}
 
     def add(self, item: Incoming[HourlyUsage], line_key: UUID, amount: int,
             currency: str) -> None:
-        """The debit (or, for a negative amount, the credit) of one line."""
+        """The debit (or, for a negative amount, the credit) of one line. A dict, not a
+        `UsageCharge`: the message validates its charges once, as a whole."""
         u = item.message
         key = (u.wallet_id, currency)
-        what = f"vm {u.vm_id} {u.hour_start.isoformat()} r{u.revision}"
-        charge = UsageCharge(
-            line_id=line_key, kind="debit" if amount > 0 else "credit",
-            amount_minor=abs(amount), vm_id=u.vm_id, period_start=u.hour_start,
-            description=f"usage {what}" if amount > 0 else f"usage correction {what}")
         charges = self._by_wallet.get(key)
         if charges is None:
             charges = self._by_wallet[key] = []
             self._first[key] = item
-        charges.append(charge)
+        charges.append({"line_id": line_key, "kind": "debit" if amount > 0 else "credit",
+                        "amount_minor": abs(amount), "vm_id": u.vm_id,
+                        "period_start": u.hour_start})
 
     def rows(self, topic: str) -> list[Row]:
         rows = []
@@ -151,11 +148,13 @@ class WalletCharges:
             wallet_id, currency = key
             for start in range(0, len(charges), MAX_CHARGES_PER_MESSAGE):
                 chunk = charges[start:start + MAX_CHARGES_PER_MESSAGE]
-                message = first.message.caused(
-                    ChargeWallet, event_id=deterministic_id(
-                        "billing.charges", chunk[0].line_id, chunk[-1].line_id, len(chunk)),
-                    wallet_id=wallet_id, currency=currency, charges=chunk,
-                    occurred_at=first.message.occurred_at)
+                cause = first.message
+                message = ChargeWallet.model_validate({
+                    "event_id": deterministic_id("billing.charges", chunk[0]["line_id"],
+                                                 chunk[-1]["line_id"], len(chunk)),
+                    "correlation_id": cause.correlation_id or cause.event_id,
+                    "causation_id": cause.event_id, "occurred_at": cause.occurred_at,
+                    "wallet_id": wallet_id, "currency": currency, "charges": chunk})
                 # Same key, same partition count: the partition the wallet's key hashes to,
                 # the one its usage came from.
                 rows.append(outgoing(topic, wallet_id, message,

@@ -17,8 +17,8 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from shared.contracts.vm import VmSpec
-from shared.pricing import TIER_SHAPES, RateCardBook
+from shared.contracts.vm import TIER_SHAPES, VmSpec
+from shared.pricing import RateCardBook
 
 
 class RequestKind(StrEnum):

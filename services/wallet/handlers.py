@@ -381,6 +381,9 @@ class WalletHandlers:
         return list(wallets.values()), [h for h in holds if h.status is HoldStatus.EXPIRED]
 
 
+USAGE_DESCRIPTIONS = {"debit": "usage", "credit": "usage correction"}
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """One debit or credit, whichever message carried it."""
@@ -402,7 +405,7 @@ def charges_of(m: Any) -> list[Charge]:
     match m:
         case ChargeWallet():
             return [Charge(c.kind, c.line_id, c.amount_minor, c.vm_id, c.period_start,
-                           c.description) for c in m.charges]
+                           c.description or USAGE_DESCRIPTIONS[c.kind]) for c in m.charges]
         case DebitWallet():
             return [Charge("debit", m.debit_id, m.amount.amount_minor, m.vm_id,
                            m.period_start or m.occurred_at, m.description)]

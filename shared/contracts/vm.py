@@ -8,6 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TierName = Literal["small", "medium", "large", "enterprise"]
 
+# (vCPU, GB RAM) of each tier, from the product's price list.
+TIER_SHAPES: dict[str, tuple[int, int]] = {
+    "small": (1, 2),
+    "medium": (2, 4),
+    "large": (4, 8),
+    "enterprise": (8, 16),
+}
+
 
 class VmSpec(BaseModel):
     """A VM size. A tier fixes vCPU and RAM; a custom size (tier None) is priced per resource."""
@@ -21,8 +29,6 @@ class VmSpec(BaseModel):
 
     @model_validator(mode="after")
     def _tier_matches_size(self) -> Self:
-        from shared.pricing import TIER_SHAPES
-
         if self.tier is not None and TIER_SHAPES[self.tier] != (self.vcpu, self.ram_gb):
             vcpu, ram = TIER_SHAPES[self.tier]
             raise ValueError(f"tier {self.tier} is {vcpu} vCPU / {ram} GB")
@@ -30,7 +36,5 @@ class VmSpec(BaseModel):
 
     @classmethod
     def of_tier(cls, tier: TierName, disk_gb: int = 50) -> VmSpec:
-        from shared.pricing import TIER_SHAPES
-
         vcpu, ram = TIER_SHAPES[tier]
         return cls(tier=tier, vcpu=vcpu, ram_gb=ram, disk_gb=disk_gb)

@@ -154,7 +154,8 @@ class UsageCharge(BaseModel):
     amount_minor: StrictInt = Field(gt=0)
     vm_id: UUID | None = None
     period_start: AwareDatetime  # the charged hour's start; the ledger row's time
-    description: str = Field(max_length=200)
+    # None: "usage" or "usage correction" (the ledger row names the VM and the hour anyway)
+    description: str | None = Field(default=None, max_length=200)
 
 
 class ChargeWallet(Envelope):
