@@ -434,22 +434,19 @@ class BillingHandlers:
     async def _confirm(self, conn: asyncpg.Connection, applied: list[DebitsApplied]) -> None:
         """Mark the wallet's booked lines confirmed; any amount that differs from billing's
         lines becomes an issue on the wallet's next statement."""
-        ids = [i for m in applied for i in (*m.debit_ids, *m.credit_ids)]
-        amounts = await repo.confirm_lines(conn, ids)
+        sums = await repo.confirm_lines(conn, [(m.debit_ids, m.credit_ids) for m in applied])
         issues: list[tuple[str, UUID, date | None, str]] = []
-        for m in applied:
-            unknown = [i for i in (*m.debit_ids, *m.credit_ids) if i not in amounts]
-            debited = sum(amounts.get(i, 0) for i in m.debit_ids)
-            credited = -sum(amounts.get(i, 0) for i in m.credit_ids)
-            if unknown:
+        for m, found in zip(applied, sums, strict=True):
+            if found.unknown:
                 issues.append((f"unknown:{m.event_id}", m.wallet_id, None,
-                               f"wallet booked {len(unknown)} debits/credits billing has no "
-                               f"line for (first: {unknown[0]})"))
-            if (debited, credited) != (m.debited.amount_minor, m.credited.amount_minor):
+                               f"wallet booked {found.unknown} debits/credits billing has no "
+                               f"line for (first: {found.first_unknown})"))
+            if (found.debited, found.credited) != (m.debited.amount_minor,
+                                                   m.credited.amount_minor):
                 issues.append((f"amounts:{m.event_id}", m.wallet_id, None,
                                f"wallet debited {m.debited.amount_minor} and credited "
-                               f"{m.credited.amount_minor} for lines of {debited} and "
-                               f"{credited} (event {m.event_id})"))
+                               f"{m.credited.amount_minor} for lines of {found.debited} and "
+                               f"{found.credited} (event {m.event_id})"))
         await repo.insert_issues(conn, issues)
 
     # --- auto top-up ------------------------------------------------------------------------

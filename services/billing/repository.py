@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 from uuid import UUID
@@ -431,15 +432,50 @@ async def insert_movements(conn: asyncpg.Connection, rows: Sequence[tuple[Any, .
         *[list(c) for c in cols])
 
 
-async def confirm_lines(conn: asyncpg.Connection, line_ids: Sequence[UUID]) -> dict[UUID, int]:
-    """Record lines as booked by the wallet; returns the amount of each line found."""
-    if not line_ids:
-        return {}
-    ids = list(line_ids)
-    await conn.execute(
-        f"""INSERT INTO {SCHEMA}.confirmations (line_id) SELECT unnest($1::uuid[])
-            ON CONFLICT DO NOTHING""", ids)
-    return {line: amount for line, (amount, _) in (await billed_lines(conn, ids)).items()}
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """What billing's lines say about one `DebitsApplied`: the sums of the lines it names,
+    and how many of its ids have no line (the first of them, if any)."""
+
+    debited: int
+    credited: int
+    unknown: int
+    first_unknown: UUID | None
+
+
+async def confirm_lines(conn: asyncpg.Connection, applied: Sequence[tuple[list[UUID], list[UUID]]]
+                        ) -> list[Confirmed]:
+    """Record the lines of each (debit ids, credit ids) as booked by the wallet, and sum
+    what billing has for them, per event, in one statement: the ids go in, only the
+    sums come back."""
+    events, ids, debit = [], [], []
+    for n, (debits, credits) in enumerate(applied):
+        events += [n] * (len(debits) + len(credits))
+        ids += debits
+        ids += credits
+        debit += [True] * len(debits) + [False] * len(credits)
+    rows = await conn.fetch(
+        f"""WITH named AS (
+                SELECT * FROM unnest($1::int[], $2::uuid[], $3::bool[])
+                    AS i(event_no, line_id, is_debit)
+            ), confirmed AS (
+                INSERT INTO {SCHEMA}.confirmations (line_id) SELECT line_id FROM named
+                ON CONFLICT DO NOTHING
+            )
+            SELECT i.event_no,
+                   coalesce(sum(l.amount) FILTER (WHERE i.is_debit), 0) AS debited,
+                   -coalesce(sum(l.amount) FILTER (WHERE NOT i.is_debit), 0) AS credited,
+                   count(*) FILTER (WHERE l.amount IS NULL) AS unknown,
+                   (array_agg(i.line_id) FILTER (WHERE l.amount IS NULL))[1] AS first_unknown
+            FROM named i
+            -- the lines by key (= ANY): joined to them directly, the planner hashed the
+            -- whole table, every batch
+            LEFT JOIN (SELECT line_id, amount FROM {SCHEMA}.lines
+                       WHERE line_id = ANY($2::uuid[])) l ON l.line_id = i.line_id
+            GROUP BY i.event_no""", events, ids, debit) if ids else []
+    found = {r["event_no"]: Confirmed(int(r["debited"]), int(r["credited"]), r["unknown"],
+                                      r["first_unknown"]) for r in rows}
+    return [found.get(n, Confirmed(0, 0, 0, None)) for n in range(len(applied))]
 
 
 async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[tuple[Any, ...]]

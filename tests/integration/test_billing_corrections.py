@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 
+from services.billing.domain import line_id
 from shared.contracts.metering import HourlyUsage
 from shared.contracts.vm import VmSpec
-from shared.topics import BILLING_DEBITS, DEAD_LETTER, METERING_USAGE
+from shared.contracts.wallet import DebitsApplied
+from shared.money import MoneyModel
+from shared.topics import BILLING_DEBITS, DEAD_LETTER, METERING_USAGE, WALLET_EVENTS
 from tests.integration.test_billing_support import (
     FEB,
     JAN,
@@ -198,3 +201,44 @@ async def test_a_batchs_charges_go_to_each_wallet_in_one_message_in_line_order(e
                                                                  else [])
         assert [c["amount_minor"] for c in charges] == [41] * 6 + (
             [21] if w == first_wallet else [])
+
+
+async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues(env, db):
+    """`DebitsApplied` confirms billing's lines; ids billing has no line for, and sums that
+    differ from billing's lines, are recorded as issues for the next statement."""
+    settings = env.settings
+    async with running_billing(settings), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        wallet_id, org, vm = uuid4(), uuid4(), uuid4()
+        await kafka.publish_many(settings.topic(METERING_USAGE.name), [
+            (wallet_id, usage(vm, wallet_id, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
+            for h in range(2)])
+        for _ in range(300):
+            if await db.fetchval("SELECT count(*) FROM billing.lines") == 2:
+                break
+            await asyncio.sleep(0.1)
+        lines = [line_id(vm, JAN + timedelta(hours=h), 0) for h in range(2)]
+        stranger = uuid4()
+
+        def applied(debit_ids: list[UUID], debited: int) -> DebitsApplied:
+            return DebitsApplied(wallet_id=wallet_id, debit_ids=debit_ids,
+                                 debited=MoneyModel(amount_minor=debited),
+                                 credited=MoneyModel(amount_minor=0),
+                                 balance_after=MoneyModel(amount_minor=0))
+
+        matching, wrong = applied([lines[0]], 41), applied([lines[1], stranger], 100)
+        for event in (matching, wrong, wrong):  # a replay records nothing twice
+            await kafka.publish(settings.topic(WALLET_EVENTS.name), wallet_id, event)
+        for _ in range(300):
+            if await db.fetchval("SELECT count(*) FROM billing.issues") >= 2:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    confirmed = await db.fetch("SELECT line_id FROM billing.confirmations")
+    assert {r["line_id"] for r in confirmed} == {*lines, stranger}
+    issues = sorted(r["detail"] for r in await db.fetch(
+        "SELECT detail FROM billing.issues WHERE wallet_id = $1", wallet_id))
+    assert len(issues) == 2
+    assert issues[0].startswith("wallet booked 1 debits/credits billing has no line for")
+    assert str(stranger) in issues[0]
+    assert issues[1].startswith("wallet debited 100 and credited 0 for lines of 41 and 0")
