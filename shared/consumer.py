@@ -151,7 +151,10 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
         max_records=settings.consumer_batch_size,
         batch_timeout_ms=settings.consumer_batch_timeout_ms,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.MANUAL if commit_in_background else AckPolicy.NACK_ON_ERROR,
+        # Our own commits and rewinds: FastStream's nack stops seeking at the first
+        # partition revoked mid-batch, and the partitions after it would go on past the
+        # failed records; its ack commits the consumer's position, not the batch's offsets.
+        ack_policy=AckPolicy.MANUAL,
         decoder=raw,
         listener=_OnAssigned(on_assigned) if on_assigned else None,
         title=f"{consumer}:{topic.name}",
@@ -170,12 +173,18 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
             # that keeps failing comes again a few times a second, not in a tight loop.
             log.exception("batch failed; it comes again", consumer=consumer,
                           topic=topic.name, records=len(records))
-            if commits is not None:
-                rewind(message.consumer, records)
+            rewind(message.consumer, records)
             await asyncio.sleep(FAILED_BATCH_PAUSE_S)
             raise
         if commits is not None:
             commits.after(message.consumer, records)
+            return
+        kafka_consumer: Any = message.consumer  # aiokafka's, whose commit takes offsets
+        try:
+            await kafka_consumer.commit(next_offsets(records))
+        except Exception as error:  # e.g. a rebalance took the partitions: they come again
+            log.warning("offset commit failed; those records may come again",
+                        consumer=consumer, topic=topic.name, error=str(error))
 
     subscriber(on_batch)
     _poll_without_pause(subscriber, settings)
@@ -196,6 +205,15 @@ def rewind(consumer: Any, records: Records) -> None:
             consumer.seek(tp, offset)
 
 
+def next_offsets(records: Records) -> dict[TopicPartition, int]:
+    """The offsets to commit once a batch is handled: past its last record per partition."""
+    offsets: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+    return offsets
+
+
 class BackgroundCommits:
     """Commits the offsets of handled batches while the consumer goes on polling: one
     commit in flight, later batches' offsets merged into the next. A commit lost (a crash,
@@ -206,9 +224,8 @@ class BackgroundCommits:
         self._task: asyncio.Task[None] | None = None
 
     def after(self, consumer: Any, records: Records) -> None:
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            self._due[tp] = max(self._due.get(tp, 0), r.offset + 1)
+        for tp, offset in next_offsets(records).items():
+            self._due[tp] = max(self._due.get(tp, 0), offset)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._commit(consumer))
 

@@ -1,6 +1,6 @@
-"""Background offset commits (`subscribe_batches(commit_in_background=True)`) on the real
-broker: a failing batch still comes again, and the offsets of handled batches reach the
-group coordinator although the consumer never waits for them."""
+"""Offset commits of `subscribe_batches` on the real broker, awaited after each batch or
+in the background (`commit_in_background=True`): a failing batch comes again, and the
+offsets of handled batches reach the group coordinator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 
@@ -17,7 +18,8 @@ from shared.topics import CLOCK_TICKS
 from tests.kafka_helpers import KafkaProbe
 
 
-async def test_a_failing_batch_comes_again_and_handled_offsets_are_committed(env):
+@pytest.mark.parametrize("in_background", [False, True])
+async def test_a_failing_batch_comes_again_and_handled_offsets_are_committed(env, in_background):
     topic = env.topic(CLOCK_TICKS.name)  # one partition: offsets 0..n-1
     ticks = [ClockTick.at_time(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(hours=h))
              for h in range(30)]
@@ -32,7 +34,7 @@ async def test_a_failing_batch_comes_again_and_handled_offsets_are_committed(env
 
     broker = KafkaBroker(env.settings.kafka_bootstrap_servers, logger=None)
     subscribe_batches(broker, env.settings, CLOCK_TICKS, "test", handler,
-                      commit_in_background=True)
+                      commit_in_background=in_background)
     await broker.start()
     admin = AIOKafkaAdminClient(bootstrap_servers=env.settings.kafka_bootstrap_servers)
     await admin.start()
