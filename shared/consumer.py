@@ -181,7 +181,7 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
             return
         kafka_consumer: Any = message.consumer  # aiokafka's, whose commit takes offsets
         try:
-            await kafka_consumer.commit(next_offsets(records))
+            await kafka_consumer.commit(assigned_offsets(kafka_consumer, records))
         except Exception as error:  # e.g. a rebalance took the partitions: they come again
             log.warning("offset commit failed; those records may come again",
                         consumer=consumer, topic=topic.name, error=str(error))
@@ -214,6 +214,13 @@ def next_offsets(records: Records) -> dict[TopicPartition, int]:
     return offsets
 
 
+def assigned_offsets(consumer: Any, records: Records) -> dict[TopicPartition, int]:
+    """`next_offsets` of the partitions still assigned: a commit naming a revoked one fails
+    as a whole (its new owner starts from the last commit, which is at or before these)."""
+    assigned = consumer.assignment()
+    return {tp: offset for tp, offset in next_offsets(records).items() if tp in assigned}
+
+
 class BackgroundCommits:
     """Commits the offsets of handled batches while the consumer goes on polling: one
     commit in flight, later batches' offsets merged into the next. A commit lost (a crash,
@@ -232,6 +239,10 @@ class BackgroundCommits:
     async def _commit(self, consumer: Any) -> None:
         while self._due:
             due, self._due = self._due, {}
+            assigned = consumer.assignment()
+            due = {tp: offset for tp, offset in due.items() if tp in assigned}
+            if not due:
+                continue
             try:
                 await consumer.commit(due)
             except Exception as error:

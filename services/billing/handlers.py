@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -119,6 +120,12 @@ class Attempt:
     cause: WalletLowBalance
 
 
+def charges_id(charges: list[dict[str, Any]]) -> UUID:
+    """A ChargeWallet's id, from every line it charges: the same charges, the same id."""
+    digest = hashlib.sha1(b"".join(c["line_id"].bytes for c in charges)).hexdigest()
+    return deterministic_id("billing.charges", digest)
+
+
 class WalletCharges:
     """A usage batch's charges, one `ChargeWallet` per wallet (and currency), in line order:
     one message where a debit each would cost a parse, an envelope and a record apiece."""
@@ -150,8 +157,7 @@ class WalletCharges:
                 chunk = charges[start:start + MAX_CHARGES_PER_MESSAGE]
                 cause = first.message
                 message = ChargeWallet.model_validate({
-                    "event_id": deterministic_id("billing.charges", chunk[0]["line_id"],
-                                                 chunk[-1]["line_id"], len(chunk)),
+                    "event_id": charges_id(chunk),
                     "correlation_id": cause.correlation_id or cause.event_id,
                     "causation_id": cause.event_id, "occurred_at": cause.occurred_at,
                     "wallet_id": wallet_id, "currency": currency, "charges": chunk})

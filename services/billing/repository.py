@@ -457,7 +457,7 @@ async def confirm_lines(conn: asyncpg.Connection, applied: Sequence[tuple[list[U
     rows = await conn.fetch(
         f"""WITH named AS (
                 SELECT * FROM unnest($1::int[], $2::uuid[], $3::bool[])
-                    AS i(event_no, line_id, is_debit)
+                    WITH ORDINALITY AS i(event_no, line_id, is_debit, ord)
             ), confirmed AS (
                 INSERT INTO {SCHEMA}.confirmations (line_id) SELECT line_id FROM named
                 ON CONFLICT DO NOTHING
@@ -466,7 +466,8 @@ async def confirm_lines(conn: asyncpg.Connection, applied: Sequence[tuple[list[U
                    coalesce(sum(l.amount) FILTER (WHERE i.is_debit), 0) AS debited,
                    -coalesce(sum(l.amount) FILTER (WHERE NOT i.is_debit), 0) AS credited,
                    count(*) FILTER (WHERE l.amount IS NULL) AS unknown,
-                   (array_agg(i.line_id) FILTER (WHERE l.amount IS NULL))[1] AS first_unknown
+                   (array_agg(i.line_id ORDER BY i.ord) FILTER (WHERE l.amount IS NULL))[1]
+                       AS first_unknown
             FROM named i
             -- the lines by key (= ANY): joined to them directly, the planner hashed the
             -- whole table, every batch

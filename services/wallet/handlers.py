@@ -234,22 +234,27 @@ class WalletHandlers:
 
     async def on_billing_charges(self, records: Records) -> None:
         """Book each charge once, by its ledger key; no inbox, as the ledger's unique key is
-        the claim. A batch first assumes every charge is new (the rule, and no extra read):
-        a charge booked before, from a redelivery, breaks that key and rolls the batch back,
-        and it runs again leaving out what is booked."""
+        the claim. A transaction first assumes every charge is new (the rule, and no extra
+        read): a charge booked before, from a redelivery, breaks that key and rolls it back,
+        and it runs again leaving out what is booked. A batch is booked in transactions of
+        about `CHARGES_PER_TRANSACTION` charges, in order, so a record carrying thousands
+        does not hold its wallets' locks (and the reservations waiting on them) for long."""
         good, bad = parse_records(records, CHARGES)
-        try:
-            committed = await self._book_charges(good, bad, skip_booked=False)
-        except asyncpg.UniqueViolationError as error:
-            if error.constraint_name != repo.LEDGER_KEY:
-                raise
-            committed = await self._book_charges(good, bad, skip_booked=True)
-        self.runtime.relay.push(committed)
+        letters = dead_letters(self.settings, CONSUMER, bad)
+        for group in _by_charge_count(good, CHARGES_PER_TRANSACTION):
+            try:
+                committed = await self._book_charges(group, letters, skip_booked=False)
+            except asyncpg.UniqueViolationError as error:
+                if error.constraint_name != repo.LEDGER_KEY:
+                    raise
+                committed = await self._book_charges(group, letters, skip_booked=True)
+            letters = []
+            self.runtime.relay.push(committed)
 
-    async def _book_charges(self, items: list[Incoming[Any]], bad: list[Any], *,
+    async def _book_charges(self, items: list[Incoming[Any]], letters: list[Outgoing], *,
                             skip_booked: bool) -> Queued:
         events = Events(self.settings)
-        events.out += dead_letters(self.settings, CONSUMER, bad)
+        events.out += letters
         async with self.pool.acquire() as conn, conn.transaction():
             wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in items))
             booked = await repo.booked_keys(conn, [
@@ -382,6 +387,24 @@ class WalletHandlers:
 
 
 USAGE_DESCRIPTIONS = {"debit": "usage", "credit": "usage correction"}
+
+# Charges booked per transaction, at most one message more (a message holds up to 2,000).
+CHARGES_PER_TRANSACTION = 2_000
+
+
+def _by_charge_count(items: list[Incoming[Any]], limit: int) -> list[list[Incoming[Any]]]:
+    """Consecutive groups of whole messages, each closed once it holds `limit` charges;
+    at least one group, so a batch of dead letters alone is still written."""
+    groups: list[list[Incoming[Any]]] = [[]]
+    count = 0
+    for item in items:
+        if count >= limit:
+            groups.append([])
+            count = 0
+        groups[-1].append(item)
+        m = item.message
+        count += len(m.charges) if isinstance(m, ChargeWallet) else 1
+    return groups
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from shared.contracts.base import Envelope
 from shared.money import CurrencyCode, MoneyModel
 
 BillingMode = Literal["PAYG", "INVOICE"]
-# About 300 bytes of JSON each: 2,000 charges stay well inside Kafka's default 1 MB message.
+# At most about 300 bytes of JSON each (with an 80-character description): 2,000 charges
+# stay well inside Kafka's default 1 MB message, and so does their dead letter.
 MAX_CHARGES_PER_MESSAGE = 2_000
 
 
@@ -155,13 +156,14 @@ class UsageCharge(BaseModel):
     vm_id: UUID | None = None
     period_start: AwareDatetime  # the charged hour's start; the ledger row's time
     # None: "usage" or "usage correction" (the ledger row names the VM and the hour anyway)
-    description: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=80)
 
 
 class ChargeWallet(Envelope):
     """Billing's charges for one wallet from one batch of usage, in the order of their lines.
     Each charge is booked once by its line id, whatever message carries it: a charge sent
-    again may come in another grouping."""
+    again may come in another grouping, so the wallet does not deduplicate by `event_id`
+    (derived from the line ids: the same charges, the same id)."""
 
     type: Literal["billing.charge_wallet"] = "billing.charge_wallet"
     version: Literal[1] = 1

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.wallet import (
     ChargeWallet,
@@ -132,6 +133,45 @@ async def test_charges_sent_again_in_other_groupings_are_booked_once(env):
             sorted(str(line) for line in lines[:4])
         assert [i for m in applied for i in m["credit_ids"]] == [str(lines[4])]
         assert sum(m["debited"]["amount_minor"] for m in applied) == 6_400
+
+
+async def test_a_batch_with_charges_booked_before_runs_again_without_them(env, db):
+    """The ledger's unique key is the wallet's claim on charges: a batch naming a charge
+    booked before (here once in a ChargeWallet, once as a single DebitWallet) fails on that
+    key, rolls back and is booked again without it."""
+    async with running_wallet(env.settings) as (service, wallet):
+        _, w = await wallet.open(balance=10_000)
+        lines = [uuid4() for _ in range(3)]
+        passes: list[bool] = []
+        book = service.handlers._book_charges
+
+        async def recording(items, letters, *, skip_booked):
+            passes.append(skip_booked)
+            return await book(items, letters, skip_booked=skip_booked)
+
+        service.handlers._book_charges = recording  # type: ignore[method-assign]
+        topic = env.topic(BILLING_DEBITS.name)
+
+        def records(*messages):
+            return tuple(ConsumerRecord(topic, 0, n, 0, 0, None,
+                                        m.model_dump_json().encode(), None, 0, 0, ())
+                         for n, m in enumerate(messages))
+
+        await service.handlers.on_billing_charges(records(
+            charges(w, [(lines[0], "debit", 1_000)])))
+        legacy = DebitWallet(debit_id=lines[0], wallet_id=w, amount=MoneyModel(
+            amount_minor=1_000), period_start=T0, occurred_at=T0)
+        await service.handlers.on_billing_charges(records(
+            charges(w, [(lines[0], "debit", 1_000), (lines[1], "debit", 2_000)]), legacy,
+            charges(w, [(lines[2], "credit", 500)])))
+        assert passes == [False, False, True]
+        assert (await wallet.status(w))["balance_minor"] == 10_000 - 3_000 + 500
+        keys = await db.fetch(
+            """SELECT idempotency_key FROM wallet.wallet_transactions
+               WHERE wallet_id = $1 AND kind IN ('usage_debit', 'usage_credit')""", w)
+        assert sorted(r["idempotency_key"] for r in keys) == sorted(
+            [f"debit:{lines[0]}", f"debit:{lines[1]}", f"credit:{lines[2]}"])
+        await wallet.assert_consistent(w)
 
 
 async def test_usage_draws_down_the_vms_hold(env):

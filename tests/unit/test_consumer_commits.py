@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from shared.consumer import BackgroundCommits, rewind
+from shared.consumer import BackgroundCommits, assigned_offsets, rewind
 
 
 def record(partition: int, offset: int) -> ConsumerRecord[Any, Any]:
@@ -21,6 +21,10 @@ class SlowConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.release = asyncio.Event()
         self.fail = fail
+        self.revoked: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("t", p) for p in range(3)} - self.revoked
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
@@ -71,6 +75,18 @@ class AssignedConsumer:
         if tp not in self.assigned:
             raise AssertionError("aiokafka raises IllegalStateError for a partition not assigned")
         self.seeks.append((tp, offset))
+
+
+async def test_partitions_revoked_meanwhile_are_left_out_of_the_commit():
+    consumer = SlowConsumer()
+    consumer.revoked = {TopicPartition("t", 1)}
+    consumer.release.set()
+    commits = BackgroundCommits()
+    commits.after(consumer, (record(0, 4), record(1, 9)))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert consumer.commits == [{TopicPartition("t", 0): 5}]
+    assert assigned_offsets(consumer, (record(1, 2), record(2, 6))) == {TopicPartition("t", 2): 7}
 
 
 def test_a_failed_batch_rewinds_each_assigned_partition_to_its_first_record():
