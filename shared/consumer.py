@@ -215,10 +215,16 @@ def next_offsets(records: Records) -> dict[TopicPartition, int]:
 
 
 def assigned_offsets(consumer: Any, records: Records) -> dict[TopicPartition, int]:
-    """`next_offsets` of the partitions still assigned: a commit naming a revoked one fails
-    as a whole (its new owner starts from the last commit, which is at or before these)."""
+    """`next_offsets` of the partitions still assigned."""
+    return _still_assigned(consumer, next_offsets(records))
+
+
+def _still_assigned(consumer: Any, offsets: dict[TopicPartition, int]
+                    ) -> dict[TopicPartition, int]:
+    """Offsets to commit, without the partitions revoked meanwhile: a commit naming one
+    fails as a whole (its new owner starts from the last commit, at or before these)."""
     assigned = consumer.assignment()
-    return {tp: offset for tp, offset in next_offsets(records).items() if tp in assigned}
+    return {tp: offset for tp, offset in offsets.items() if tp in assigned}
 
 
 class BackgroundCommits:
@@ -238,9 +244,7 @@ class BackgroundCommits:
 
     async def _commit(self, consumer: Any) -> None:
         while self._due:
-            due, self._due = self._due, {}
-            assigned = consumer.assignment()
-            due = {tp: offset for tp, offset in due.items() if tp in assigned}
+            due, self._due = _still_assigned(consumer, self._due), {}
             if not due:
                 continue
             try:

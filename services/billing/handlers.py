@@ -131,41 +131,33 @@ class WalletCharges:
     one message where a debit each would cost a parse, an envelope and a record apiece."""
 
     def __init__(self) -> None:
-        self._by_wallet: dict[tuple[UUID, str], list[dict[str, Any]]] = {}
-        self._first: dict[tuple[UUID, str], Incoming[HourlyUsage]] = {}
+        # per wallet and currency: the first usage charged (the messages' cause), the charges
+        self._by_wallet: dict[tuple[UUID, str],
+                              tuple[Incoming[HourlyUsage], list[dict[str, Any]]]] = {}
 
     def add(self, item: Incoming[HourlyUsage], line_key: UUID, amount: int,
             currency: str) -> None:
         """The debit (or, for a negative amount, the credit) of one line. A dict, not a
         `UsageCharge`: the message validates its charges once, as a whole."""
         u = item.message
-        key = (u.wallet_id, currency)
-        charges = self._by_wallet.get(key)
-        if charges is None:
-            charges = self._by_wallet[key] = []
-            self._first[key] = item
+        _, charges = self._by_wallet.setdefault((u.wallet_id, currency), (item, []))
         charges.append({"line_id": line_key, "kind": "debit" if amount > 0 else "credit",
                         "amount_minor": abs(amount), "vm_id": u.vm_id,
                         "period_start": u.hour_start})
 
     def rows(self, topic: str) -> list[Row]:
         rows = []
-        for key, charges in self._by_wallet.items():
-            first = self._first[key]
-            wallet_id, currency = key
+        for (wallet_id, currency), (first, charges) in self._by_wallet.items():
+            cause = first.message
+            # Same key, same partition count: the partition the wallet's key hashes to,
+            # the one its usage came from.
+            partition = first.record.partition if SAME_PARTITIONING else None
             for start in range(0, len(charges), MAX_CHARGES_PER_MESSAGE):
                 chunk = charges[start:start + MAX_CHARGES_PER_MESSAGE]
-                cause = first.message
-                message = ChargeWallet.model_validate({
-                    "event_id": charges_id(chunk),
-                    "correlation_id": cause.correlation_id or cause.event_id,
-                    "causation_id": cause.event_id, "occurred_at": cause.occurred_at,
-                    "wallet_id": wallet_id, "currency": currency, "charges": chunk})
-                # Same key, same partition count: the partition the wallet's key hashes to,
-                # the one its usage came from.
-                rows.append(outgoing(topic, wallet_id, message,
-                                     partition=first.record.partition if SAME_PARTITIONING
-                                     else None).row)
+                message = cause.caused(ChargeWallet, event_id=charges_id(chunk),
+                                       occurred_at=cause.occurred_at, wallet_id=wallet_id,
+                                       currency=currency, charges=chunk)
+                rows.append(outgoing(topic, wallet_id, message, partition=partition).row)
         return rows
 
 

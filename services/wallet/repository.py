@@ -227,10 +227,7 @@ async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
 
 
 async def existing_keys(conn: asyncpg.Connection, wallet_id: UUID, keys: Sequence[str]) -> set[str]:
-    rows = await conn.fetch(
-        f"""SELECT idempotency_key FROM {SCHEMA}.wallet_transactions
-            WHERE wallet_id = $1 AND idempotency_key = ANY($2::text[])""", wallet_id, list(keys))
-    return {r["idempotency_key"] for r in rows}
+    return {key for _, key in await booked_keys(conn, [(wallet_id, key) for key in keys])}
 
 
 async def create_organisation_wallet(conn: asyncpg.Connection, *, organisation_id: UUID,
