@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
+from functools import lru_cache
 from uuid import UUID
 
 from shared.contracts.base import CONTRACTS_NAMESPACE
@@ -35,6 +36,7 @@ class RatingError(ValueError):
 
 # --- months --------------------------------------------------------------------------------
 
+@lru_cache(maxsize=4096)  # a batch's usage shares a few hours, and parsed ones convert slowly
 def month_of(moment: datetime) -> date:
     """The calendar month (UTC) a moment falls in, as its first day."""
     utc = moment.astimezone(UTC)
@@ -179,12 +181,20 @@ def line_id(vm_id: UUID, hour_start: datetime, revision: int) -> UUID:
     """A billing line's id, also the wallet's debit/credit id: a replay is a no-op there too.
     Equal to deterministic_id("billing.line", vm_id, <hour_start UTC ISO>, revision), computed
     without its generic joins (it runs once per usage event)."""
-    name = f"billing.line|{vm_id}|{hour_start.astimezone(UTC).isoformat()}|{revision}"
+    name = f"billing.line|{vm_id}|{_utc_label(hour_start)}|{revision}"
     digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()
-    return UUID(bytes=digest[:16], version=5)
+    # uuid5's own bit setting, without UUID's keyword checks
+    return UUID(int=int.from_bytes(digest[:16]) & _CLEAR_VERSION | _VERSION_5)
 
 
 _NAMESPACE_BYTES = CONTRACTS_NAMESPACE.bytes
+_CLEAR_VERSION = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_5 = (5 << 76) | (0x8000 << 48)
+
+
+@lru_cache(maxsize=4096)
+def _utc_label(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)

@@ -417,25 +417,27 @@ class Charge:
     vm_id: UUID | None
     at: datetime
     description: str
+    key: str  # the ledger's idempotency key, `ledger_key(kind, charge_id)`
 
-    @property
-    def key(self) -> str:
-        """The ledger's idempotency key."""
-        return f"{self.kind}:{self.charge_id}"
+
+def ledger_key(kind: str, charge_id: UUID) -> str:
+    return f"{kind}:{charge_id}"
 
 
 def charges_of(m: Any) -> list[Charge]:
     match m:
         case ChargeWallet():
             return [Charge(c.kind, c.line_id, c.amount_minor, c.vm_id, c.period_start,
-                           c.description or USAGE_DESCRIPTIONS[c.kind]) for c in m.charges]
+                           c.description or USAGE_DESCRIPTIONS[c.kind],
+                           ledger_key(c.kind, c.line_id)) for c in m.charges]
         case DebitWallet():
             return [Charge("debit", m.debit_id, m.amount.amount_minor, m.vm_id,
-                           m.period_start or m.occurred_at, m.description)]
+                           m.period_start or m.occurred_at, m.description,
+                           ledger_key("debit", m.debit_id))]
         case _:
             assert isinstance(m, CreditWallet)
             return [Charge("credit", m.credit_id, m.amount.amount_minor, m.vm_id,
-                           m.occurred_at, m.description)]
+                           m.occurred_at, m.description, ledger_key("credit", m.credit_id))]
 
 
 def charge_refusal(m: Any, wallet: Wallet | None) -> str | None:
