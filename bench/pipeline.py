@@ -149,9 +149,11 @@ async def raw_run(settings: Settings, count: int) -> float:
                                 max_batch_size=512 * 1024, acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
+    stack = ServiceProcesses(settings, ())  # no services: the loop and the stack's servers
     try:
         seen = 0
         started = time.perf_counter()
+        cpu_before = stack.cpu_seconds()
         while seen < count:
             batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
             sends = [await producer.send(sink, r.value, key=r.key)
@@ -160,7 +162,12 @@ async def raw_run(settings: Settings, count: int) -> float:
             if sends:
                 await consumer.commit()
             seen += len(sends)
-        return count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        print("  CPU seconds used by the raw loop: " + ", ".join(
+            f"{'loop' if name == 'bench' else name} {used - cpu_before.get(name, 0.0):.1f} s "
+            f"({(used - cpu_before.get(name, 0.0)) / count * 1e6:.0f} us/event)"
+            for name, used in stack.cpu_seconds().items() if name != "postgres"))
+        return count / elapsed
     finally:
         await producer.stop()
         await consumer.stop()

@@ -179,7 +179,7 @@ async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
     return queued([r["id"] for r in rows], m)
 
 
-_ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",
+ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",
                   "idempotency_key", "vm_id", "refunds_entry_id", "description", "occurred_at"]
 
 
@@ -190,7 +190,7 @@ async def append_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry
         await insert_entries(conn, entries)
         return
     await conn.copy_records_to_table(
-        "wallet_transactions", schema_name=SCHEMA, columns=_ENTRY_COLUMNS,
+        "wallet_transactions", schema_name=SCHEMA, columns=ENTRY_COLUMNS,
         records=[(e.wallet_id, e.kind.value, e.amount, e.balance_after, e.hold_drawn,
                   e.idempotency_key, e.vm_id, e.refunds_entry_id, e.description, e.occurred_at)
                  for e in entries])
