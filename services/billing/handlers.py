@@ -338,9 +338,10 @@ class BillingHandlers:
                     if balances[(s.wallet_id, s.month)]["billing_mode"] == "INVOICE"
                     and invoice_lines(s)]
         numbers = await repo.next_invoice_numbers(conn, len(invoiced))
-        invoices: dict[UUID, InvoiceDoc] = {}
+        # by wallet and month: a catching-up close takes several months of one wallet
+        invoices: dict[tuple[UUID, date], InvoiceDoc] = {}
         for (s, b), number in zip(invoiced, numbers, strict=True):
-            invoices[s.wallet_id] = InvoiceDoc(
+            invoices[(s.wallet_id, s.month)] = InvoiceDoc(
                 document_number(s.month, number), customer_account(b["organisation_id"]),
                 s.wallet_id, b["organisation_id"], b["organisation_name"], s.month, s.currency,
                 invoice_lines(s))
@@ -349,7 +350,7 @@ class BillingHandlers:
         events = self.settings.topic(BILLING_EVENTS.name)
         for s in statements:
             closed = month_closed_event(s)
-            invoice = invoices.get(s.wallet_id)
+            invoice = invoices.get((s.wallet_id, s.month))
             documents.append({**closed.model_dump(mode="json"), "currency": s.currency,
                               "invoice": invoice.document_number if invoice else None})
             out.append(outgoing(events, s.wallet_id, closed))

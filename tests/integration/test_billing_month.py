@@ -3,6 +3,7 @@ the cent against an independent calculation; the monthly cap; statements and inv
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import random
@@ -10,7 +11,7 @@ from datetime import timedelta
 from uuid import uuid4
 
 from shared.contracts.vm import VmSpec
-from shared.topics import METERING_USAGE
+from shared.topics import BILLING_EVENTS, METERING_USAGE
 from tests.integration.test_billing_support import (
     FEB,
     JAN,
@@ -26,6 +27,7 @@ from tests.kafka_helpers import KafkaProbe
 SMALL, MEDIUM, LARGE = (VmSpec.of_tier(t) for t in ("small", "medium", "large"))
 CUSTOM = VmSpec(vcpu=3, ram_gb=5, disk_gb=120)
 HOURS = 744  # January
+MAR = FEB + timedelta(days=28)
 
 
 def month_pattern(seed: int, kind: str) -> list[list[tuple[VmSpec, int]]]:
@@ -126,3 +128,39 @@ async def test_a_month_reconciles_to_the_cent(env):
         assert round(sum(float(line["line_total"]) for line in lines) * 100) == \
             invoice["total_minor"]
         assert all(line["vat_rate"] == "15.00" for line in lines)
+
+
+async def test_months_closed_together_each_get_their_own_invoice(env, db):
+    """A close that catches up takes several months of one wallet at once (here January and
+    February, when the first watermarks already pass March): each month keeps its own invoice
+    and its own `InvoiceIssued`."""
+    settings = env.settings
+    async with running_wallet(settings) as (_, wallet), running_billing(settings) as (_, http), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        org, invoiced = await wallet.open(billing_mode="INVOICE", credit_limit=10_000_000)
+        vm = uuid4()
+        hours = {JAN: 3, FEB: 5}  # always-on medium hours in each month
+        await kafka.publish_many(settings.topic(METERING_USAGE.name), [
+            (invoiced, usage(vm, invoiced, org, start + timedelta(hours=h), [(MEDIUM, 3600)]))
+            for start, count in hours.items() for h in range(count)])
+        # every line confirmed first, so both months are ready when the watermarks come
+        for _ in range(200):
+            if await db.fetchval("SELECT count(*) FROM billing.confirmations") == 8:
+                break
+            await asyncio.sleep(0.1)
+        await publish_watermarks(kafka, settings, MAR)
+
+        issued = await kafka.read_count(
+            settings.topic(BILLING_EVENTS.name), 2, timeout=60,
+            where=lambda m: m["type"] == "billing.invoice_issued"
+            and m["wallet_id"] == str(invoiced))
+        assert sorted(m["month"] for m in issued) == ["2026-01", "2026-02"]
+        assert len({m["document_number"] for m in issued}) == 2
+        for month, count in (("2026-01", 3), ("2026-02", 5)):
+            invoice = (await http.get(f"/wallets/{invoiced}/invoices/{month}")).json()
+            assert invoice["net_minor"] == count * 41
+            event = next(m for m in issued if m["month"] == month)
+            assert event["document_number"] == invoice["document_number"]
+            assert event["total_incl_vat"]["amount_minor"] == invoice["total_minor"]
+        assert await db.fetchval(
+            "SELECT count(*) FROM billing.month_closes WHERE wallet_id = $1", invoiced) == 2
