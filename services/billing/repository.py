@@ -247,14 +247,17 @@ async def pending_closes(conn: asyncpg.Connection, partitions: Sequence[int]
 
 async def assign_unbooked_movements(conn: asyncpg.Connection,
                                     closes: Sequence[tuple[UUID, date]]) -> None:
+    """Movements and issues that came while no month was open go on the wallet's earliest
+    month closing now (a close that catches up takes several months of one wallet)."""
+    earliest = """(SELECT wallet_id, min(month) AS month
+                    FROM unnest($1::uuid[], $2::date[]) AS c(wallet_id, month)
+                    GROUP BY wallet_id) k"""
     await conn.execute(
-        f"""UPDATE {SCHEMA}.movements m SET booked_month = k.month
-            FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
+        f"""UPDATE {SCHEMA}.movements m SET booked_month = k.month FROM {earliest}
             WHERE m.wallet_id = k.wallet_id AND m.booked_month IS NULL""",
         [c[0] for c in closes], [c[1] for c in closes])
     await conn.execute(
-        f"""UPDATE {SCHEMA}.issues i SET month = k.month
-            FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
+        f"""UPDATE {SCHEMA}.issues i SET month = k.month FROM {earliest}
             WHERE i.wallet_id = k.wallet_id AND i.month IS NULL""",
         [c[0] for c in closes], [c[1] for c in closes])
 

@@ -10,6 +10,7 @@ import random
 from datetime import timedelta
 from uuid import uuid4
 
+from services.billing import repository as repo
 from shared.contracts.vm import VmSpec
 from shared.topics import BILLING_EVENTS, METERING_USAGE
 from tests.integration.test_billing_support import (
@@ -133,11 +134,13 @@ async def test_a_month_reconciles_to_the_cent(env):
 async def test_months_closed_together_each_get_their_own_invoice(env, db):
     """A close that catches up takes several months of one wallet at once (here January and
     February, when the first watermarks already pass March): each month keeps its own invoice
-    and its own `InvoiceIssued`."""
+    and its own `InvoiceIssued`, and a top-up made while no month was open goes on the
+    earliest."""
     settings = env.settings
     async with running_wallet(settings) as (_, wallet), running_billing(settings) as (_, http), \
             KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
-        org, invoiced = await wallet.open(billing_mode="INVOICE", credit_limit=10_000_000)
+        org, invoiced = await wallet.open(billing_mode="INVOICE", credit_limit=10_000_000,
+                                          balance=7_000)
         vm = uuid4()
         hours = {JAN: 3, FEB: 5}  # always-on medium hours in each month
         await kafka.publish_many(settings.topic(METERING_USAGE.name), [
@@ -162,5 +165,24 @@ async def test_months_closed_together_each_get_their_own_invoice(env, db):
             event = next(m for m in issued if m["month"] == month)
             assert event["document_number"] == invoice["document_number"]
             assert event["total_incl_vat"]["amount_minor"] == invoice["total_minor"]
-        assert await db.fetchval(
-            "SELECT count(*) FROM billing.month_closes WHERE wallet_id = $1", invoiced) == 2
+        january = (await month_closed(kafka, settings, [invoiced], "2026-01"))[invoiced]
+        february = (await month_closed(kafka, settings, [invoiced], "2026-02"))[invoiced]
+        assert january["top_ups"]["amount_minor"] == 7_000
+        assert february["top_ups"]["amount_minor"] == 0
+        assert february["opening_balance"] == january["closing_balance"]
+        assert february["closing_balance"]["amount_minor"] == 7_000 - 8 * 41
+
+
+async def test_unbooked_movements_and_issues_go_on_the_earliest_month_closing(db):
+    wallet_id = uuid4()
+    await db.execute("""INSERT INTO billing.movements (wallet_id, movement_key, kind, amount,
+                            usage_partition) VALUES ($1, 'top_up:x', 'top_up', 5, 0)""",
+                     wallet_id)
+    await db.execute("""INSERT INTO billing.issues (issue_key, wallet_id, detail)
+                        VALUES ($1, $2, 'x')""", f"test:{wallet_id}", wallet_id)
+    february, january = FEB.date(), JAN.date()
+    await repo.assign_unbooked_movements(db, [(wallet_id, february), (wallet_id, january)])
+    assert await db.fetchval("SELECT booked_month FROM billing.movements WHERE wallet_id = $1",
+                             wallet_id) == january
+    assert await db.fetchval("SELECT month FROM billing.issues WHERE wallet_id = $1",
+                             wallet_id) == january
