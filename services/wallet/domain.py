@@ -215,10 +215,12 @@ class Wallet:
 
     def confirm(self, hold: Hold) -> None:
         """The VM exists: the hold stops expiring and waits to be drawn down by usage."""
+        self._own(hold)
         if hold.status is HoldStatus.PENDING:
             hold.status = HoldStatus.ACTIVE
 
     def release(self, hold: Hold, at: datetime, status: HoldStatus = HoldStatus.RELEASED) -> None:
+        self._own(hold)
         if not hold.status.is_open:
             return
         self.held -= hold.remaining
@@ -226,6 +228,12 @@ class Wallet:
         hold.status = status
         hold.closed_at = at
         self._check_thresholds()
+
+    def _own(self, hold: Hold) -> None:
+        # Another wallet's hold would move its funds into this wallet's `held`.
+        if hold.wallet_id != self.wallet_id:
+            raise WalletError(f"hold {hold.hold_id} of request {hold.request_id} belongs to "
+                              f"wallet {hold.wallet_id}, not {self.wallet_id}")
 
     def expire(self, hold: Hold, now: datetime) -> bool:
         if hold.status is HoldStatus.PENDING and hold.expires_at <= now:

@@ -216,16 +216,21 @@ class WalletHandlers:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   f"unknown wallet {m.wallet_id}"))
                     continue
-                match m:
-                    case ProvisioningSucceeded() if m.request_id in by_request:
-                        wallet.confirm(by_request[m.request_id])
-                    case ProvisioningFailed() | ProvisioningCancelled() \
-                            if m.request_id in by_request:
-                        wallet.release(by_request[m.request_id], m.occurred_at)
-                    case VmDecommissioned():
-                        for hold in holds:
-                            if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
-                                wallet.release(hold, m.occurred_at)
+                try:
+                    match m:
+                        case ProvisioningSucceeded() if m.request_id in by_request:
+                            wallet.confirm(by_request[m.request_id])
+                        case ProvisioningFailed() | ProvisioningCancelled() \
+                                if m.request_id in by_request:
+                            wallet.release(by_request[m.request_id], m.occurred_at)
+                        case VmDecommissioned():
+                            for hold in holds:
+                                if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
+                                    wallet.release(hold, m.occurred_at)
+                except WalletError as error:  # an outcome naming another wallet's request
+                    events.out.append(dead_letter(self.settings, CONSUMER, item.record,
+                                                  str(error)))
+                    continue
                 events.emit(wallet, m, wallet.take_facts())
             committed = await self._commit(conn, list(wallets.values()), [], holds, events)
         self.runtime.relay.push(committed)

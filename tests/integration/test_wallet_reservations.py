@@ -15,6 +15,7 @@ from shared.contracts.wallet import (
 from shared.money import MoneyModel
 from shared.topics import (
     CLOCK_TICKS,
+    DEAD_LETTER,
     PROVISIONING_OUTCOMES,
     PROVISIONING_REQUESTS,
     WALLET_DECISIONS,
@@ -170,6 +171,32 @@ async def test_every_message_delivered_twice_changes_nothing(env):
         status = await wallet.status(w)
         assert (status["held_minor"], status["available_minor"]) == (30_000, 70_000)
         await wallet.assert_consistent(w)
+
+
+async def test_an_outcome_naming_another_wallets_request_is_dead_lettered(env):
+    """Bad input: the hold stays with its own wallet, and neither wallet's funds move."""
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        org_a, a = await wallet.open(balance=100_000)
+        _, b = await wallet.open(balance=100_000)
+        held = request(org_a, a, 60_000)
+        await kafka.publish(env.topic(PROVISIONING_REQUESTS.name), a, held)
+        await decisions_for(kafka, env, [held])
+        outcomes = env.topic(PROVISIONING_OUTCOMES.name)
+        wrong = ProvisioningFailed(request_id=held.request_id, wallet_id=b, vm_id=held.vm_id,
+                                   reason="names wallet b")
+        # in one batch with wallet a's own (unrelated) outcome, so both wallets are loaded
+        await kafka.publish_many(outcomes, [
+            (b, wrong), (a, ProvisioningSucceeded(request_id=uuid4(), wallet_id=a,
+                                                  vm_id=uuid4()))])
+        letters = await kafka.read_count(
+            env.topic(DEAD_LETTER.name), 1, timeout=30,
+            where=lambda m: m["consumer"] == "wallet" and str(held.request_id) in m["reason"])
+        assert f"belongs to wallet {a}" in letters[0]["reason"]
+        assert (await wallet.status(a))["held_minor"] == 60_000
+        assert (await wallet.status(b))["held_minor"] == 0
+        await wallet.assert_consistent(a)
+        await wallet.assert_consistent(b)
 
 
 async def test_hold_without_outcome_expires_in_event_time(env, db):

@@ -139,6 +139,16 @@ def test_release_returns_funds_and_is_idempotent():
     assert (w.held, w.available, hold.status) == (0, 10_000, HoldStatus.RELEASED)
 
 
+def test_a_wallet_never_confirms_or_releases_another_wallets_hold():
+    mine, other = wallet(10_000), wallet(10_000)
+    hold = reserve(other, 6_000)
+    with pytest.raises(WalletError, match="belongs to wallet"):
+        mine.release(hold, T0)
+    with pytest.raises(WalletError, match="belongs to wallet"):
+        mine.confirm(hold)
+    assert (mine.held, other.held, hold.status) == (0, 6_000, HoldStatus.PENDING)
+
+
 def test_pending_hold_expires_after_its_deadline_only():
     w = wallet(10_000)
     hold = reserve(w, 6_000)
