@@ -400,7 +400,9 @@ async def upsert_wallets(conn: asyncpg.Connection, opened: Sequence[tuple[Any, .
     """(wallet_id, organisation_id, name, currency, billing_mode, usage_partition) rows."""
     if not opened:
         return
-    cols = list(zip(*opened, strict=True))
+    # One row per wallet (the last): a redelivered WalletOpened can share the batch with its
+    # first delivery, and ON CONFLICT cannot touch a row twice in one statement.
+    cols = list(zip(*{row[0]: row for row in opened}.values(), strict=True))
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.wallets (wallet_id, organisation_id, organisation_name, currency,
                 billing_mode, usage_partition, last_balance_after)

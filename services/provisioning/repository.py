@@ -57,6 +57,10 @@ async def upsert_organisations(conn: asyncpg.Connection, orgs: Sequence[Organisa
                                opened_at: Sequence[datetime]) -> None:
     if not orgs:
         return
+    # One row per organisation (the last): a redelivered WalletOpened can share the batch
+    # with its first delivery, and ON CONFLICT cannot touch a row twice in one statement.
+    latest = {o.organisation_id: (o, at) for o, at in zip(orgs, opened_at, strict=True)}
+    orgs, opened_at = [o for o, _ in latest.values()], [at for _, at in latest.values()]
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.organisations (organisation_id, wallet_id, currency,
                 billing_mode, opened_at)

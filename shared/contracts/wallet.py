@@ -209,7 +209,7 @@ class WalletOpened(Envelope):
     organisation_name: str
     organisation_kind: Literal["customer", "reseller"]
     reseller_id: UUID | None = None
-    currency: str
+    currency: CurrencyCode
     billing_mode: BillingMode
 
 

@@ -18,6 +18,7 @@ from shared.contracts.wallet import (
     ReserveFunds,
     UsageCharge,
     WalletDecision,
+    WalletOpened,
 )
 from shared.money import MoneyModel
 from shared.settings import Settings
@@ -119,3 +120,11 @@ def test_parse_records_separates_good_from_bad_with_reasons():
     letter = dead_letter(Settings(topic_prefix="x."), "wallet", bad[0].record, bad[0].reason)
     assert letter.topic == "x.deadletter" and letter.key == b"topic-a"
     assert b'"source_offset":1' in letter.value and b'"payload":"nope"' in letter.value
+
+
+def test_a_wallet_opened_in_an_unknown_currency_is_invalid():
+    fields = dict(wallet_id=uuid4(), organisation_id=uuid4(), organisation_name="o",
+                  organisation_kind="customer", billing_mode="PAYG")
+    assert WalletOpened(currency="ZAR", **fields).currency == "ZAR"
+    with pytest.raises(ValidationError):
+        WalletOpened(currency="EURO", **fields)
