@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.provisioning import repository as repo
 from services.provisioning.domain import (
@@ -24,6 +24,7 @@ from services.provisioning.domain import (
     spec_of,
 )
 from services.provisioning.handlers import Accepted, NotFound, Refused, Submission
+from shared.contracts.base import UtcDatetime
 from shared.contracts.vm import VmSpec
 from shared.money import Money
 from shared.pricing import RateCard
@@ -58,7 +59,7 @@ class NewVmRequest(Size):
 
 class EstimateRequest(Size):
     organisation_id: UUID | None = None
-    at: AwareDatetime | None = None
+    at: UtcDatetime | None = None
 
 
 class RequestView(BaseModel):

@@ -29,6 +29,7 @@ from services.wallet.domain import (
     burn_rate,
 )
 from services.wallet.handlers import Events
+from shared.contracts.base import UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
 from shared.money import CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
@@ -80,7 +81,7 @@ class PaymentWebhook(BaseModel):
     amount_minor: int = Field(gt=0)
     currency: CurrencyCode = "ZAR"
     status: Literal["succeeded", "failed"]
-    occurred_at: datetime | None = None
+    occurred_at: UtcDatetime | None = None
 
 
 class RefundRequest(BaseModel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import builtins
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Annotated, Any, Self
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 CONTRACTS_NAMESPACE = uuid5(NAMESPACE_URL, "urn:cloudwallet:contracts")
 
@@ -19,6 +19,18 @@ def deterministic_id(*parts: object) -> UUID:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:30+01:00 has no UTC time
+        raise ValueError("time is outside the range of UTC times") from None
+
+
+# Every time in a contract: with an offset, and as UTC once parsed, so a time that has no
+# UTC equivalent is an invalid message (a dead letter), not an error in a handler.
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class Envelope(BaseModel):
@@ -34,7 +46,7 @@ class Envelope(BaseModel):
     event_id: UUID = Field(default_factory=uuid4)
     type: str
     version: int = 1
-    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    occurred_at: UtcDatetime = Field(default_factory=utcnow)
     correlation_id: UUID | None = None
     causation_id: UUID | None = None
 

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
-from shared.contracts.base import Envelope, deterministic_id
+from shared.contracts.base import Envelope, UtcDatetime, deterministic_id
 
 
 class ClockTick(Envelope):
@@ -16,7 +16,7 @@ class ClockTick(Envelope):
 
     type: Literal["clock.tick"] = "clock.tick"
     version: Literal[1] = 1
-    at: AwareDatetime
+    at: UtcDatetime
 
     @classmethod
     def at_time(cls, at: AwareDatetime) -> ClockTick:

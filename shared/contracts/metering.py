@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from shared.contracts.base import Envelope, deterministic_id
+from shared.contracts.base import Envelope, UtcDatetime, deterministic_id
 from shared.contracts.vm import VmSpec
 
 
@@ -31,7 +31,7 @@ class HourlyUsage(Envelope):
     vm_id: UUID
     wallet_id: UUID
     organisation_id: UUID
-    hour_start: AwareDatetime
+    hour_start: UtcDatetime
     revision: int = Field(ge=0)
     seconds: int = Field(ge=0, le=3600)
     segments: list[UsageSegment]
@@ -48,7 +48,7 @@ class MeteringWatermark(Envelope):
     type: Literal["metering.watermark"] = "metering.watermark"
     version: Literal[1] = 1
     source_partition: int = Field(ge=0)
-    up_to: AwareDatetime
+    up_to: UtcDatetime
 
 
 UsageStreamItem = Annotated[HourlyUsage | MeteringWatermark, Field(discriminator="type")]

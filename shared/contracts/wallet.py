@@ -7,9 +7,9 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from shared.contracts.base import Envelope
+from shared.contracts.base import Envelope, UtcDatetime
 from shared.money import CurrencyCode, MoneyModel
 
 BillingMode = Literal["PAYG", "INVOICE"]
@@ -52,7 +52,7 @@ class FundsReserved(Envelope):
     hold_id: UUID
     amount: MoneyModel
     available_after: MoneyModel
-    expires_at: AwareDatetime
+    expires_at: UtcDatetime
 
 
 class FundsRejected(Envelope):
@@ -127,7 +127,7 @@ class DebitWallet(Envelope):
     wallet_id: UUID
     vm_id: UUID | None = None
     amount: MoneyModel  # positive
-    period_start: AwareDatetime | None = None
+    period_start: UtcDatetime | None = None
     description: str = Field(default="usage", max_length=200)
 
 
@@ -154,7 +154,7 @@ class UsageCharge(BaseModel):
     kind: Literal["debit", "credit"]
     amount_minor: StrictInt = Field(gt=0)
     vm_id: UUID | None = None
-    period_start: AwareDatetime  # the charged hour's start; the ledger row's time
+    period_start: UtcDatetime  # the charged hour's start; the ledger row's time
     # None: "usage" or "usage correction" (the ledger row names the VM and the hour anyway)
     description: str | None = Field(default=None, max_length=80)
 

@@ -100,6 +100,9 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_metering_goes_on(
             negative = json.loads(good.created(0).model_dump_json())
             negative["spec"]["vcpu"] = -2
             await kafka.publish(events, good.vm_id, json.dumps(negative).encode())
+            no_utc_time = json.loads(good.on(0).model_dump_json())
+            no_utc_time["occurred_at"] = "0001-01-01T00:30:00+01:00"  # no UTC equivalent
+            await kafka.publish(events, good.vm_id, json.dumps(no_utc_time).encode())
             unknown = uuid4()
             await kafka.publish(events, unknown, VmPoweredOn(vm_id=unknown, occurred_at=at(0)))
             await kafka.publish(events, unknown, VmCreateFailed(vm_id=unknown, reason="full",
@@ -118,12 +121,12 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_metering_goes_on(
                                      good.vm_id)
             await kafka.publish(events, good.vm_id, good.off(70),
                                 partition=(home + 1) % VCENTER_EVENTS.partitions)
-            letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 7)
+            letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 8)
         finally:
             await service.stop()
             await m.close()
     reasons = sorted(letter["reason"] for letter in letters)
-    assert len(reasons) == 7, reasons
+    assert len(reasons) == 8, reasons
 
     def one(text: str) -> dict[str, Any]:
         (found,) = [x for x in letters if text in x["reason"]]
@@ -132,6 +135,7 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_metering_goes_on(
     (garbage,) = [x for x in letters if x["payload"] == "not json at all"]
     assert garbage["reason"].startswith("invalid message")
     assert one("spec.vcpu")["reason"].startswith("invalid message")
+    assert one("range of UTC times")["reason"].startswith("invalid message")
     assert str(unknown) in one("unknown VM")["reason"]
     assert one("after VM")["source_key"] == str(deleted.vm_id)
     assert "before VM" in one("before VM")["reason"]

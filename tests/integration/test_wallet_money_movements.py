@@ -3,12 +3,14 @@
 import asyncio
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 import pytest
 from aiokafka.structs import ConsumerRecord
 
+from services.wallet.api import sign
 from shared.contracts.wallet import (
     ChargeWallet,
     CreditWallet,
@@ -242,6 +244,11 @@ async def test_webhook_signature_and_idempotency(env):
         assert wrong_currency.status_code == 422 and "USD" in wrong_currency.json()["detail"]
         unknown = await wallet.top_up(uuid4(), 100)
         assert unknown.status_code == 404
+        body = json.dumps({"payment_id": "pay-naive", "wallet_id": str(w), "amount_minor": 100,
+                           "status": "succeeded", "occurred_at": "2026-01-01T10:00:00"}).encode()
+        naive = await wallet.http.post("/webhooks/payments", content=body, headers={
+            "X-Signature": sign(env.settings.payment_webhook_secret, body)})
+        assert naive.status_code == 422 and "timezone" in naive.json()["detail"]
         assert (await wallet.status(w))["balance_minor"] == 5_000
         await wallet.assert_consistent(w)
 

@@ -128,3 +128,12 @@ def test_a_wallet_opened_in_an_unknown_currency_is_invalid():
     assert WalletOpened(currency="ZAR", **fields).currency == "ZAR"
     with pytest.raises(ValidationError):
         WalletOpened(currency="EURO", **fields)
+
+
+def test_times_are_parsed_as_utc_and_a_time_without_one_is_invalid():
+    at_two = ClockTick.model_validate_json(b'{"at": "2026-01-01T02:00:00+02:00"}')
+    assert at_two.at == datetime(2026, 1, 1, tzinfo=UTC) and at_two.at.tzinfo is UTC
+    with pytest.raises(ValidationError, match="range of UTC times"):
+        ClockTick.model_validate_json(b'{"at": "0001-01-01T00:30:00+01:00"}')
+    with pytest.raises(ValidationError, match="timezone"):
+        ClockTick.model_validate_json(b'{"at": "2026-01-01T02:00:00"}')
