@@ -494,7 +494,10 @@ class ProvisioningHandlers:
                 vm=vm, spec=spec, open_requests=await repo.requests_of_vms(conn, [vm_id]),
                 book=self.book, now=await self.now(conn), funds_timeout=self.funds_timeout,
                 vcenter_timeout=self.vcenter_timeout)
-            await repo.insert_requests(conn, [request])
+            if not await repo.insert_requests(conn, [request]):
+                # never accept (and ask the wallet to reserve for) a request not stored
+                raise Conflict(f"idempotency key {idempotency_key!r} was already used for "
+                               "another request")
             messages.add(facts, None)
             await enqueue(conn, repo.SCHEMA, messages.out)
         return Accepted(request, True)

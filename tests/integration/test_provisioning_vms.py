@@ -66,6 +66,26 @@ async def test_resize_within_and_beyond_funds(platform: Platform):
     assert (await platform.wallet_status(org["wallet_id"]))["held_minor"] == MEDIUM_MONTHLY
 
 
+async def test_one_idempotency_key_resizes_two_vms_of_an_organisation(platform: Platform):
+    """A resize's key is scoped to its VM (the URL names it): the same key on another VM is
+    another resize, stored and reserved like the first."""
+    org = await platform.open_organisation(balance_minor=100_000)
+    first = await _running_vm(platform, org, "small", "app-1")
+    second = await _running_vm(platform, org, "small", "app-2")
+    accepted = []
+    for vm in (first, second):
+        r = await platform.http.post(f"/vms/{vm['vm_id']}/resize", json={"tier": "medium"},
+                                     headers={"Idempotency-Key": "upsize"})
+        assert r.status_code == 202, r.text
+        accepted.append(r.json()["request_id"])
+    assert accepted[0] != accepted[1]
+    for request_id in accepted:
+        await platform.wait_request(request_id, {"succeeded"})
+    for vm in (first, second):
+        await platform.wait_vm(str(vm["vm_id"]), lambda v: v["spec"]["tier"] == "medium")
+    await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] == 2 * MEDIUM_MONTHLY)
+
+
 async def test_depleted_wallet_suspends_running_vms_and_top_up_resumes_them(
         platform: Platform):
     org = await platform.open_organisation(balance_minor=100_000)
