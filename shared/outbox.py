@@ -264,9 +264,17 @@ class OutboxRelay:
         except Exception:
             self._drain_wanted = True  # the rows are still in the table
             raise
+        self._pushed_published(batch)
+
+    def _pushed_published(self, batch: Sequence[tuple[int, Row]]) -> None:
+        """Pushed rows are on Kafka: delete them soon, and tell them from gaps meanwhile."""
+        if not batch:
+            return
+        ids = [outbox_id for outbox_id, _ in batch]
+        sent = set(ids)
+        self._pushed = [p for p in self._pushed if p[0] not in sent]
         if not self._published:
             self._delete_due = time.monotonic() + DELETE_DELAY_S
-        ids = [outbox_id for outbox_id, _ in batch]
         self._published += ids
         if len(self._recently_pushed) >= RECENT_IDS:
             self._recently_pushed = set()
@@ -324,16 +332,25 @@ class OutboxRelay:
                 self._recently_pushed.clear()
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
-            # Late rows and rows together in id order: rows of one key are committed in id
-            # order (see docs/architecture.md), so order per key holds.
-            await asyncio.gather(*await self.sender.send(
-                (r["topic"], r["key"], r["value"], r["partition"])
-                for r in sorted([*late, *rows], key=lambda r: r["id"])))
+            drained = {r["id"] for r in rows} | {r["id"] for r in late}
+            # Pushed rows waiting here are committed too; those older than what the cursor
+            # found (it passed them before they committed) go with it. Younger ones wait:
+            # rows between may be left for the next batch.
+            horizon = rows[-1]["id"] if rows else 0
+            waiting = [p for p in self._pushed if p[0] < horizon and p[0] not in drained
+                       and p[0] not in self._recently_drained]
+            # All of them in id order: rows of one key are committed in id order (see
+            # docs/architecture.md), so order per key holds.
+            await asyncio.gather(*await self.sender.send(row for _, row in sorted([
+                *((r["id"], (r["topic"], r["key"], r["value"], r["partition"]))
+                  for r in [*late, *rows]),
+                *waiting])))
             # Only now, published: a failed send rolls back and leaves cursor and gaps be.
             for row in late:
                 self._gaps.pop(row["id"], None)
             self._note_gaps(rows)
             self._remember_drained([*late, *rows])
+            self._pushed_published(waiting)
         PUBLISHED.labels(self._schema).inc(len(rows) + len(late))
         return len(rows) + len(late)
 
