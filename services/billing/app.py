@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+
+import structlog
 
 from services.billing.api import register_routes
 from services.billing.gateway import PaymentGateway, SimulatedGateway
@@ -20,6 +23,12 @@ DEFAULT_GATEWAY_TIMEOUT_S = 10.0
 # Consumers of metering.usage in this process (one group: the partitions are split between
 # them), so one batch is rated while another waits for the database.
 DEFAULT_USAGE_CONSUMERS = 2
+# How often auto top-ups left pending by a crash are settled, and how old one must be: far
+# older than a gateway call (this process's own calls in flight are not touched).
+SETTLE_ATTEMPTS_EVERY_S = 60.0
+SETTLE_ATTEMPTS_OLDER_THAN = timedelta(minutes=2)
+
+log = structlog.get_logger(__name__)
 
 
 class BillingService(ServiceRuntime):
@@ -35,6 +44,25 @@ class BillingService(ServiceRuntime):
             self.consume(METERING_USAGE, CONSUMER, self.handlers.on_usage)
         self.consume(WALLET_EVENTS, CONSUMER, self.handlers.on_wallet_events)
         register_routes(self)
+        self._settle_after = max(SETTLE_ATTEMPTS_OLDER_THAN,
+                                 timedelta(seconds=3 * gateway_timeout_s))
+
+    async def start(self) -> None:
+        await super().start()
+        self._settling = asyncio.create_task(self._settle_pending_attempts())
+
+    async def stop(self) -> None:
+        self._settling.cancel()
+        await asyncio.gather(self._settling, return_exceptions=True)
+        await super().stop()
+
+    async def _settle_pending_attempts(self) -> None:
+        while True:
+            try:
+                await self.handlers.settle_pending_attempts(self._settle_after)
+            except Exception:
+                log.exception("settling pending auto top-ups failed")
+            await asyncio.sleep(SETTLE_ATTEMPTS_EVERY_S)
 
 
 def create_service(settings: Settings | None = None) -> BillingService:

@@ -25,6 +25,7 @@ from uuid import UUID
 from shared.contracts.base import CONTRACTS_NAMESPACE
 from shared.contracts.metering import HourlyUsage
 from shared.contracts.vm import VmSpec
+from shared.money import Money
 from shared.pricing import RateCard, RateCardBook
 
 VAT_PERCENT = 15
@@ -32,6 +33,21 @@ VAT_PERCENT = 15
 
 class RatingError(ValueError):
     """Usage billing cannot rate; the message is the reason given in the dead letter."""
+
+
+# --- auto top-up -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One auto top-up charge asked of the payment gateway for one low-balance event."""
+
+    attempt_id: UUID  # the gateway's idempotency key
+    wallet_id: UUID
+    amount: Money
+    card_token: str
+    cause_id: UUID  # the WalletLowBalance that asked for it
+    correlation_id: UUID
+    occurred_at: datetime  # the low balance's event time, and so the top-up's
 
 
 # --- months --------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import asyncio
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -27,6 +26,7 @@ from pydantic import TypeAdapter
 
 from services.billing import repository as repo
 from services.billing.domain import (
+    Attempt,
     Biller,
     Line,
     MonthInput,
@@ -70,6 +70,7 @@ from shared.contracts.billing import (
 from shared.contracts.metering import HourlyUsage, UsageStreamItem
 from shared.contracts.wallet import (
     MAX_CHARGES_PER_MESSAGE,
+    AutoTopUpSettings,
     ChargeWallet,
     DebitsApplied,
     TopUpWallet,
@@ -79,7 +80,7 @@ from shared.contracts.wallet import (
     WalletRefunded,
     WalletToppedUp,
 )
-from shared.money import Money, MoneyModel
+from shared.money import MoneyModel
 from shared.outbox import Outgoing, Row, enqueue, outgoing
 from shared.pricing import RateCardBook
 from shared.runtime import ServiceRuntime
@@ -112,12 +113,10 @@ def attempt_id_for(low_balance_event_id: UUID) -> UUID:
     return deterministic_id("billing.auto_topup", low_balance_event_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    attempt_id: UUID
-    amount: Money
-    card_token: str
-    cause: WalletLowBalance
+def attempt_for(low: WalletLowBalance, auto: AutoTopUpSettings) -> Attempt:
+    return Attempt(attempt_id_for(low.event_id), low.wallet_id, auto.amount.to_money(),
+                   auto.card_token, low.event_id, low.correlation_id or low.event_id,
+                   low.occurred_at)
 
 
 def charges_id(charges: list[dict[str, Any]]) -> UUID:
@@ -419,15 +418,12 @@ class BillingHandlers:
                     applied.append(m)
                     balances[m.wallet_id] = m.balance_after.amount_minor
                 case WalletLowBalance(auto_topup=auto) if auto is not None:
-                    candidates.append(Attempt(attempt_id_for(m.event_id), auto.amount.to_money(),
-                                              auto.card_token, m))
+                    candidates.append(attempt_for(m, auto))
         await repo.upsert_wallets(conn, opened)
         await repo.insert_movements(conn, movements)
         await repo.set_last_balances(conn, balances)
         await self._confirm(conn, applied)
-        recorded = await repo.record_attempts(conn, [
-            (a.attempt_id, a.cause.wallet_id, a.cause.event_id, a.amount.amount,
-             a.amount.currency, a.card_token) for a in candidates])
+        recorded = await repo.record_attempts(conn, candidates)
         return [a for a in candidates if a.attempt_id in recorded]
 
     async def _confirm(self, conn: asyncpg.Connection, applied: list[DebitsApplied]) -> None:
@@ -450,37 +446,48 @@ class BillingHandlers:
 
     # --- auto top-up ------------------------------------------------------------------------
 
+    async def settle_pending_attempts(self, older_than: timedelta) -> int:
+        """Ask the gateway again, with the same attempt id (its idempotency key), for the
+        attempts left pending (the gateway was asked, then the process stopped before the
+        outcome committed): the card is charged once, and the wallet credited once."""
+        async with self.pool.acquire() as conn:
+            attempts = await repo.pending_attempts(conn, older_than)
+        if attempts:
+            log.warning("settling auto top-ups left pending", attempts=len(attempts))
+            await self._charge(attempts)
+        return len(attempts)
+
     async def _charge(self, attempts: list[Attempt]) -> None:
-        """Each attempt was committed as pending before this call: a crash or a replay from
-        here on never charges it again (it stays pending for an operator to settle)."""
+        """Each attempt was committed as pending before this call: a replay never charges it
+        again, and one left pending by a crash is settled by `settle_pending_attempts`."""
         outcomes = await asyncio.gather(*(self._charge_one(a) for a in attempts))
-        out: list[Outgoing] = []
+        messages: dict[UUID, Outgoing] = {}
         decided: list[tuple[UUID, str, str]] = []
-        for attempt, outcome in zip(attempts, outcomes, strict=True):
-            cause, wallet_id = attempt.cause, attempt.cause.wallet_id
+        for a, outcome in zip(attempts, outcomes, strict=True):
             match outcome:
                 case Succeeded(gateway_reference=reference):
-                    decided.append((attempt.attempt_id, "succeeded", reference))
-                    out.append(self._out(WALLET_TOPUPS.name, wallet_id, cause.caused(
-                        TopUpWallet, event_id=attempt.attempt_id,
-                        payment_id=str(attempt.attempt_id), wallet_id=wallet_id,
-                        amount=MoneyModel.of(attempt.amount), source="auto_topup",
-                        occurred_at=cause.occurred_at)))
+                    decided.append((a.attempt_id, "succeeded", reference))
+                    messages[a.attempt_id] = self._out(WALLET_TOPUPS.name, a.wallet_id, TopUpWallet(
+                        event_id=a.attempt_id, payment_id=str(a.attempt_id),
+                        wallet_id=a.wallet_id, amount=MoneyModel.of(a.amount),
+                        source="auto_topup", correlation_id=a.correlation_id,
+                        causation_id=a.cause_id, occurred_at=a.occurred_at))
                     continue
                 case Declined(reason=reason):
-                    decided.append((attempt.attempt_id, "declined", reason))
+                    decided.append((a.attempt_id, "declined", reason))
                 case TimedOut(after_s=after):
                     reason = (f"payment gateway timed out after {after:g} s; outcome unknown, "
                               f"not retried")
-                    decided.append((attempt.attempt_id, "timed_out", reason))
-            out.append(self._out(BILLING_EVENTS.name, wallet_id, cause.caused(
-                AutoTopUpDeclined, event_id=deterministic_id("billing.auto_topup_declined",
-                                                             attempt.attempt_id),
-                wallet_id=wallet_id, attempt_id=attempt.attempt_id, reason=reason,
-                occurred_at=cause.occurred_at)))
+                    decided.append((a.attempt_id, "timed_out", reason))
+            messages[a.attempt_id] = self._out(BILLING_EVENTS.name, a.wallet_id, AutoTopUpDeclined(
+                event_id=deterministic_id("billing.auto_topup_declined", a.attempt_id),
+                wallet_id=a.wallet_id, attempt_id=a.attempt_id, reason=reason,
+                correlation_id=a.correlation_id, causation_id=a.cause_id,
+                occurred_at=a.occurred_at))
         async with self.pool.acquire() as conn, conn.transaction():
-            await repo.decide_attempts(conn, decided)
-            await enqueue(conn, repo.SCHEMA, out)
+            # only outcomes recorded now: another settle may have decided the attempt already
+            now = await repo.decide_attempts(conn, decided)
+            await enqueue(conn, repo.SCHEMA, [m for i, m in messages.items() if i in now])
         self.runtime.relay.notify()
 
     async def _charge_one(self, attempt: Attempt) -> ChargeOutcome:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from services.billing.domain import HourState, Line, MeteredHour, Statement, VmMonth
+from services.billing.domain import Attempt, HourState, Line, MeteredHour, Statement, VmMonth
+from shared.money import Money
 
 SCHEMA = "billing"
 
@@ -484,33 +485,50 @@ async def confirm_lines(conn: asyncpg.Connection, applied: Sequence[tuple[list[U
     return [found.get(n, Confirmed(0, 0, 0, None)) for n in range(len(applied))]
 
 
-async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[tuple[Any, ...]]
-                          ) -> set[UUID]:
-    """(attempt_id, wallet_id, low_balance_event_id, amount, currency, card_token) rows;
-    returns the ids recorded now (the others were recorded before: never charge them)."""
+async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempt]) -> set[UUID]:
+    """Returns the ids recorded now (the others were recorded before: never charge them)."""
     if not attempts:
         return set()
-    cols = list(zip(*attempts, strict=True))
     rows = await conn.fetch(
         f"""INSERT INTO {SCHEMA}.topup_attempts (attempt_id, wallet_id, low_balance_event_id,
-                amount, currency, card_token, status)
+                amount, currency, card_token, correlation_id, cause_occurred_at, status)
             SELECT *, 'pending' FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[],
-                $5::text[], $6::text[])
+                $5::text[], $6::text[], $7::uuid[], $8::timestamptz[])
             ON CONFLICT DO NOTHING RETURNING attempt_id""",
-        *[list(c) for c in cols])
+        [a.attempt_id for a in attempts], [a.wallet_id for a in attempts],
+        [a.cause_id for a in attempts], [a.amount.amount for a in attempts],
+        [a.amount.currency for a in attempts], [a.card_token for a in attempts],
+        [a.correlation_id for a in attempts], [a.occurred_at for a in attempts])
     return {r["attempt_id"] for r in rows}
 
 
+async def pending_attempts(conn: asyncpg.Connection, older_than: timedelta) -> list[Attempt]:
+    """Attempts still pending after `older_than`: their outcome was never recorded."""
+    rows = await conn.fetch(
+        f"""SELECT attempt_id, wallet_id, amount, currency, card_token, low_balance_event_id,
+                   coalesce(correlation_id, low_balance_event_id) AS correlation_id,
+                   coalesce(cause_occurred_at, created_at) AS occurred_at
+            FROM {SCHEMA}.topup_attempts
+            WHERE status = 'pending' AND created_at < now() - $1::interval
+            ORDER BY created_at LIMIT 1000""", older_than)
+    return [Attempt(r["attempt_id"], r["wallet_id"], Money(r["amount"], r["currency"].strip()),
+                    r["card_token"], r["low_balance_event_id"], r["correlation_id"],
+                    r["occurred_at"]) for r in rows]
+
+
 async def decide_attempts(conn: asyncpg.Connection,
-                          outcomes: Sequence[tuple[UUID, str, str]]) -> None:
+                          outcomes: Sequence[tuple[UUID, str, str]]) -> set[UUID]:
+    """Record outcomes of attempts still pending; returns the ids decided now."""
     if not outcomes:
-        return
-    await conn.execute(
+        return set()
+    rows = await conn.fetch(
         f"""UPDATE {SCHEMA}.topup_attempts a SET status = v.status, detail = v.detail,
                 decided_at = now()
             FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(attempt_id, status, detail)
-            WHERE a.attempt_id = v.attempt_id AND a.status = 'pending'""",
+            WHERE a.attempt_id = v.attempt_id AND a.status = 'pending'
+            RETURNING a.attempt_id""",
         [o[0] for o in outcomes], [o[1] for o in outcomes], [o[2] for o in outcomes])
+    return {r["attempt_id"] for r in rows}
 
 
 # --- reads for the API --------------------------------------------------------------------------

@@ -91,3 +91,49 @@ async def test_auto_topup_succeeds_declines_and_times_out_once_each(env, db: asy
                     await asyncio.sleep(0.05)
         assert len(gateway.calls) == 3
         assert (await wallet.status(ok_wallet))["balance_minor"] == 100_000 - 6 * 9729 + 200_000
+
+
+async def test_attempts_left_pending_by_a_crash_are_settled_once(env, db: asyncpg.Connection):
+    """The gateway was asked, then billing stopped before the outcome committed: the attempt
+    is still pending. Settling asks the gateway again under the same attempt id (its
+    idempotency key), and the outcome is recorded and published once."""
+    settings = env.settings
+    gateway = SimulatedGateway()
+    async with running_wallet(settings) as (_, wallet), \
+            running_billing(settings, gateway=gateway) as (billing, _), \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        _, paid = await wallet.open()
+        _, declined = await wallet.open()
+        attempts = {paid: (uuid4(), "tok_visa_ok"), declined: (uuid4(), "tok_decline_lost")}
+        for wallet_id, (attempt_id, token) in attempts.items():
+            await db.execute(
+                """INSERT INTO billing.topup_attempts (attempt_id, wallet_id,
+                       low_balance_event_id, amount, currency, card_token, status, created_at)
+                   VALUES ($1, $2, $3, 200000, 'ZAR', $4, 'pending', now() - interval '1 hour')""",
+                attempt_id, wallet_id, uuid4(), token)
+        # younger than the settling age: perhaps still in flight, so left alone
+        await db.execute(
+            """INSERT INTO billing.topup_attempts (attempt_id, wallet_id, low_balance_event_id,
+                   amount, currency, card_token, status)
+               VALUES ($1, $2, $3, 200000, 'ZAR', 'tok_visa_ok', 'pending')""",
+            uuid4(), paid, uuid4())
+
+        assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 2
+        assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 0
+
+        topped = await kafka.read_count(
+            settings.topic(WALLET_EVENTS.name), 1, timeout=30,
+            where=lambda m: m["type"] == "wallet.topped_up" and m["wallet_id"] == str(paid))
+        assert topped[0]["payment_id"] == str(attempts[paid][0])
+        refused = await kafka.read_count(
+            settings.topic(BILLING_EVENTS.name), 1, timeout=30,
+            where=lambda m: m["type"] == "billing.auto_topup_declined")
+        assert refused[0]["attempt_id"] == str(attempts[declined][0])
+        assert (await wallet.status(paid))["balance_minor"] == 200_000
+        assert (await wallet.status(declined))["balance_minor"] == 0
+        statuses = {r["attempt_id"]: r["status"] for r in await db.fetch(
+            "SELECT attempt_id, status FROM billing.topup_attempts")}
+        assert sorted(statuses.values()) == ["declined", "pending", "succeeded"]
+        assert statuses[attempts[paid][0]] == "succeeded"
+        assert sorted(a for a, _, _ in gateway.calls) == sorted(a for a, _ in attempts.values())
+        await wallet.assert_consistent(paid)

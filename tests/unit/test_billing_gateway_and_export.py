@@ -23,6 +23,14 @@ async def test_the_simulated_gateway_is_deterministic_by_card_token():
     assert [c[1] for c in gateway.calls] == ["tok_visa", "tok_decline_x", "tok_timeout_x"]
 
 
+async def test_the_simulated_gateway_answers_a_repeated_attempt_with_its_first_outcome():
+    gateway = SimulatedGateway()
+    attempt = uuid4()
+    first = await gateway.charge(attempt, "tok_visa", Money(100))
+    assert await gateway.charge(attempt, "tok_decline_now", Money(100)) == first
+    assert gateway.outcomes == {attempt: first}
+
+
 async def test_a_slow_gateway_call_becomes_timed_out():
     class Slow:
         async def charge(self, attempt_id, card_token, amount):
