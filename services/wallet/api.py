@@ -287,6 +287,7 @@ def register_routes(service: WalletService) -> None:
     @router.put("/wallets/{wallet_id}/auto-topup")
     async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest) -> dict[str, object]:
         """PAYG wallets only: top up `amount` when available funds fall below `threshold`."""
+        events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
             wallet = await locked_wallet(conn, wallet_id)
             if not body.enabled:
@@ -298,8 +299,13 @@ def register_routes(service: WalletService) -> None:
                 raise HTTPException(422, "auto top-up amount must be positive and within limits")
             if not body.card_token:
                 raise HTTPException(422, "auto top-up needs a card token")
-            await repo.set_auto_topup(conn, wallet_id, AutoTopUp(
-                body.threshold_minor, body.amount_minor, body.card_token))
+            auto = AutoTopUp(body.threshold_minor, body.amount_minor, body.card_token)
+            wallet.set_auto_topup(auto)
+            await repo.set_auto_topup(conn, wallet_id, auto)
+            events.emit(wallet, None, wallet.take_facts())  # a low balance now: top up
+            await repo.save_wallets(conn, [wallet])
+            await enqueue(conn, repo.SCHEMA, events.out)
+        service.relay.notify()
         return {"wallet_id": wallet_id, "enabled": True, "threshold_minor": body.threshold_minor,
                 "amount_minor": body.amount_minor}
 

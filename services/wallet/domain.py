@@ -315,6 +315,18 @@ class Wallet:
         self._check_thresholds()
         return entry
 
+    def set_auto_topup(self, auto: AutoTopUp | None) -> None:
+        """Turning auto top-up on, or changing it, while funds are already below its trigger
+        asks for a top-up now: the crossing that would have asked happened before. Setting
+        what is already set asks for nothing (a repeated PUT charges no card)."""
+        if auto == self.auto_topup:
+            return
+        self.auto_topup = auto
+        available = self.available
+        if auto is not None and available < self.effective_low_threshold:
+            self.low_balance = True
+            self.facts.append(LowBalance(available, self.effective_low_threshold))
+
     # --- thresholds: edge-triggered, one event per crossing --------------------------------
 
     def _check_thresholds(self) -> None:

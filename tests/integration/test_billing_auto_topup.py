@@ -137,3 +137,28 @@ async def test_attempts_left_pending_by_a_crash_are_settled_once(env, db: asyncp
         assert statuses[attempts[paid][0]] == "succeeded"
         assert sorted(a for a, _, _ in gateway.calls) == sorted(a for a, _ in attempts.values())
         await wallet.assert_consistent(paid)
+
+
+async def test_turning_auto_topup_on_while_already_low_tops_up_once(env):
+    """The wallet's funds fell below the trigger before auto top-up was on: turning it on
+    asks for a top-up now; the same settings put again ask for nothing more."""
+    settings = env.settings
+    gateway = SimulatedGateway()
+    async with running_wallet(settings) as (_, wallet), \
+            running_billing(settings, gateway=gateway) as _, \
+            KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
+        _, wallet_id = await wallet.open(balance=5_000, threshold=10_000)
+        settings_body = {"enabled": True, "threshold_minor": 20_000, "amount_minor": 100_000,
+                         "card_token": "tok_visa_ok"}
+        for _ in range(2):
+            response = await wallet.http.put(f"/wallets/{wallet_id}/auto-topup",
+                                             json=settings_body)
+            assert response.status_code == 200, response.text
+        await kafka.read_count(
+            settings.topic(WALLET_EVENTS.name), 1, timeout=30,
+            where=lambda m: m["type"] == "wallet.topped_up" and m["wallet_id"] == str(wallet_id)
+            and m["amount"]["amount_minor"] == 100_000)
+        await asyncio.sleep(1)  # a second top-up, if one were coming, would be on its way
+        assert (await wallet.status(wallet_id))["balance_minor"] == 105_000
+        assert len(gateway.calls) == 1
+        await wallet.assert_consistent(wallet_id)

@@ -205,6 +205,20 @@ def test_auto_topup_threshold_counts_as_low_balance():
     assert LowBalance(7_000, 8_000) in w.take_facts()
 
 
+def test_turning_auto_topup_on_while_already_low_asks_for_a_top_up_once():
+    w = wallet(5_000, threshold=10_000)  # low already: its alert went out at the top-up
+    auto = AutoTopUp(threshold=20_000, amount=100_000, card_token="tok")
+    w.set_auto_topup(auto)
+    assert w.take_facts() == [LowBalance(5_000, 20_000)] and w.low_balance
+    w.set_auto_topup(AutoTopUp(threshold=20_000, amount=100_000, card_token="tok"))
+    assert w.take_facts() == []  # the same settings again: no second charge
+    w.set_auto_topup(None)
+    assert w.take_facts() == [] and w.auto_topup is None
+    rich = wallet(50_000, threshold=10_000)
+    rich.set_auto_topup(auto)
+    assert rich.take_facts() == [] and rich.auto_topup == auto
+
+
 def test_depleted_then_restored_by_top_up():
     w = wallet(1_000)
     w.debit_usage(amount=1_000, key="d1", at=T0, vm_id=None, holds=[])
