@@ -244,20 +244,25 @@ class VmRequest:
             return CreateVmCommand(self, at)
         return ResizeVmCommand(self.vm_id, self.request_id, self.spec, at, self.request_id)
 
-    def _await_vcenter(self, clock: datetime | None, vcenter_timeout: timedelta) -> list[Fact]:
+    def _await_vcenter(self, clock: datetime | None, vcenter_timeout: timedelta,
+                       hold_expires_at: datetime | None = None) -> list[Fact]:
         at = self.received_at if clock is None else max(clock, self.received_at)
         self.status = RequestStatus.AWAITING_VCENTER
         self.deadline = at + vcenter_timeout
+        if hold_expires_at is not None:
+            # Give up on vCenter by the time the wallet lets the hold go: a VM created after
+            # that would run on funds already returned (it is deleted instead).
+            self.deadline = min(self.deadline, hold_expires_at)
         self.updated_at = max(at, self.updated_at)
         return [self._command(at)]
 
     # wallet.decisions
 
-    def funds_reserved(self, hold_id: UUID, clock: datetime | None,
-                       vcenter_timeout: timedelta) -> list[Fact]:
+    def funds_reserved(self, hold_id: UUID, clock: datetime | None, vcenter_timeout: timedelta,
+                       hold_expires_at: datetime | None = None) -> list[Fact]:
         if self.status is RequestStatus.AWAITING_FUNDS:
             self.hold_id = hold_id
-            return self._await_vcenter(clock, vcenter_timeout)
+            return self._await_vcenter(clock, vcenter_timeout, hold_expires_at)
         if self.status in (RequestStatus.CANCELLED, RequestStatus.FAILED):
             # We gave up before the wallet answered: the hold it just made must go back.
             kind: Literal["failed", "cancelled"] = (

@@ -317,7 +317,8 @@ class ProvisioningHandlers:
                                                     f"no provisioning request {m.request_id}"))
                     continue
                 if isinstance(m, FundsReserved):
-                    facts = request.funds_reserved(m.hold_id, clock, self.vcenter_timeout)
+                    facts = request.funds_reserved(m.hold_id, clock, self.vcenter_timeout,
+                                                   m.expires_at)
                 else:
                     facts = request.funds_rejected(m.reason.value, m.detail,
                                                    event_now(clock, request.received_at))

@@ -153,6 +153,20 @@ def test_reserved_funds_send_create_vm_and_start_the_vcenter_timeout():
     assert other.deadline == T0 + VCENTER_TIMEOUT
 
 
+def test_vcenter_is_given_up_on_by_the_time_the_hold_expires():
+    request, _ = create()
+    late = T0 + timedelta(minutes=55)  # the decision came late: the hold expires at T0 + 1 h
+    request.funds_reserved(uuid4(), late, VCENTER_TIMEOUT, hold_expires_at=T0 + timedelta(hours=1))
+    assert request.deadline == T0 + timedelta(hours=1) < late + VCENTER_TIMEOUT
+    request.time_out(T0 + timedelta(hours=1))
+    assert request.status is RequestStatus.FAILED
+    assert request.vm_created(T0 + timedelta(hours=1, minutes=1)) == [
+        DeleteVmCommand(request.vm_id, T0 + timedelta(hours=1, minutes=1))]
+    early, _ = create()
+    early.funds_reserved(uuid4(), T0, VCENTER_TIMEOUT, hold_expires_at=T0 + timedelta(hours=1))
+    assert early.deadline == T0 + VCENTER_TIMEOUT
+
+
 def test_created_vm_succeeds_and_keeps_the_hold():
     request, _ = create()
     request.funds_reserved(uuid4(), None, VCENTER_TIMEOUT)
