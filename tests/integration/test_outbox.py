@@ -201,30 +201,25 @@ async def test_a_pushed_row_the_cursor_passed_goes_out_before_a_later_row_of_its
     ticks = [ClockTick.at_time(datetime(2026, 5, 1, h, tzinfo=UTC)) for h in range(3)]
     topic = env.topic(CLOCK_TICKS.name)
     slow = await asyncpg.connect(env.database_url)
-    pool = await create_pool(env.database_url)
-    producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap_servers)
-    await producer.start()
     try:
-        relay = OutboxRelay(pool, "wallet", producer, batch_size=10, poll_interval_s=600)
-        assert await relay.drain() == 0  # idle: the cursor at the head
-        slow_tx = slow.transaction()
-        await slow_tx.start()
-        first = await enqueue(slow, "wallet", [outgoing(topic, "K", ticks[0])])  # uncommitted
-        async with db.transaction():
-            await enqueue(db, "wallet", [outgoing(topic, "J", ticks[1])])
-        assert await relay.drain() == 1  # J; the cursor passes K's first row
-        await slow_tx.commit()
-        relay.push(first)
-        async with db.transaction():
-            later = await enqueue(db, "wallet", [outgoing(topic, "K", ticks[2])])
-        relay.push(later)
-        relay.notify()  # a drain is due before the pushes go out
-        await relay._cycle()
-        await relay._delete_published()
+        async with wallet_relay(env, batch_size=10, poll_interval_s=600) as relay:
+            assert await relay.drain() == 0  # idle: the cursor at the head
+            slow_tx = slow.transaction()
+            await slow_tx.start()
+            first = await enqueue(slow, "wallet", [outgoing(topic, "K", ticks[0])])
+            async with db.transaction():
+                await enqueue(db, "wallet", [outgoing(topic, "J", ticks[1])])
+            assert await relay.drain() == 1  # J; the cursor passes K's uncommitted first row
+            await slow_tx.commit()
+            relay.push(first)
+            async with db.transaction():
+                later = await enqueue(db, "wallet", [outgoing(topic, "K", ticks[2])])
+            relay.push(later)
+            relay.notify()  # a drain is due before the pushes go out
+            await relay._cycle()
+            await relay._delete_published()
         assert await db.fetchval("SELECT count(*) FROM wallet.outbox") == 0
     finally:
-        await producer.stop()
-        await pool.close()
         await slow.close()
     async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         seen = await kafka.read(topic, until=lambda ms: False, timeout=3)  # and no more
