@@ -9,9 +9,10 @@ asks of each usage event costs in CPU, with no rating, no state and no confirmat
                                       and keys), 2,000 rows of each per durable
                                       transaction, the batch's wallets locked first
 
-The pipeline does all of this and more (rating, each hour's and VM month's state, the
-wallet's own consume and parse, confirmations), so it cannot beat the rate printed last:
-the cores' CPU seconds divided by the CPU this floor takes per event.
+The pipeline does all of this but the raw loop's produce per event (it produces one record
+per wallet and batch), and much more: rating, each hour's and VM month's state, the wallet's
+own consume, parse and booking, confirmations. The rate printed last, the cores' CPU
+seconds divided by the CPU this floor takes per event, is what that least work allows.
 
 PostgreSQL's CPU is read only from a stack this run starts; against DATABASE_URL the
 database's share is the wall time of its statements (they run one at a time).

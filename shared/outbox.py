@@ -333,10 +333,10 @@ class OutboxRelay:
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])
             drained = {r["id"] for r in rows} | {r["id"] for r in late}
-            # Pushed rows waiting here are committed too; those older than what the cursor
-            # found (it passed them before they committed) go with it. Younger ones wait:
-            # rows between may be left for the next batch.
-            horizon = rows[-1]["id"] if rows else 0
+            # Pushed rows waiting here are committed too; those older than the newest row
+            # found (the cursor passed them before they committed) go with these. Younger
+            # ones wait: rows between may be left for the next batch.
+            horizon = max(drained, default=0)
             waiting = [p for p in self._pushed if p[0] < horizon and p[0] not in drained
                        and p[0] not in self._recently_drained]
             # All of them in id order: rows of one key are committed in id order (see

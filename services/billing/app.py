@@ -46,14 +46,17 @@ class BillingService(ServiceRuntime):
         register_routes(self)
         self._settle_after = max(SETTLE_ATTEMPTS_OLDER_THAN,
                                  timedelta(seconds=3 * gateway_timeout_s))
+        self._settling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await super().start()
         self._settling = asyncio.create_task(self._settle_pending_attempts())
 
     async def stop(self) -> None:
-        self._settling.cancel()
-        await asyncio.gather(self._settling, return_exceptions=True)
+        if self._settling is not None:
+            self._settling.cancel()
+            await asyncio.gather(self._settling, return_exceptions=True)
+            self._settling = None
         await super().stop()
 
     async def _settle_pending_attempts(self) -> None:

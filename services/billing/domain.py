@@ -52,7 +52,6 @@ class Attempt:
 
 # --- months --------------------------------------------------------------------------------
 
-@lru_cache(maxsize=4096)  # a batch's usage shares a few hours, and parsed ones convert slowly
 def month_of(moment: datetime) -> date:
     """The calendar month (UTC) a moment falls in, as its first day."""
     utc = moment.astimezone(UTC)
@@ -197,20 +196,21 @@ def line_id(vm_id: UUID, hour_start: datetime, revision: int) -> UUID:
     """A billing line's id, also the wallet's debit/credit id: a replay is a no-op there too.
     Equal to deterministic_id("billing.line", vm_id, <hour_start UTC ISO>, revision), computed
     without its generic joins (it runs once per usage event)."""
-    name = f"billing.line|{vm_id}|{_utc_label(hour_start)}|{revision}"
+    name = f"billing.line|{vm_id}|{_iso_label(hour_start.astimezone(UTC))}|{revision}"
     digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()
-    # uuid5's own bit setting, without UUID's keyword checks
-    return UUID(int=int.from_bytes(digest[:16]) & _CLEAR_VERSION | _VERSION_5)
+    # uuid5's own version and variant bits, without UUID's keyword checks
+    return UUID(int=int.from_bytes(digest[:16]) & ~_VERSION_AND_VARIANT_BITS | _UUID5_BITS)
 
 
 _NAMESPACE_BYTES = CONTRACTS_NAMESPACE.bytes
-_CLEAR_VERSION = ~((0xF000 << 64) | (0xC000 << 48))
-_VERSION_5 = (5 << 76) | (0x8000 << 48)
+_VERSION_AND_VARIANT_BITS = (0xF000 << 64) | (0xC000 << 48)
+_UUID5_BITS = (5 << 76) | (0x8000 << 48)
 
 
-@lru_cache(maxsize=4096)
-def _utc_label(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat()
+@lru_cache(maxsize=4096)  # a batch's usage shares a few hours; isoformat is the slow part
+def _iso_label(utc: datetime) -> str:
+    # Keyed by UTC times only: equal keys are then equal instants (fold cannot differ).
+    return utc.isoformat()
 
 
 @dataclass(frozen=True, slots=True)

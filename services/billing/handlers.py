@@ -113,6 +113,10 @@ def attempt_id_for(low_balance_event_id: UUID) -> UUID:
     return deterministic_id("billing.auto_topup", low_balance_event_id)
 
 
+# Auto top-ups left pending longer than this are not settled automatically.
+SETTLE_ATTEMPTS_WITHIN = timedelta(hours=1)
+
+
 def attempt_for(low: WalletLowBalance, auto: AutoTopUpSettings) -> Attempt:
     return Attempt(attempt_id_for(low.event_id), low.wallet_id, auto.amount.to_money(),
                    auto.card_token, low.event_id, low.correlation_id or low.event_id,
@@ -446,12 +450,15 @@ class BillingHandlers:
 
     # --- auto top-up ------------------------------------------------------------------------
 
-    async def settle_pending_attempts(self, older_than: timedelta) -> int:
+    async def settle_pending_attempts(self, older_than: timedelta,
+                                      younger_than: timedelta = SETTLE_ATTEMPTS_WITHIN) -> int:
         """Ask the gateway again, with the same attempt id (its idempotency key), for the
-        attempts left pending (the gateway was asked, then the process stopped before the
-        outcome committed): the card is charged once, and the wallet credited once."""
+        attempts left pending: the process stopped after recording the attempt, before or
+        after asking the gateway, and before the outcome committed. The card is charged once,
+        and the wallet credited once. Older attempts are left to an operator: a top-up that
+        late may no longer be wanted (auto top-up turned off, a top-up by hand)."""
         async with self.pool.acquire() as conn:
-            attempts = await repo.pending_attempts(conn, older_than)
+            attempts = await repo.pending_attempts(conn, older_than, younger_than)
         if attempts:
             log.warning("settling auto top-ups left pending", attempts=len(attempts))
             await self._charge(attempts)
@@ -460,34 +467,37 @@ class BillingHandlers:
     async def _charge(self, attempts: list[Attempt]) -> None:
         """Each attempt was committed as pending before this call: a replay never charges it
         again, and one left pending by a crash is settled by `settle_pending_attempts`."""
-        outcomes = await asyncio.gather(*(self._charge_one(a) for a in attempts))
+        outcomes = await asyncio.gather(*(self._charge_one(attempt) for attempt in attempts))
         messages: dict[UUID, Outgoing] = {}
         decided: list[tuple[UUID, str, str]] = []
-        for a, outcome in zip(attempts, outcomes, strict=True):
+        for attempt, outcome in zip(attempts, outcomes, strict=True):
             match outcome:
                 case Succeeded(gateway_reference=reference):
-                    decided.append((a.attempt_id, "succeeded", reference))
-                    messages[a.attempt_id] = self._out(WALLET_TOPUPS.name, a.wallet_id, TopUpWallet(
-                        event_id=a.attempt_id, payment_id=str(a.attempt_id),
-                        wallet_id=a.wallet_id, amount=MoneyModel.of(a.amount),
-                        source="auto_topup", correlation_id=a.correlation_id,
-                        causation_id=a.cause_id, occurred_at=a.occurred_at))
+                    decided.append((attempt.attempt_id, "succeeded", reference))
+                    messages[attempt.attempt_id] = self._out(
+                        WALLET_TOPUPS.name, attempt.wallet_id, TopUpWallet(
+                            event_id=attempt.attempt_id, payment_id=str(attempt.attempt_id),
+                            wallet_id=attempt.wallet_id, amount=MoneyModel.of(attempt.amount),
+                            source="auto_topup", correlation_id=attempt.correlation_id,
+                            causation_id=attempt.cause_id, occurred_at=attempt.occurred_at))
                     continue
                 case Declined(reason=reason):
-                    decided.append((a.attempt_id, "declined", reason))
+                    decided.append((attempt.attempt_id, "declined", reason))
                 case TimedOut(after_s=after):
                     reason = (f"payment gateway timed out after {after:g} s; outcome unknown, "
                               f"not retried")
-                    decided.append((a.attempt_id, "timed_out", reason))
-            messages[a.attempt_id] = self._out(BILLING_EVENTS.name, a.wallet_id, AutoTopUpDeclined(
-                event_id=deterministic_id("billing.auto_topup_declined", a.attempt_id),
-                wallet_id=a.wallet_id, attempt_id=a.attempt_id, reason=reason,
-                correlation_id=a.correlation_id, causation_id=a.cause_id,
-                occurred_at=a.occurred_at))
+                    decided.append((attempt.attempt_id, "timed_out", reason))
+            messages[attempt.attempt_id] = self._out(
+                BILLING_EVENTS.name, attempt.wallet_id, AutoTopUpDeclined(
+                    event_id=deterministic_id("billing.auto_topup_declined", attempt.attempt_id),
+                    wallet_id=attempt.wallet_id, attempt_id=attempt.attempt_id, reason=reason,
+                    correlation_id=attempt.correlation_id, causation_id=attempt.cause_id,
+                    occurred_at=attempt.occurred_at))
         async with self.pool.acquire() as conn, conn.transaction():
             # only outcomes recorded now: another settle may have decided the attempt already
-            now = await repo.decide_attempts(conn, decided)
-            await enqueue(conn, repo.SCHEMA, [m for i, m in messages.items() if i in now])
+            decided_now = await repo.decide_attempts(conn, decided)
+            await enqueue(conn, repo.SCHEMA,
+                          [m for i, m in messages.items() if i in decided_now])
         self.runtime.relay.notify()
 
     async def _charge_one(self, attempt: Attempt) -> ChargeOutcome:

@@ -502,15 +502,18 @@ async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempt])
     return {r["attempt_id"] for r in rows}
 
 
-async def pending_attempts(conn: asyncpg.Connection, older_than: timedelta) -> list[Attempt]:
-    """Attempts still pending after `older_than`: their outcome was never recorded."""
+async def pending_attempts(conn: asyncpg.Connection, older_than: timedelta,
+                           younger_than: timedelta) -> list[Attempt]:
+    """Attempts recorded between `younger_than` and `older_than` ago and still pending: their
+    outcome was never recorded."""
     rows = await conn.fetch(
         f"""SELECT attempt_id, wallet_id, amount, currency, card_token, low_balance_event_id,
                    coalesce(correlation_id, low_balance_event_id) AS correlation_id,
                    coalesce(cause_occurred_at, created_at) AS occurred_at
             FROM {SCHEMA}.topup_attempts
             WHERE status = 'pending' AND created_at < now() - $1::interval
-            ORDER BY created_at LIMIT 1000""", older_than)
+                AND created_at >= now() - $2::interval
+            ORDER BY created_at LIMIT 1000""", older_than, younger_than)
     return [Attempt(r["attempt_id"], r["wallet_id"], Money(r["amount"], r["currency"].strip()),
                     r["card_token"], r["low_balance_event_id"], r["correlation_id"],
                     r["occurred_at"]) for r in rows]

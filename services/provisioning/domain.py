@@ -262,6 +262,12 @@ class VmRequest:
                        hold_expires_at: datetime | None = None) -> list[Fact]:
         if self.status is RequestStatus.AWAITING_FUNDS:
             self.hold_id = hold_id
+            at = self.received_at if clock is None else max(clock, self.received_at)
+            if hold_expires_at is not None and hold_expires_at <= at:
+                # Decided so late that the hold is already due to expire: no VM on it.
+                self._end(RequestStatus.FAILED, at, "timeout: the hold expired before vCenter "
+                          "was asked")
+                return self._outcome("failed", at)
             return self._await_vcenter(clock, vcenter_timeout, hold_expires_at)
         if self.status in (RequestStatus.CANCELLED, RequestStatus.FAILED):
             # We gave up before the wallet answered: the hold it just made must go back.

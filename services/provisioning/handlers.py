@@ -496,9 +496,11 @@ class ProvisioningHandlers:
                 book=self.book, now=await self.now(conn), funds_timeout=self.funds_timeout,
                 vcenter_timeout=self.vcenter_timeout)
             if not await repo.insert_requests(conn, [request]):
-                # never accept (and ask the wallet to reserve for) a request not stored
-                raise Conflict(f"idempotency key {idempotency_key!r} was already used for "
-                               "another request")
+                # Not reached while the key's unique index matches the request id (checked
+                # above); kept so a request that was not stored is never accepted nor
+                # reserved for.
+                raise Conflict(f"resize request {request_id} was not stored: its "
+                               "Idempotency-Key clashes with another request")
             messages.add(facts, None)
             await enqueue(conn, repo.SCHEMA, messages.out)
         return Accepted(request, True)

@@ -187,12 +187,11 @@ def register_routes(service: WalletService) -> None:
         return await wallet_status(wallet_id)
 
     @router.get("/wallets/{wallet_id}/statement")
-    async def statement(wallet_id: UUID, start: Annotated[datetime, Query(alias="from")],
-                        end: Annotated[datetime, Query(alias="to")],
+    async def statement(wallet_id: UUID, start: Annotated[UtcDatetime, Query(alias="from")],
+                        end: Annotated[UtcDatetime, Query(alias="to")],
                         format: Literal["json", "csv"] = "json") -> Response:
-        """Opening balance, entries and closing balance for [from, to)."""
-        if start.tzinfo is None or end.tzinfo is None:
-            raise HTTPException(422, "from and to need a timezone (e.g. 2026-01-01T00:00:00Z)")
+        """Opening balance, entries and closing balance for [from, to) (times with an offset,
+        e.g. 2026-01-01T00:00:00Z)."""
         if end <= start:
             raise HTTPException(422, "to must be after from")
         async with service.pool.acquire() as conn:
@@ -291,6 +290,7 @@ def register_routes(service: WalletService) -> None:
         async with service.pool.acquire() as conn, conn.transaction():
             wallet = await locked_wallet(conn, wallet_id)
             if not body.enabled:
+                wallet.set_auto_topup(None)
                 await repo.set_auto_topup(conn, wallet_id, None)
                 return {"wallet_id": wallet_id, "enabled": False}
             if wallet.billing_mode is not BillingMode.PAYG:

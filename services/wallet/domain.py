@@ -316,14 +316,16 @@ class Wallet:
         return entry
 
     def set_auto_topup(self, auto: AutoTopUp | None) -> None:
-        """Turning auto top-up on, or changing it, while funds are already below its trigger
-        asks for a top-up now: the crossing that would have asked happened before. Setting
-        what is already set asks for nothing (a repeated PUT charges no card)."""
-        if auto == self.auto_topup:
-            return
+        """Turning auto top-up on, or raising its trigger above the funds, while funds are
+        already below it asks for a top-up now: the crossing that would have asked happened
+        before. A crossing already asked about (funds were below the old trigger, with auto
+        top-up on) asks nothing again, so a repeated PUT, or a new amount or card while a
+        top-up is on its way, charges no card twice."""
+        asked_already = (self.auto_topup is not None
+                         and self.available < self.effective_low_threshold)
         self.auto_topup = auto
         available = self.available
-        if auto is not None and available < self.effective_low_threshold:
+        if auto is not None and not asked_already and available < self.effective_low_threshold:
             self.low_balance = True
             self.facts.append(LowBalance(available, self.effective_low_threshold))
 

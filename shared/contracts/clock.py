@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Literal
 from uuid import UUID
 
@@ -24,7 +25,7 @@ class ClockTick(Envelope):
 
 
 def tick_id(at: AwareDatetime) -> UUID:
-    return deterministic_id("clock.tick", at.isoformat())
+    return deterministic_id("clock.tick", at.astimezone(UTC).isoformat())
 
 
 __all__ = ["ClockTick", "Field", "tick_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -38,7 +39,8 @@ class HourlyUsage(Envelope):
 
 
 def usage_id(vm_id: UUID, hour_start: AwareDatetime, revision: int) -> UUID:
-    return deterministic_id("metering.hourly_usage", vm_id, hour_start.isoformat(), revision)
+    return deterministic_id("metering.hourly_usage", vm_id, hour_start.astimezone(UTC).isoformat(),
+                            revision)
 
 
 class MeteringWatermark(Envelope):

@@ -109,14 +109,17 @@ async def test_attempts_left_pending_by_a_crash_are_settled_once(env, db: asyncp
             await db.execute(
                 """INSERT INTO billing.topup_attempts (attempt_id, wallet_id,
                        low_balance_event_id, amount, currency, card_token, status, created_at)
-                   VALUES ($1, $2, $3, 200000, 'ZAR', $4, 'pending', now() - interval '1 hour')""",
+                   VALUES ($1, $2, $3, 200000, 'ZAR', $4, 'pending',
+                           now() - interval '30 minutes')""",
                 attempt_id, wallet_id, uuid4(), token)
-        # younger than the settling age: perhaps still in flight, so left alone
-        await db.execute(
-            """INSERT INTO billing.topup_attempts (attempt_id, wallet_id, low_balance_event_id,
-                   amount, currency, card_token, status)
-               VALUES ($1, $2, $3, 200000, 'ZAR', 'tok_visa_ok', 'pending')""",
-            uuid4(), paid, uuid4())
+        # too young (perhaps still in flight) or too old (perhaps no longer wanted): left be
+        for age in (timedelta(0), timedelta(hours=2)):
+            await db.execute(
+                """INSERT INTO billing.topup_attempts (attempt_id, wallet_id,
+                       low_balance_event_id, amount, currency, card_token, status, created_at)
+                   VALUES ($1, $2, $3, 200000, 'ZAR', 'tok_visa_ok', 'pending',
+                           now() - $4::interval)""",
+                uuid4(), paid, uuid4(), age)
 
         assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 2
         assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 0
@@ -133,7 +136,7 @@ async def test_attempts_left_pending_by_a_crash_are_settled_once(env, db: asyncp
         assert (await wallet.status(declined))["balance_minor"] == 0
         statuses = {r["attempt_id"]: r["status"] for r in await db.fetch(
             "SELECT attempt_id, status FROM billing.topup_attempts")}
-        assert sorted(statuses.values()) == ["declined", "pending", "succeeded"]
+        assert sorted(statuses.values()) == ["declined", "pending", "pending", "succeeded"]
         assert statuses[attempts[paid][0]] == "succeeded"
         assert sorted(a for a, _, _ in gateway.calls) == sorted(a for a, _ in attempts.values())
         await wallet.assert_consistent(paid)

@@ -298,6 +298,10 @@ async def test_refunds_capped_at_95_percent_and_statement(env):
         bad = await wallet.http.get(f"/wallets/{w}/statement",
                                     params={"from": end, "to": start})
         assert bad.status_code == 422
+        for naive_or_no_utc in ("2026-01-01T00:00:00", "0001-01-01T00:30:00+01:00"):
+            bad = await wallet.http.get(f"/wallets/{w}/statement",
+                                        params={"from": naive_or_no_utc, "to": end})
+            assert bad.status_code == 422, bad.text
 
 
 async def test_status_reports_burn_rate_and_runway(env):

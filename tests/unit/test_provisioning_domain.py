@@ -165,6 +165,12 @@ def test_vcenter_is_given_up_on_by_the_time_the_hold_expires():
     early, _ = create()
     early.funds_reserved(uuid4(), T0, VCENTER_TIMEOUT, hold_expires_at=T0 + timedelta(hours=1))
     assert early.deadline == T0 + VCENTER_TIMEOUT
+    too_late, _ = create()
+    expired_at = T0 + timedelta(hours=1)
+    facts = too_late.funds_reserved(uuid4(), expired_at, VCENTER_TIMEOUT,
+                                    hold_expires_at=expired_at)
+    assert facts == [Outcome("failed", too_late, expired_at)]  # the hold goes back, no VM
+    assert too_late.status is RequestStatus.FAILED and "hold expired" in (too_late.reason or "")
 
 
 def test_created_vm_succeeds_and_keeps_the_hold():

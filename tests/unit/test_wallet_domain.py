@@ -212,8 +212,12 @@ def test_turning_auto_topup_on_while_already_low_asks_for_a_top_up_once():
     assert w.take_facts() == [LowBalance(5_000, 20_000)] and w.low_balance
     w.set_auto_topup(AutoTopUp(threshold=20_000, amount=100_000, card_token="tok"))
     assert w.take_facts() == []  # the same settings again: no second charge
+    w.set_auto_topup(AutoTopUp(threshold=30_000, amount=50_000, card_token="tok2"))
+    assert w.take_facts() == []  # already asked at this crossing: a new card asks nothing
     w.set_auto_topup(None)
     assert w.take_facts() == [] and w.auto_topup is None
+    w.set_auto_topup(auto)  # off, then on again while still low: asks again
+    assert w.take_facts() == [LowBalance(5_000, 20_000)]
     rich = wallet(50_000, threshold=10_000)
     rich.set_auto_topup(auto)
     assert rich.take_facts() == [] and rich.auto_topup == auto
