@@ -268,11 +268,12 @@ def register_routes(service: WalletService) -> None:
             charge = await repo.charge_and_refunded(conn, wallet_id, body.charge_entry_id)
             if charge is None:
                 raise HTTPException(404, f"no entry {body.charge_entry_id} in wallet {wallet_id}")
-            amount, refunded = charge
+            amount, refunded, still_charged = charge
             try:
                 wallet.refund(refund_id=body.refund_id, charge_entry_id=body.charge_entry_id,
                               charge_amount=amount, already_refunded=refunded,
-                              amount=body.amount_minor, at=datetime.now(UTC), reason=body.reason)
+                              amount=body.amount_minor, at=datetime.now(UTC), reason=body.reason,
+                              still_charged=still_charged)
             except WalletError as error:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())

@@ -288,16 +288,25 @@ class Wallet:
         return entry
 
     def refund(self, *, refund_id: UUID, charge_entry_id: int, charge_amount: int,
-               already_refunded: int, amount: int, at: datetime, reason: str = "") -> LedgerEntry:
-        """Give back part of a charge: at most 95% of it, counting earlier refunds."""
+               already_refunded: int, amount: int, at: datetime, reason: str = "",
+               still_charged: int | None = None) -> LedgerEntry:
+        """Give back part of a charge: at most 95% of it, counting earlier refunds.
+
+        `still_charged`, for a usage debit: what its VM hour still costs after the hour's
+        correction credits (its debits less its credits). A charge corrected down is
+        refundable only on what is left of it: the credit gave the rest back already."""
         if amount <= 0:
             raise WalletError("refund amount must be positive")
         if charge_amount >= 0:
             raise WalletError("only a charge (a debit) can be refunded")
-        cap = refund_cap(-charge_amount)
+        base = -charge_amount
+        if still_charged is not None:
+            base = max(0, min(base, still_charged))
+        cap = refund_cap(base)
         if already_refunded + amount > cap:
+            corrected = " after the hour's correction credits" if base < -charge_amount else ""
             raise WalletError(
-                f"refund would exceed {REFUND_CAP_PERCENT}% of the charge: cap {cap}, "
+                f"refund would exceed {REFUND_CAP_PERCENT}% of the charge{corrected}: cap {cap}, "
                 f"already refunded {already_refunded}, requested {amount}")
         entry = self._book(EntryKind.REFUND, amount, f"refund:{refund_id}", at,
                            refunds_entry_id=charge_entry_id,

@@ -302,15 +302,24 @@ async def entries_between(conn: asyncpg.Connection, wallet_id: UUID, start: date
 
 
 async def charge_and_refunded(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
-                              ) -> tuple[int, int] | None:
-    """The charge's signed amount and how much of it was refunded already (locked by the
-    caller's wallet row lock)."""
+                              ) -> tuple[int, int, int | None] | None:
+    """The charge's signed amount, how much of it was refunded already, and for a usage debit
+    what its VM hour still costs (the hour's usage debits less its credits: usage rows share
+    the VM and the hour's start), all locked by the caller's wallet row lock."""
     row = await conn.fetchrow(
         f"""SELECT c.amount, coalesce((SELECT sum(r.amount) FROM {SCHEMA}.wallet_transactions r
-                WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded
+                WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded,
+                CASE WHEN c.kind = 'usage_debit' AND c.vm_id IS NOT NULL THEN
+                    (SELECT -sum(u.amount) FROM {SCHEMA}.wallet_transactions u
+                     WHERE u.wallet_id = c.wallet_id AND u.occurred_at = c.occurred_at
+                       AND u.vm_id = c.vm_id AND u.kind IN ('usage_debit', 'usage_credit'))
+                END AS still_charged
             FROM {SCHEMA}.wallet_transactions c WHERE c.wallet_id = $1 AND c.entry_id = $2""",
         wallet_id, entry_id)
-    return (row["amount"], int(row["refunded"])) if row else None
+    if row is None:
+        return None
+    still = row["still_charged"]
+    return row["amount"], int(row["refunded"]), None if still is None else int(still)
 
 
 async def reconciliation(conn: asyncpg.Connection, wallet_id: UUID

@@ -304,6 +304,39 @@ async def test_refunds_capped_at_95_percent_and_statement(env):
             assert bad.status_code == 422, bad.text
 
 
+async def test_a_charge_corrected_down_is_refundable_only_on_what_is_left(env):
+    """Billing debited a VM hour 10,000 and credited 6,000 back for a correction: 95% of
+    the 4,000 still charged may be refunded, not 95% of 10,000."""
+    vm = uuid4()
+    hour = T0 + timedelta(hours=3)
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        _, w = await wallet.open(balance=100_000)
+        await kafka.publish(env.topic(BILLING_DEBITS.name), w, ChargeWallet(
+            wallet_id=w, currency="ZAR", occurred_at=T0, charges=[
+                UsageCharge(line_id=uuid4(), kind=kind, amount_minor=amount, vm_id=vm,
+                            period_start=hour)
+                for kind, amount in (("debit", 10_000), ("credit", 6_000))]))
+
+        async def booked():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 96_000 else None
+
+        await wait_for(booked)
+        statement = (await wallet.http.get(f"/wallets/{w}/statement", params={
+            "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
+        charge = next(e for e in statement["entries"] if e["kind"] == "usage_debit")
+        refunds = f"/wallets/{w}/refunds"
+        over = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                     "amount_minor": 3_801})
+        assert over.status_code == 422 and "correction credits" in over.json()["detail"]
+        ok = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                   "amount_minor": 3_800})
+        assert ok.status_code == 201, ok.text
+        assert (await wallet.status(w))["balance_minor"] == 99_800
+        await wallet.assert_consistent(w)
+
+
 async def test_status_reports_burn_rate_and_runway(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:

@@ -262,6 +262,20 @@ def test_invalid_top_ups_are_refused(amount, currency, message):
 
 # --- refunds ----------------------------------------------------------------------------
 
+def test_a_usage_charge_is_refundable_on_what_its_hour_still_costs():
+    w = wallet(10_000)
+    with pytest.raises(WalletError, match="after the hour's correction credits: cap 3800"):
+        w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000,
+                 already_refunded=0, amount=3_801, at=T0, still_charged=4_000)
+    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000, already_refunded=0,
+             amount=3_800, at=T0, still_charged=4_000)
+    with pytest.raises(WalletError, match="cap 0"):  # credited back in full
+        w.refund(refund_id=uuid4(), charge_entry_id=2, charge_amount=-500, already_refunded=0,
+                 amount=1, at=T0, still_charged=0)
+    w.refund(refund_id=uuid4(), charge_entry_id=3, charge_amount=-1_000, already_refunded=0,
+             amount=950, at=T0, still_charged=1_500)  # a later revision charged more
+
+
 def test_refund_capped_at_95_percent_cumulatively():
     w = wallet(10_000)
     charge = w.debit_usage(amount=1_000, key="d1", at=T0, vm_id=None, holds=[])
