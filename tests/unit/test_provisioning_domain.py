@@ -364,6 +364,13 @@ def test_a_resize_vcenter_made_after_we_gave_up_is_reverted():
     (revert,) = request.vm_resized(T0 + VCENTER_TIMEOUT)
     assert isinstance(revert, ResizeVmCommand) and revert.spec == SMALL
     assert revert.request_id != request.request_id
+    # Until the revert lands the VM is medium, paid as small: no resize priced from medium.
+    running.resized(MEDIUM, T0 + VCENTER_TIMEOUT)
+    with pytest.raises(Conflict, match="resized back"):
+        resize(running, SMALL, [request])
+    running.resized(SMALL, T0 + VCENTER_TIMEOUT)  # the revert landed
+    later, _ = resize(running, MEDIUM, [request])
+    assert later.amount == 15_000  # medium's month less small's
 
 
 # --- VMs and suspension -----------------------------------------------------------------------
