@@ -19,6 +19,7 @@ from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
 
+from shared.contracts.base import deterministic_id
 from shared.contracts.deadletter import DeadLetter
 from shared.outbox import Outgoing, outgoing
 from shared.settings import Settings
@@ -73,6 +74,9 @@ def parse_records(records: Sequence[ConsumerRecord], adapter: TypeAdapter[T]
 def dead_letter(settings: Settings, consumer: str, record: ConsumerRecord, reason: str) -> Outgoing:
     DEAD_LETTERED.labels(consumer, record.topic).inc()
     letter = DeadLetter(
+        # the record's own id: the same record dead-lettered again (a redelivery) is one letter
+        event_id=deterministic_id("deadletter", consumer, record.topic, record.partition,
+                                  record.offset),
         consumer=consumer,
         source_topic=record.topic,
         source_partition=record.partition,

@@ -120,6 +120,11 @@ def test_parse_records_separates_good_from_bad_with_reasons():
     letter = dead_letter(Settings(topic_prefix="x."), "wallet", bad[0].record, bad[0].reason)
     assert letter.topic == "x.deadletter" and letter.key == b"topic-a"
     assert b'"source_offset":1' in letter.value and b'"payload":"nope"' in letter.value
+    # a redelivered record is the same letter (same id); another record is another letter
+    again = dead_letter(Settings(topic_prefix="x."), "wallet", bad[0].record, bad[0].reason)
+    other = dead_letter(Settings(topic_prefix="x."), "wallet", bad[1].record, bad[1].reason)
+    ids = [json.loads(x.value)["event_id"] for x in (letter, again, other)]
+    assert ids[0] == ids[1] != ids[2]
 
 
 def test_a_wallet_opened_in_an_unknown_currency_is_invalid():
