@@ -121,15 +121,22 @@ def keep_fresh(items: Sequence[Incoming[T]], ids: Sequence[UUID], fresh: set[UUI
 BatchHandler = Callable[[Records], Awaitable[None]]
 
 
-class _OnAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback = callback
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions go, the background commits of batches handled on them are sent (so
+    their next owner does not handle them again); once partitions come, `on_assigned`."""
+
+    def __init__(self, on_assigned: Callable[[], None] | None,
+                 commits: BackgroundCommits | None) -> None:
+        self._on_assigned = on_assigned
+        self._commits = commits
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        return None
+        if self._commits is not None:
+            await self._commits.flush()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._callback()
+        if self._on_assigned is not None:
+            self._on_assigned()
 
 
 def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, consumer: str,
@@ -148,6 +155,7 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
         return None
 
     consumed = CONSUMED.labels(consumer, topic.name)
+    commits = BackgroundCommits() if commit_in_background else None
     subscriber = broker.subscriber(
         settings.topic(topic.name),
         group_id=settings.group(f"{consumer}.{topic.name}"),
@@ -160,12 +168,10 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
         # failed records; its ack commits the consumer's position, not the batch's offsets.
         ack_policy=AckPolicy.MANUAL,
         decoder=raw,
-        listener=_OnAssigned(on_assigned) if on_assigned else None,
+        listener=_Rebalance(on_assigned, commits) if on_assigned or commits else None,
         title=f"{consumer}:{topic.name}",
         description=topic.description,
     )
-
-    commits = BackgroundCommits() if commit_in_background else None
 
     async def on_batch(body: Any, message: KafkaMessage) -> None:
         records: Records = message.raw_message  # type: ignore[assignment]
@@ -233,8 +239,9 @@ def _still_assigned(consumer: Any, offsets: dict[TopicPartition, int]
 
 class BackgroundCommits:
     """Commits the offsets of handled batches while the consumer goes on polling: one
-    commit in flight, later batches' offsets merged into the next. A commit lost (a crash,
-    a rebalance) only means those records come again, and every consumer is idempotent."""
+    commit in flight, later batches' offsets merged into the next. Before a rebalance takes
+    partitions, what is due is committed (`flush`). A commit lost (a crash, a failed commit)
+    only means those records come again, and every consumer is idempotent."""
 
     def __init__(self) -> None:
         self._due: dict[TopicPartition, int] = {}
@@ -245,6 +252,11 @@ class BackgroundCommits:
             self._due[tp] = max(self._due.get(tp, 0), offset)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._commit(consumer))
+
+    async def flush(self) -> None:
+        """Wait until what is due has been committed (or its commit has failed)."""
+        if self._task is not None:
+            await self._task
 
     async def _commit(self, consumer: Any) -> None:
         while self._due:

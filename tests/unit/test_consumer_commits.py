@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from shared.consumer import BackgroundCommits, assigned_offsets, rewind
+from shared.consumer import BackgroundCommits, _Rebalance, assigned_offsets, rewind
 
 
 def record(partition: int, offset: int) -> ConsumerRecord[Any, Any]:
@@ -93,3 +93,22 @@ def test_a_failed_batch_rewinds_each_assigned_partition_to_its_first_record():
     consumer = AssignedConsumer({TopicPartition("t", 0), TopicPartition("t", 2)})
     rewind(consumer, (record(0, 7), record(1, 3), record(0, 5), record(2, 9)))
     assert sorted(consumer.seeks) == [(TopicPartition("t", 0), 5), (TopicPartition("t", 2), 9)]
+
+
+async def test_partitions_being_revoked_wait_for_the_commits_due():
+    consumer = SlowConsumer()
+    commits = BackgroundCommits()
+    assigned: list[bool] = []
+    listener = _Rebalance(lambda: assigned.append(True), commits)
+    commits.after(consumer, (record(0, 4),))
+    await asyncio.sleep(0)  # the commit is in flight
+    commits.after(consumer, (record(1, 2),))
+    revoking = asyncio.create_task(listener.on_partitions_revoked(set()))
+    await asyncio.sleep(0)
+    assert not revoking.done()  # the rebalance waits for the commits
+    consumer.release.set()
+    await asyncio.wait_for(revoking, 1)
+    assert consumer.commits == [{TopicPartition("t", 0): 5}, {TopicPartition("t", 1): 3}]
+    await listener.on_partitions_assigned(set())
+    assert assigned == [True]
+    await _Rebalance(None, None).on_partitions_revoked(set())  # nothing to flush
