@@ -10,6 +10,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 # Minor units per major unit. Currencies we bill in all have two decimals.
 MINOR_UNITS = {"ZAR": 100, "USD": 100, "EUR": 100, "GBP": 100}
 
+# The largest amount one message or request may carry (R10 trillion): far beyond any real
+# charge, and small enough that balances summing millions of them stay inside bigint.
+MAX_AMOUNT_MINOR = 10**15
+
 
 def _known_currency(code: str) -> str:
     if code not in MINOR_UNITS:
@@ -87,7 +91,8 @@ class MoneyModel(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    amount_minor: StrictInt
+    # Bounded so that sums of amounts stay far inside PostgreSQL's bigint.
+    amount_minor: StrictInt = Field(ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR)
     currency: CurrencyCode = "ZAR"
 
     def to_money(self) -> Money:

@@ -11,7 +11,9 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -128,6 +130,23 @@ class ServiceRuntime:
             await self.stop()
 
     def _add_operational_routes(self) -> None:
+        @self.http.exception_handler(RequestValidationError)
+        async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+            # What was wrong and where, without echoing the input back (it may be text that
+            # cannot even be encoded, such as a lone surrogate).
+            return JSONResponse(status_code=422, content={"detail": [
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                for e in error.errors()]})
+
+        @self.http.exception_handler(asyncpg.DataError)
+        async def unstorable(request: Request, error: asyncpg.DataError) -> JSONResponse:
+            # A value the request validation let through but PostgreSQL cannot hold: the
+            # caller's input, not our failure (the models' own checks should catch it first).
+            log.warning("request value refused by the database", path=request.url.path,
+                        error=str(error))
+            return JSONResponse(status_code=422,
+                                content={"detail": f"a value cannot be stored: {error}"})
+
         @self.http.get("/health", tags=["operations"])
         async def health(response: Response) -> dict[str, Any]:
             checks = {"kafka": False}

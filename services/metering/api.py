@@ -4,6 +4,7 @@ compares metered seconds with the runtime the raw vCenter events show."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
@@ -26,6 +27,14 @@ def _check_body(vm_id: UUID, month: str, check: domain.RuntimeCheck) -> dict[str
             "actual_seconds": check.actual_seconds, "within_actual": check.within_actual}
 
 
+def _bounds(month: str) -> tuple[datetime, datetime]:
+    """The month's [start, end), or 422 for one the calendar cannot hold (0000-01, 9999-12)."""
+    try:
+        return domain.month_bounds(month)
+    except ValueError as error:
+        raise HTTPException(422, f"no month {month}: {error}") from None
+
+
 def register_routes(service: MeteringService) -> None:
     router = APIRouter(tags=["metering"])
 
@@ -44,7 +53,7 @@ def register_routes(service: MeteringService) -> None:
     @router.get("/vms/{vm_id}/usage")
     async def vm_usage(vm_id: UUID, month: Month) -> dict[str, Any]:
         """Every statement of every hour of the month (revisions included)."""
-        start, end = domain.month_bounds(month)
+        start, end = _bounds(month)
         async with service.pool.acquire() as conn:
             if await repo.vm_closed_until(conn, vm_id) is None:
                 raise HTTPException(404, f"no VM {vm_id} has been created")
@@ -57,7 +66,7 @@ def register_routes(service: MeteringService) -> None:
     async def vm_runtime(vm_id: UUID, month: Month) -> dict[str, Any]:
         """Metered seconds (latest revisions) against the runtime from the raw events, over
         the month's closed hours. `within_actual` must always be true."""
-        start, end = domain.month_bounds(month)
+        start, end = _bounds(month)
         async with service.pool.acquire() as conn:
             closed_until = await repo.vm_closed_until(conn, vm_id)
             if closed_until is None:
@@ -71,7 +80,7 @@ def register_routes(service: MeteringService) -> None:
     async def runtime(month: Month) -> dict[str, Any]:
         """The same check for every VM that existed in the month; lists the VMs metered for
         more than they ran (there should be none)."""
-        start, end = domain.month_bounds(month)
+        start, end = _bounds(month)
         checked, metered_total, actual_total = 0, 0, 0
         over: list[dict[str, Any]] = []
         after: UUID | None = None

@@ -24,7 +24,7 @@ from services.provisioning.domain import (
     spec_of,
 )
 from services.provisioning.handlers import Accepted, NotFound, Refused, Submission
-from shared.contracts.base import UtcDatetime
+from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.vm import VmSpec
 from shared.money import Money
 from shared.pricing import RateCard
@@ -54,7 +54,7 @@ class Size(BaseModel):
 
 class NewVmRequest(Size):
     organisation_id: UUID
-    name: str = Field(min_length=1, max_length=80)
+    name: StorableText = Field(min_length=1, max_length=80)
 
 
 class EstimateRequest(Size):

@@ -82,6 +82,11 @@ class IntakeQueue(Generic[In, Out]):
             with INTAKE_SECONDS.time():
                 results = await self._write_batch(conn, [item for item, _ in batch])
         except Exception as error:
+            if len(batch) > 1 and isinstance(error, asyncpg.PostgresError):
+                # One item the database refuses must not fail the others: each on its own.
+                for item, future in batch:
+                    await self._write_one(conn, item, future)
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
@@ -89,3 +94,14 @@ class IntakeQueue(Generic[In, Out]):
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    async def _write_one(self, conn: asyncpg.Connection, item: In,
+                         future: asyncio.Future[Out]) -> None:
+        try:
+            (result,) = await self._write_batch(conn, [item])
+        except asyncpg.PostgresError as error:
+            if not future.done():
+                future.set_exception(error)
+            return
+        if not future.done():
+            future.set_result(result)

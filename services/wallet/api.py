@@ -29,9 +29,9 @@ from services.wallet.domain import (
     burn_rate,
 )
 from services.wallet.handlers import Events
-from shared.contracts.base import UtcDatetime
+from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
-from shared.money import CurrencyCode, Money, MoneyModel
+from shared.money import MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
 
@@ -41,17 +41,20 @@ if TYPE_CHECKING:
 SIGNATURE_HEADER = "X-Signature"
 
 
+BIGINT_MAX = 2**63 - 1  # ledger entry ids
+
+
 class OpenWallet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     organisation_id: UUID = Field(default_factory=uuid4)
-    name: str = Field(min_length=1, max_length=200)
+    name: StorableText = Field(min_length=1, max_length=200)
     kind: Literal["customer", "reseller"] = "customer"
     reseller_id: UUID | None = None
     billing_mode: BillingMode = BillingMode.PAYG
     currency: CurrencyCode = "ZAR"
-    credit_limit_minor: int = Field(default=0, ge=0)
-    low_balance_threshold_minor: int | None = Field(default=None, ge=0)
+    credit_limit_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
+    low_balance_threshold_minor: int | None = Field(default=None, ge=0, le=MAX_AMOUNT_MINOR)
 
 
 class WalletStatus(BaseModel):
@@ -76,9 +79,9 @@ class WalletStatus(BaseModel):
 class PaymentWebhook(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    payment_id: str = Field(min_length=1, max_length=100)
+    payment_id: StorableText = Field(min_length=1, max_length=100)
     wallet_id: UUID
-    amount_minor: int = Field(gt=0)
+    amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
     currency: CurrencyCode = "ZAR"
     status: Literal["succeeded", "failed"]
     occurred_at: UtcDatetime | None = None
@@ -87,26 +90,27 @@ class PaymentWebhook(BaseModel):
 class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    refund_id: UUID = Field(default_factory=uuid4)
-    charge_entry_id: int
-    amount_minor: int = Field(gt=0)
-    reason: str = Field(default="", max_length=200)
+    # Required: a retried POST must name the same refund, or it would be a second one.
+    refund_id: UUID
+    charge_entry_id: int = Field(ge=1, le=BIGINT_MAX)
+    amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
+    reason: StorableText = Field(default="", max_length=200)
 
 
 class StatusChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["active", "suspended"]
-    reason: str = Field(default="", max_length=200)
+    reason: StorableText = Field(default="", max_length=200)
 
 
 class AutoTopUpRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool
-    threshold_minor: int = Field(default=0, ge=0)
-    amount_minor: int = Field(default=0, ge=0)
-    card_token: str = Field(default="", max_length=100)
+    threshold_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
+    amount_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
+    card_token: StorableText = Field(default="", max_length=100)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -152,11 +156,15 @@ def register_routes(service: WalletService) -> None:
             if body.reseller_id is not None and \
                     await repo.organisation_kind(conn, body.reseller_id) != "reseller":
                 raise HTTPException(422, f"{body.reseller_id} is not a reseller organisation")
+            exists = HTTPException(409, f"organisation {body.organisation_id} already exists")
             if await repo.organisation_kind(conn, body.organisation_id) is not None:
-                raise HTTPException(409, f"organisation {body.organisation_id} already exists")
-            await repo.create_organisation_wallet(
-                conn, organisation_id=body.organisation_id, name=body.name, kind=body.kind,
-                reseller_id=body.reseller_id, wallet=wallet)
+                raise exists
+            try:
+                await repo.create_organisation_wallet(
+                    conn, organisation_id=body.organisation_id, name=body.name, kind=body.kind,
+                    reseller_id=body.reseller_id, wallet=wallet)
+            except asyncpg.UniqueViolationError:  # opened at the same moment by another call
+                raise exists from None
             opened = WalletOpened(
                 wallet_id=wallet.wallet_id, organisation_id=body.organisation_id,
                 organisation_name=body.name, organisation_kind=body.kind,
@@ -240,8 +248,9 @@ def register_routes(service: WalletService) -> None:
         try:
             payment = PaymentWebhook.model_validate_json(body)
         except ValidationError as error:
-            raise HTTPException(422, f"invalid payment notification: {error.errors()[:3]}") \
-                from None
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                                 for e in error.errors()[:3])
+            raise HTTPException(422, f"invalid payment notification: {problems}") from None
         if payment.status != "succeeded":
             return {"applied": False, "reason": "payment did not succeed"}
         message = TopUpWallet(
@@ -263,8 +272,15 @@ def register_routes(service: WalletService) -> None:
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
             wallet = await locked_wallet(conn, wallet_id)
-            if await repo.existing_keys(conn, wallet_id, [f"refund:{body.refund_id}"]):
-                return {"refund_id": body.refund_id, "applied": False}
+            booked = await repo.booked_refund(conn, wallet_id, body.refund_id)
+            if booked is not None:
+                if (booked["amount"], booked["refunds_entry_id"]) != (body.amount_minor,
+                                                                      body.charge_entry_id):
+                    raise HTTPException(409, f"refund {body.refund_id} was already booked "
+                                             f"for {booked['amount']} of entry "
+                                             f"{booked['refunds_entry_id']}")
+                return {"refund_id": body.refund_id, "applied": False,
+                        "entry_id": booked["entry_id"]}
             charge = await repo.charge_and_refunded(conn, wallet_id, body.charge_entry_id)
             if charge is None:
                 raise HTTPException(404, f"no entry {body.charge_entry_id} in wallet {wallet_id}")

@@ -209,12 +209,26 @@ class WalletHandlers:
             fresh, wallets = await self._claim(conn, good)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_request = {h.request_id: h for h in holds}
+            # An outcome naming a request whose hold is another wallet's (bad input): found
+            # here even when that wallet is not in the batch, and dead-lettered below.
+            elsewhere = await repo.hold_owners(conn, list({
+                i.message.request_id for i in fresh
+                if not isinstance(i.message, VmDecommissioned)
+                and i.message.request_id not in by_request}))
             for item in fresh:
                 m = item.message
                 wallet = wallets.get(m.wallet_id)
                 if wallet is None:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   f"unknown wallet {m.wallet_id}"))
+                    continue
+                owner = (None if isinstance(m, VmDecommissioned)
+                         else elsewhere.get(m.request_id))
+                if owner is not None and owner != m.wallet_id:
+                    events.out.append(dead_letter(
+                        self.settings, CONSUMER, item.record,
+                        f"request {m.request_id}'s hold belongs to wallet {owner}, "
+                        f"not {m.wallet_id}"))
                     continue
                 try:
                     match m:

@@ -107,6 +107,18 @@ async def open_holds_for_wallets(conn: asyncpg.Connection, wallet_ids: Sequence[
     return [_hold(r) for r in rows]
 
 
+async def hold_owners(conn: asyncpg.Connection, request_ids: Sequence[UUID]
+                      ) -> dict[UUID, UUID]:
+    """The wallet holding each of these requests' open holds (request id -> wallet id)."""
+    if not request_ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT request_id, wallet_id FROM {SCHEMA}.holds
+            WHERE request_id = ANY($1::uuid[]) AND status IN ('pending', 'active')""",
+        list(request_ids))
+    return {r["request_id"]: r["wallet_id"] for r in rows}
+
+
 async def expired_pending_wallets(conn: asyncpg.Connection, now: datetime) -> list[UUID]:
     rows = await conn.fetch(
         f"""SELECT DISTINCT wallet_id FROM {SCHEMA}.holds
@@ -226,8 +238,13 @@ async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
     return {(r["wallet_id"], r["idempotency_key"]) for r in rows}
 
 
-async def existing_keys(conn: asyncpg.Connection, wallet_id: UUID, keys: Sequence[str]) -> set[str]:
-    return {key for _, key in await booked_keys(conn, [(wallet_id, key) for key in keys])}
+async def booked_refund(conn: asyncpg.Connection, wallet_id: UUID, refund_id: UUID
+                        ) -> asyncpg.Record | None:
+    """The ledger row of a refund already booked (entry id, amount, entry refunded)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""SELECT entry_id, amount, refunds_entry_id FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND idempotency_key = $2""", wallet_id, f"refund:{refund_id}")
+    return row
 
 
 async def create_organisation_wallet(conn: asyncpg.Connection, *, organisation_id: UUID,

@@ -33,6 +33,21 @@ def _in_utc(moment: datetime) -> datetime:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (a lone surrogate is not)") from None
+    return text
+
+
+# Text that is stored: PostgreSQL refuses NUL characters and lone surrogates, and a refusal
+# there would fail a whole batch (and come again); here it is an invalid message or a 422.
+StorableText = Annotated[str, AfterValidator(_storable)]
+
+
 class Envelope(BaseModel):
     """Base of all events and commands.
 

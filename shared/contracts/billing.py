@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts.base import Envelope
+from shared.contracts.base import Envelope, StorableText
 from shared.money import MoneyModel
 
 
@@ -59,7 +59,7 @@ class AutoTopUpDeclined(Envelope):
     version: Literal[1] = 1
     wallet_id: UUID
     attempt_id: UUID
-    reason: str
+    reason: StorableText
 
 
 BillingEvent = Annotated[

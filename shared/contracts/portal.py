@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from shared.contracts.base import Envelope
+from shared.contracts.base import Envelope, StorableText
 from shared.contracts.vm import VmSpec
 
 
@@ -16,7 +16,7 @@ class RequestVm(Envelope):
 
     type: Literal["portal.request_vm"] = "portal.request_vm"
     version: Literal[1] = 1
-    idempotency_key: str = Field(min_length=1, max_length=120)
+    idempotency_key: StorableText = Field(min_length=1, max_length=120)
     organisation_id: UUID
-    name: str = Field(min_length=1, max_length=80)
+    name: StorableText = Field(min_length=1, max_length=80)
     spec: VmSpec

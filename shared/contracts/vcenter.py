@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from shared.contracts.base import Envelope
+from shared.contracts.base import Envelope, StorableText
 from shared.contracts.clock import ClockTick
 from shared.contracts.vm import VmSpec
 
@@ -25,7 +25,7 @@ class CreateVm(Envelope):
     request_id: UUID
     organisation_id: UUID
     wallet_id: UUID
-    name: str = Field(min_length=1, max_length=80)
+    name: StorableText = Field(min_length=1, max_length=80)
     spec: VmSpec
 
 
@@ -81,7 +81,7 @@ class VmCreateFailed(Envelope):
     version: Literal[1] = 1
     vm_id: UUID
     request_id: UUID | None = None
-    reason: str
+    reason: StorableText
 
 
 class VmPoweredOn(Envelope):
@@ -109,7 +109,7 @@ class VmResizeFailed(Envelope):
     version: Literal[1] = 1
     vm_id: UUID
     request_id: UUID | None = None
-    reason: str
+    reason: StorableText
 
 
 class VmSuspended(Envelope):

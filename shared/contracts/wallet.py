@@ -9,8 +9,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from shared.contracts.base import Envelope, UtcDatetime
-from shared.money import CurrencyCode, MoneyModel
+from shared.contracts.base import Envelope, StorableText, UtcDatetime
+from shared.money import MAX_AMOUNT_MINOR, CurrencyCode, MoneyModel
 
 BillingMode = Literal["PAYG", "INVOICE"]
 # At most about 300 bytes of JSON each (with an 80-character description): 2,000 charges
@@ -62,7 +62,7 @@ class FundsRejected(Envelope):
     wallet_id: UUID
     vm_id: UUID
     reason: RejectionReason
-    detail: str
+    detail: StorableText
     required: MoneyModel
     available: MoneyModel | None = None
 
@@ -90,7 +90,7 @@ class ProvisioningFailed(Envelope):
     request_id: UUID
     wallet_id: UUID
     vm_id: UUID
-    reason: str
+    reason: StorableText
 
 
 class ProvisioningCancelled(Envelope):
@@ -128,7 +128,7 @@ class DebitWallet(Envelope):
     vm_id: UUID | None = None
     amount: MoneyModel  # positive
     period_start: UtcDatetime | None = None
-    description: str = Field(default="usage", max_length=200)
+    description: StorableText = Field(default="usage", max_length=200)
 
 
 class CreditWallet(Envelope):
@@ -140,7 +140,7 @@ class CreditWallet(Envelope):
     wallet_id: UUID
     vm_id: UUID | None = None
     amount: MoneyModel  # positive
-    description: str = Field(default="usage correction", max_length=200)
+    description: StorableText = Field(default="usage correction", max_length=200)
 
 
 class UsageCharge(BaseModel):
@@ -152,11 +152,11 @@ class UsageCharge(BaseModel):
 
     line_id: UUID
     kind: Literal["debit", "credit"]
-    amount_minor: StrictInt = Field(gt=0)
+    amount_minor: StrictInt = Field(gt=0, le=MAX_AMOUNT_MINOR)
     vm_id: UUID | None = None
     period_start: UtcDatetime  # the charged hour's start; the ledger row's time
     # None: "usage" or "usage correction" (the ledger row names the VM and the hour anyway)
-    description: str | None = Field(default=None, max_length=80)
+    description: StorableText | None = Field(default=None, max_length=80)
 
 
 class ChargeWallet(Envelope):
@@ -183,7 +183,7 @@ class TopUpWallet(Envelope):
 
     type: Literal["wallet.top_up"] = "wallet.top_up"
     version: Literal[1] = 1
-    payment_id: str = Field(min_length=1, max_length=100)
+    payment_id: StorableText = Field(min_length=1, max_length=100)
     wallet_id: UUID
     amount: MoneyModel
     source: Literal["gateway_webhook", "auto_topup", "manual"] = "auto_topup"
@@ -196,7 +196,7 @@ class AutoTopUpSettings(BaseModel):
 
     threshold: MoneyModel
     amount: MoneyModel
-    card_token: str = Field(min_length=1, max_length=100)
+    card_token: StorableText = Field(min_length=1, max_length=100)
 
 
 class WalletOpened(Envelope):
@@ -206,7 +206,7 @@ class WalletOpened(Envelope):
     version: Literal[1] = 1
     wallet_id: UUID
     organisation_id: UUID
-    organisation_name: str
+    organisation_name: StorableText
     organisation_kind: Literal["customer", "reseller"]
     reseller_id: UUID | None = None
     currency: CurrencyCode
@@ -249,7 +249,7 @@ class WalletToppedUp(Envelope):
     type: Literal["wallet.topped_up"] = "wallet.topped_up"
     version: Literal[1] = 1
     wallet_id: UUID
-    payment_id: str
+    payment_id: StorableText
     amount: MoneyModel
     balance_after: MoneyModel
 

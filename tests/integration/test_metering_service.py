@@ -268,6 +268,11 @@ async def test_month_wide_runtime_check_and_vm_state(env):
                                    params={"month": "2026-03"})).status_code == 404
             bad = await http.get(f"/vms/{running.vm_id}/runtime", params={"month": "2026-13"})
             assert bad.status_code == 422
+            for beyond in ("9999-12", "0000-01"):  # months the calendar cannot hold
+                for path in (f"/vms/{running.vm_id}/runtime", f"/vms/{running.vm_id}/usage",
+                             "/runtime"):
+                    response = await http.get(path, params={"month": beyond})
+                    assert response.status_code == 422, (path, beyond, response.text)
             hours = (await http.get(f"/vms/{running.vm_id}/usage",
                                     params={"month": "2026-03"})).json()["hours"]
             assert [(h["revision"], h["seconds"]) for h in hours] == [(0, 3600), (0, 3600)]

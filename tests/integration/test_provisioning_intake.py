@@ -4,6 +4,8 @@ with a reason (HTTP 4xx, or a dead letter that does not stall the consumer)."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 from uuid import UUID, uuid4
 
 from services.provisioning.handlers import request_id_for
@@ -70,12 +72,23 @@ async def test_invalid_http_requests_get_4xx_with_a_reason(platform: Platform):
         assert r.status_code == status and reason in r.json()["detail"], (size, r.text)
     unknown = await platform.request_vm(str(uuid4()), tier="small")
     assert unknown.status_code == 404 and "unknown organisation" in unknown.json()["detail"]
+    # text the database cannot store is refused alone: the request sent with it goes on
+    def post(name: str) -> Any:  # the body as JSON text: "\ud800" escaped, as a client sends
+        return platform.http.post("/vm-requests", content=json.dumps({
+            "organisation_id": org_id, "name": name, "tier": "small"}).encode(),
+            headers={"Idempotency-Key": uuid4().hex, "content-type": "application/json"})
+
+    good, nul, surrogate = await asyncio.gather(post("fine"), post("web\u0000"),
+                                                post("\ud800"))
+    assert (good.status_code, nul.status_code, surrogate.status_code) == (202, 422, 422)
+    assert "NUL" in nul.text
     assert (await platform.http.get(f"/vm-requests/{uuid4()}")).status_code == 404
     assert (await platform.http.post(f"/vms/{uuid4()}/resize",
                                      json={"tier": "large"})).status_code == 404
     assert (await platform.http.get(f"/vms/{uuid4()}")).status_code == 404
-    # Nothing was reserved for any of them.
-    assert (await platform.wallet_status(org["wallet_id"]))["held_minor"] == 0
+    # Nothing was reserved for any of them but the good one.
+    await platform.wait_request(good.json()["request_id"], {"awaiting_vcenter", "succeeded"})
+    assert (await platform.wallet_status(org["wallet_id"]))["held_minor"] == 15_000
 
 
 async def test_bad_kafka_requests_are_dead_lettered_and_do_not_stall_intake(

@@ -270,17 +270,29 @@ async def test_refunds_capped_at_95_percent_and_statement(env):
                                            params={"from": start, "to": end})).json()
         charge = next(e for e in statement["entries"] if e["kind"] == "usage_debit")
         refunds = f"/wallets/{w}/refunds"
-        first = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
-                                                      "amount_minor": 9_000})
+
+        def refund(amount: int, entry_id: int = charge["entry_id"], refund_id: str = ""
+                   ) -> dict[str, object]:
+            return {"refund_id": refund_id or str(uuid4()), "charge_entry_id": entry_id,
+                    "amount_minor": amount}
+
+        first_body = refund(9_000)
+        first = await wallet.http.post(refunds, json=first_body)
         assert first.status_code == 201, first.text
-        over = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
-                                                     "amount_minor": 501})
+        replay = await wallet.http.post(refunds, json=first_body)  # a retried POST
+        assert replay.status_code == 201 and replay.json()["applied"] is False
+        assert replay.json()["entry_id"] == first.json()["entry_id"]
+        reused = await wallet.http.post(refunds, json={**first_body, "amount_minor": 1})
+        assert reused.status_code == 409 and "already booked" in reused.json()["detail"]
+        unnamed = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
+                                                        "amount_minor": 1})
+        assert unnamed.status_code == 422  # a refund must be named, or a retry is a second
+        over = await wallet.http.post(refunds, json=refund(501))
         assert over.status_code == 422 and "95%" in over.json()["detail"]
-        rest = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
-                                                     "amount_minor": 500})
+        rest = await wallet.http.post(refunds, json=refund(500))
         assert rest.status_code == 201
-        not_a_charge = await wallet.http.post(refunds, json={
-            "charge_entry_id": statement["entries"][0]["entry_id"], "amount_minor": 1})
+        not_a_charge = await wallet.http.post(refunds, json=refund(
+            1, entry_id=statement["entries"][0]["entry_id"]))
         assert not_a_charge.status_code == 422
         assert (await wallet.status(w))["balance_minor"] == 99_500
         await wallet.assert_consistent(w)
@@ -327,11 +339,13 @@ async def test_a_charge_corrected_down_is_refundable_only_on_what_is_left(env):
             "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
         charge = next(e for e in statement["entries"] if e["kind"] == "usage_debit")
         refunds = f"/wallets/{w}/refunds"
-        over = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
-                                                     "amount_minor": 3_801})
+        over = await wallet.http.post(refunds, json={
+            "refund_id": str(uuid4()), "charge_entry_id": charge["entry_id"],
+            "amount_minor": 3_801})
         assert over.status_code == 422 and "correction credits" in over.json()["detail"]
-        ok = await wallet.http.post(refunds, json={"charge_entry_id": charge["entry_id"],
-                                                   "amount_minor": 3_800})
+        ok = await wallet.http.post(refunds, json={
+            "refund_id": str(uuid4()), "charge_entry_id": charge["entry_id"],
+            "amount_minor": 3_800})
         assert ok.status_code == 201, ok.text
         assert (await wallet.status(w))["balance_minor"] == 99_800
         await wallet.assert_consistent(w)
@@ -389,3 +403,43 @@ async def test_debits_for_unknown_wallet_or_wrong_currency_are_dead_lettered(env
         reasons = sorted(letter["reason"] for letter in letters)
         assert "USD" in reasons[0] and reasons[1].startswith("unknown wallet")
         assert (await wallet.status(w))["balance_minor"] == 10_000
+
+
+async def test_values_the_database_cannot_hold_are_refused_with_422(env):
+    """NUL characters, lone surrogates and integers past bigint are the caller's errors."""
+    async with running_wallet(env.settings) as (_, wallet):
+        _, w = await wallet.open(balance=1_000)
+        bad_bodies = [
+            ("/organisations", {"name": "a\u0000b"}),
+            ("/organisations", {"name": "\ud800"}),
+            ("/organisations", {"name": "big", "billing_mode": "INVOICE",
+                                "credit_limit_minor": 2**63}),
+            ("/organisations", {"name": "big", "low_balance_threshold_minor": 2**63}),
+            (f"/wallets/{w}/refunds", {"refund_id": str(uuid4()), "charge_entry_id": 2**63,
+                                       "amount_minor": 1}),
+            (f"/wallets/{w}/refunds", {"refund_id": str(uuid4()), "charge_entry_id": 1,
+                                       "amount_minor": 1, "reason": "a\u0000"}),
+        ]
+        for path, body in bad_bodies:
+            response = await wallet.http.post(path, content=json.dumps(body).encode(),
+                                              headers={"content-type": "application/json"})
+            assert response.status_code == 422, (path, body, response.text)
+        response = await wallet.http.put(f"/wallets/{w}/auto-topup", json={
+            "enabled": True, "threshold_minor": 2**63, "amount_minor": 1, "card_token": "t"})
+        assert response.status_code == 422
+        payment = json.dumps({"payment_id": "p\u0000", "wallet_id": str(w),
+                              "amount_minor": 100, "status": "succeeded"}).encode()
+        response = await wallet.http.post("/webhooks/payments", content=payment, headers={
+            "X-Signature": sign(env.settings.payment_webhook_secret, payment)})
+        assert response.status_code == 422
+        assert (await wallet.status(w))["balance_minor"] == 1_000
+        await wallet.assert_consistent(w)
+
+
+async def test_an_organisation_opened_twice_at_once_is_one_organisation(env):
+    async with running_wallet(env.settings) as (_, wallet):
+        org = str(uuid4())
+        responses = await asyncio.gather(*(wallet.http.post(
+            "/organisations", json={"organisation_id": org, "name": "twice"})
+            for _ in range(6)))
+        assert sorted(r.status_code for r in responses) == [201] + [409] * 5

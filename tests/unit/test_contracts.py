@@ -20,7 +20,7 @@ from shared.contracts.wallet import (
     WalletDecision,
     WalletOpened,
 )
-from shared.money import MoneyModel
+from shared.money import MAX_AMOUNT_MINOR, MoneyModel
 from shared.settings import Settings
 
 
@@ -142,3 +142,16 @@ def test_times_are_parsed_as_utc_and_a_time_without_one_is_invalid():
         ClockTick.model_validate_json(b'{"at": "0001-01-01T00:30:00+01:00"}')
     with pytest.raises(ValidationError, match="timezone"):
         ClockTick.model_validate_json(b'{"at": "2026-01-01T02:00:00"}')
+
+
+def test_stored_text_refuses_nul_and_lone_surrogates_and_amounts_are_bounded():
+    fields = dict(wallet_id=uuid4(), organisation_id=uuid4(), organisation_kind="customer",
+                  currency="ZAR", billing_mode="PAYG")
+    assert WalletOpened(organisation_name="Acme (Pty) Ltd ✓", **fields)
+    for bad in ("a\x00b", "\ud800"):
+        with pytest.raises(ValidationError, match=r"NUL|surrogate"):
+            WalletOpened(organisation_name=bad, **fields)
+    assert MoneyModel(amount_minor=MAX_AMOUNT_MINOR).amount_minor == MAX_AMOUNT_MINOR
+    for beyond in (MAX_AMOUNT_MINOR + 1, -MAX_AMOUNT_MINOR - 1, 2**63):
+        with pytest.raises(ValidationError):
+            MoneyModel(amount_minor=beyond)

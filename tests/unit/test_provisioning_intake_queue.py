@@ -1,0 +1,54 @@
+"""`IntakeQueue`: concurrent submissions share one write, and an item the database refuses
+fails alone, not the batch it came in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.provisioning.intake import IntakeQueue
+
+
+class Pool:
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Any]:
+        yield None
+
+
+async def test_an_item_the_database_refuses_fails_alone():
+    writes: list[list[str]] = []
+
+    async def write(conn: Any, items: Sequence[str]) -> list[str]:
+        writes.append(list(items))
+        if "bad" in items:
+            raise asyncpg.DataError("invalid byte sequence")
+        return [item.upper() for item in items]
+
+    queue: IntakeQueue[str, str] = IntakeQueue(lambda: Pool(), write)  # type: ignore[arg-type]
+    queue.start()
+    try:
+        results = await asyncio.gather(queue.submit("a"), queue.submit("bad"),
+                                       queue.submit("b"), return_exceptions=True)
+    finally:
+        await queue.stop()
+    assert results[0] == "A" and results[2] == "B"
+    assert isinstance(results[1], asyncpg.DataError)
+    assert writes == [["a", "bad", "b"], ["a"], ["bad"], ["b"]]
+
+
+async def test_an_error_that_is_not_the_databases_fails_the_batch():
+    async def write(conn: Any, items: Sequence[str]) -> list[str]:
+        raise RuntimeError("bug")
+
+    queue: IntakeQueue[str, str] = IntakeQueue(lambda: Pool(), write)  # type: ignore[arg-type]
+    queue.start()
+    try:
+        with pytest.raises(RuntimeError):
+            await queue.submit("a")
+    finally:
+        await queue.stop()
