@@ -22,13 +22,17 @@ SCHEMA = "billing"
 async def lock_usage_partitions(conn: asyncpg.Connection, partitions: Sequence[int]
                                 ) -> dict[int, date | None]:
     """Serialise usage batches per partition (two consumers may overlap in a rebalance);
-    returns each partition's last closed month."""
+    returns each partition's last closed month.
+
+    Two statements: a statement sees the data as of its start, so one that waited for the
+    lock would return the month closed before the wait, not the one its holder closed."""
+    ids = sorted(set(partitions))
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(hashtext('billing.usage'), p)
+           FROM unnest($1::int[]) AS p ORDER BY p""", ids)
     rows = await conn.fetch(
-        f"""SELECT ps.p AS usage_partition, pg_advisory_xact_lock(hashtext('billing.usage'), ps.p),
-                   u.closed_through
-            FROM (SELECT DISTINCT unnest($1::int[]) AS p ORDER BY 1) ps
-            LEFT JOIN {SCHEMA}.usage_partitions u ON u.usage_partition = ps.p
-            ORDER BY ps.p""", list(partitions))
+        f"""SELECT p AS usage_partition, u.closed_through FROM unnest($1::int[]) AS p
+            LEFT JOIN {SCHEMA}.usage_partitions u ON u.usage_partition = p""", ids)
     return {r["usage_partition"]: r["closed_through"] for r in rows}
 
 
@@ -172,26 +176,30 @@ async def lock_partitions(conn: asyncpg.Connection, partitions: Sequence[int]
                           ) -> dict[int, tuple[date | None, dict[int, datetime]]]:
     """Row-lock the partitions (in order), returning each one's last closed month and its
     watermarks by source partition. Closing a month and booking a wallet movement into the
-    open month take this lock, so no movement lands on a month being closed."""
+    open month take this lock, so no movement lands on a month being closed.
+
+    The lock, then the read, in two statements: a statement sees the data as of its start,
+    so one that waited for the lock would read the watermarks from before the wait (and
+    book a movement into the month its holder had just closed)."""
     ids = sorted(set(partitions))
     if not ids:
         return {}
-    query = f"""SELECT u.usage_partition, u.closed_through,
-                       (SELECT array_agg(w.up_to ORDER BY w.source_partition)
-                        FROM {SCHEMA}.watermarks w
-                        WHERE w.usage_partition = u.usage_partition) AS up_tos,
-                       (SELECT array_agg(w.source_partition ORDER BY w.source_partition)
-                        FROM {SCHEMA}.watermarks w
-                        WHERE w.usage_partition = u.usage_partition) AS sources
-                FROM {SCHEMA}.usage_partitions u
-                WHERE u.usage_partition = ANY($1::int[])
-                ORDER BY u.usage_partition FOR UPDATE OF u"""
-    rows = await conn.fetch(query, ids)
-    if len(rows) < len(ids):  # first time these partitions are seen
+    lock = f"""SELECT usage_partition FROM {SCHEMA}.usage_partitions
+               WHERE usage_partition = ANY($1::int[]) ORDER BY usage_partition FOR UPDATE"""
+    if len(await conn.fetch(lock, ids)) < len(ids):  # first time these partitions are seen
         await conn.execute(
             f"""INSERT INTO {SCHEMA}.usage_partitions (usage_partition)
                 SELECT unnest($1::int[]) ON CONFLICT DO NOTHING""", ids)
-        rows = await conn.fetch(query, ids)
+        await conn.fetch(lock, ids)
+    rows = await conn.fetch(
+        f"""SELECT u.usage_partition, u.closed_through,
+                   (SELECT array_agg(w.up_to ORDER BY w.source_partition)
+                    FROM {SCHEMA}.watermarks w
+                    WHERE w.usage_partition = u.usage_partition) AS up_tos,
+                   (SELECT array_agg(w.source_partition ORDER BY w.source_partition)
+                    FROM {SCHEMA}.watermarks w
+                    WHERE w.usage_partition = u.usage_partition) AS sources
+            FROM {SCHEMA}.usage_partitions u WHERE u.usage_partition = ANY($1::int[])""", ids)
     return {r["usage_partition"]: (r["closed_through"], dict(zip(
         r["sources"] or [], r["up_tos"] or [], strict=True))) for r in rows}
 

@@ -33,7 +33,7 @@ class HourlyUsage(Envelope):
     wallet_id: UUID
     organisation_id: UUID
     hour_start: UtcDatetime
-    revision: int = Field(ge=0)
+    revision: int = Field(ge=0, le=2**31 - 1)  # stored as integer
     seconds: int = Field(ge=0, le=3600)
     segments: list[UsageSegment]
 

@@ -9,6 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from shared.consumer import dead_letter, parse_records
 from shared.contracts.base import deterministic_id
 from shared.contracts.clock import ClockTick
+from shared.contracts.metering import HourlyUsage
 from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import (
     MAX_CHARGES_PER_MESSAGE,
@@ -155,3 +156,11 @@ def test_stored_text_refuses_nul_and_lone_surrogates_and_amounts_are_bounded():
     for beyond in (MAX_AMOUNT_MINOR + 1, -MAX_AMOUNT_MINOR - 1, 2**63):
         with pytest.raises(ValidationError):
             MoneyModel(amount_minor=beyond)
+
+
+def test_a_usage_revision_past_a_stored_integer_is_invalid():
+    fields = dict(usage_id=uuid4(), vm_id=uuid4(), wallet_id=uuid4(), organisation_id=uuid4(),
+                  hour_start=datetime(2026, 1, 1, tzinfo=UTC), seconds=0, segments=[])
+    assert HourlyUsage(revision=2**31 - 1, **fields).revision == 2**31 - 1
+    with pytest.raises(ValidationError):
+        HourlyUsage(revision=2**31, **fields)
