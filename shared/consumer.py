@@ -132,7 +132,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self._commits is not None:
-            await self._commits.flush()
+            await self._commits.flush()  # bounded: a commit that hangs holds up the group
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if self._on_assigned is not None:
@@ -141,7 +141,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, consumer: str,
                       handler: BatchHandler, *, commit_in_background: bool = False,
-                      on_assigned: Callable[[], None] | None = None) -> None:
+                      on_assigned: Callable[[], None] | None = None
+                      ) -> BackgroundCommits | None:
     """Consume `topic` in batches; offsets are committed only after `handler` returns, and a
     failing batch is redelivered (at least once). The group is `<consumer>.<topic>`: one
     group per subscription, so joining one topic never rebalances another.
@@ -198,6 +199,7 @@ def subscribe_batches(broker: KafkaBroker, settings: Settings, topic: Topic, con
 
     subscriber(on_batch)
     _poll_without_pause(subscriber, settings)
+    return commits  # to flush before the consumer stops (stopping revokes nothing)
 
 
 def rewind(consumer: Any, records: Records) -> None:
@@ -243,20 +245,29 @@ class BackgroundCommits:
     partitions, what is due is committed (`flush`). A commit lost (a crash, a failed commit)
     only means those records come again, and every consumer is idempotent."""
 
+    FLUSH_TIMEOUT_S = 10.0
+
     def __init__(self) -> None:
         self._due: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._consumer: Any = None
 
     def after(self, consumer: Any, records: Records) -> None:
+        self._consumer = consumer
         for tp, offset in next_offsets(records).items():
             self._due[tp] = max(self._due.get(tp, 0), offset)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._commit(consumer))
 
     async def flush(self) -> None:
-        """Wait until what is due has been committed (or its commit has failed)."""
+        """Commit what is due now (or let its commit fail), within `FLUSH_TIMEOUT_S`."""
+        if (self._task is None or self._task.done()) and self._due:
+            self._task = asyncio.create_task(self._commit(self._consumer))
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("offset commit still in flight; those records may come again")
 
     async def _commit(self, consumer: Any) -> None:
         while self._due:

@@ -10,9 +10,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 # Minor units per major unit. Currencies we bill in all have two decimals.
 MINOR_UNITS = {"ZAR": 100, "USD": 100, "EUR": 100, "GBP": 100}
 
-# The largest amount one message or request may carry (R10 trillion): far beyond any real
-# charge, and small enough that balances summing millions of them stay inside bigint.
+# The largest amount one charge, top-up, reservation or request may carry (R10 trillion):
+# far beyond any real one, and small enough that balances summing millions of them stay
+# inside PostgreSQL's bigint. Balances and totals are bounded by bigint alone.
 MAX_AMOUNT_MINOR = 10**15
+BIGINT_MAX = 2**63 - 1
 
 
 def _known_currency(code: str) -> str:
@@ -91,8 +93,8 @@ class MoneyModel(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    # Bounded so that sums of amounts stay far inside PostgreSQL's bigint.
-    amount_minor: StrictInt = Field(ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR)
+    # A balance or a total is stored (or summed) as a bigint.
+    amount_minor: StrictInt = Field(ge=-BIGINT_MAX, le=BIGINT_MAX)
     currency: CurrencyCode = "ZAR"
 
     def to_money(self) -> Money:
@@ -101,3 +103,13 @@ class MoneyModel(BaseModel):
     @classmethod
     def of(cls, money: Money) -> MoneyModel:
         return cls(amount_minor=money.amount, currency=money.currency)
+
+
+def _an_amount(money: MoneyModel) -> MoneyModel:
+    if abs(money.amount_minor) > MAX_AMOUNT_MINOR:
+        raise ValueError(f"amount must be at most {MAX_AMOUNT_MINOR} minor units")
+    return money
+
+
+# Money one message asks to move (a charge, a top-up, a reservation), not a balance or total.
+AmountModel = Annotated[MoneyModel, AfterValidator(_an_amount)]

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.consumer import BatchHandler, Records, subscribe_batches
+from shared.consumer import BackgroundCommits, BatchHandler, Records, subscribe_batches
 from shared.db import create_pool
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
@@ -41,6 +41,7 @@ class ServiceRuntime:
         self._relay_pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
+        self._background_commits: list[BackgroundCommits] = []
         self._started = False
         self._add_operational_routes()
 
@@ -82,8 +83,11 @@ class ServiceRuntime:
             if wake_relay:
                 drain()
 
-        subscribe_batches(self.broker, self.settings, topic, consumer, on_batch,
-                          commit_in_background=commit_in_background, on_assigned=drain)
+        commits = subscribe_batches(self.broker, self.settings, topic, consumer, on_batch,
+                                    commit_in_background=commit_in_background,
+                                    on_assigned=drain)
+        if commits is not None:
+            self._background_commits.append(commits)
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -110,6 +114,8 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         self._started = False
+        for commits in self._background_commits:  # a consumer's close revokes nothing
+            await commits.flush()
         await self.broker.stop()
         if self._relay is not None:
             await self._relay.stop()
@@ -138,14 +144,19 @@ class ServiceRuntime:
                 {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
                 for e in error.errors()]})
 
-        @self.http.exception_handler(asyncpg.DataError)
-        async def unstorable(request: Request, error: asyncpg.DataError) -> JSONResponse:
-            # A value the request validation let through but PostgreSQL cannot hold: the
-            # caller's input, not our failure (the models' own checks should catch it first).
-            log.warning("request value refused by the database", path=request.url.path,
-                        error=str(error))
+        async def unstorable(request: Request, error: Exception) -> JSONResponse:
+            # Text the request validation let through but PostgreSQL cannot hold: the
+            # caller's input (the models' own checks should catch it first). Other database
+            # errors stay 500s: they are ours.
+            log.warning("request text refused by the database", path=request.url.path,
+                        error=type(error).__name__)
             return JSONResponse(status_code=422,
-                                content={"detail": f"a value cannot be stored: {error}"})
+                                content={"detail": "a text value cannot be stored"})
+
+        for refused in (asyncpg.CharacterNotInRepertoireError,
+                        asyncpg.UntranslatableCharacterError,
+                        asyncpg.StringDataRightTruncationError):
+            self.http.add_exception_handler(refused, unstorable)
 
         @self.http.get("/health", tags=["operations"])
         async def health(response: Response) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 from aiokafka.partitioner import murmur2
+from prometheus_client import Gauge
 from pydantic import TypeAdapter
 
 from services.billing import repository as repo
@@ -115,6 +116,8 @@ def attempt_id_for(low_balance_event_id: UUID) -> UUID:
 
 # Auto top-ups left pending longer than this are not settled automatically.
 SETTLE_ATTEMPTS_WITHIN = timedelta(hours=1)
+ABANDONED_ATTEMPTS = Gauge("cloudwallet_billing_topups_pending_too_long",
+                           "Auto top-up attempts pending too long to settle automatically")
 
 
 def attempt_for(low: WalletLowBalance, auto: AutoTopUpSettings) -> Attempt:
@@ -457,8 +460,15 @@ class BillingHandlers:
         after asking the gateway, and before the outcome committed. The card is charged once,
         and the wallet credited once. Older attempts are left to an operator: a top-up that
         late may no longer be wanted (auto top-up turned off, a top-up by hand)."""
+        younger_than = max(younger_than, 2 * older_than)  # never an empty window
         async with self.pool.acquire() as conn:
             attempts = await repo.pending_attempts(conn, older_than, younger_than)
+            abandoned = await repo.abandoned_attempts(conn, younger_than)
+        ABANDONED_ATTEMPTS.set(abandoned)
+        if abandoned:
+            log.warning("auto top-ups pending too long to settle: an operator must check them "
+                        "with the gateway (billing.topup_attempts, status pending)",
+                        attempts=abandoned)
         if attempts:
             log.warning("settling auto top-ups left pending", attempts=len(attempts))
             await self._charge(attempts)

@@ -527,6 +527,14 @@ async def pending_attempts(conn: asyncpg.Connection, older_than: timedelta,
                     r["occurred_at"]) for r in rows]
 
 
+async def abandoned_attempts(conn: asyncpg.Connection, older_than: timedelta) -> int:
+    """How many attempts are pending for longer than settling covers (for an operator)."""
+    count: int = await conn.fetchval(
+        f"""SELECT count(*) FROM {SCHEMA}.topup_attempts
+            WHERE status = 'pending' AND created_at < now() - $1::interval""", older_than)
+    return count
+
+
 async def decide_attempts(conn: asyncpg.Connection,
                           outcomes: Sequence[tuple[UUID, str, str]]) -> set[UUID]:
     """Record outcomes of attempts still pending; returns the ids decided now."""

@@ -359,7 +359,7 @@ def new_resize_request(*, request_id: UUID, idempotency_key: str | None,
         raise Conflict(f"VM {vm.vm_id} is {vm.power_state.value}")
     if any(r.status.is_open for r in open_requests):
         raise Conflict(f"VM {vm.vm_id} has a request in progress")
-    if reverting(vm, open_requests):
+    if reverting(vm, open_requests, now, vcenter_timeout):
         # Priced from the size it has now, a resize would skip paying for the one it had.
         raise Conflict(f"VM {vm.vm_id} is being resized back to the size it was paid for")
     if spec == vm.spec:
@@ -376,16 +376,19 @@ def new_resize_request(*, request_id: UUID, idempotency_key: str | None,
     return request, request._await_vcenter(now, vcenter_timeout)
 
 
-def reverting(vm: Vm, requests: Sequence[VmRequest]) -> bool:
+def reverting(vm: Vm, requests: Sequence[VmRequest], now: datetime,
+              vcenter_timeout: timedelta) -> bool:
     """Whether vCenter applied the VM's latest resize after the request had failed or been
-    cancelled (its funds went back), so a resize back to the paid size is on its way."""
+    cancelled (its funds went back), so a resize back to the paid size is on its way. After
+    vCenter's timeout from the VM's last change the revert is taken as lost (it is not
+    tracked), so a VM is never locked out of resizes."""
     resizes = [r for r in requests if r.kind is RequestKind.RESIZE]
     if not resizes:
         return False
     latest = max(resizes, key=lambda r: r.received_at)
     return (latest.status in (RequestStatus.FAILED, RequestStatus.CANCELLED)
             and latest.previous_spec is not None and vm.spec == latest.spec
-            and vm.spec != latest.previous_spec)
+            and vm.spec != latest.previous_spec and now < vm.updated_at + vcenter_timeout)
 
 
 # --- VMs ----------------------------------------------------------------------------------

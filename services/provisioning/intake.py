@@ -82,26 +82,40 @@ class IntakeQueue(Generic[In, Out]):
             with INTAKE_SECONDS.time():
                 results = await self._write_batch(conn, [item for item, _ in batch])
         except Exception as error:
-            if len(batch) > 1 and isinstance(error, asyncpg.PostgresError):
-                # One item the database refuses must not fail the others: each on its own.
-                for item, future in batch:
-                    await self._write_one(conn, item, future)
+            if len(batch) > 1 and isinstance(error, REFUSED_ITEM):
+                await self._write_one_by_one(conn, batch)
                 return
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            _fail(batch, error)
             raise
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
-    async def _write_one(self, conn: asyncpg.Connection, item: In,
-                         future: asyncio.Future[Out]) -> None:
+    async def _write_one_by_one(self, conn: asyncpg.Connection,
+                                batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        """One item the database refuses must not fail the others: each on its own. Any
+        other error fails the items not yet answered (none is left waiting)."""
         try:
-            (result,) = await self._write_batch(conn, [item])
-        except asyncpg.PostgresError as error:
-            if not future.done():
-                future.set_exception(error)
-            return
+            for item, future in batch:
+                try:
+                    (result,) = await self._write_batch(conn, [item])
+                except REFUSED_ITEM as error:
+                    if not future.done():
+                        future.set_exception(error)
+                    continue
+                if not future.done():
+                    future.set_result(result)
+        except BaseException as error:
+            _fail(batch, error if isinstance(error, Exception) else RuntimeError("stopped"))
+            raise
+
+
+# What the database refuses because of one item's values (not the connection, not a bug in
+# the statement): worth writing the batch's other items one by one.
+REFUSED_ITEM = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+
+def _fail(batch: Sequence[tuple[object, asyncio.Future[Out]]], error: BaseException) -> None:
+    for _, future in batch:
         if not future.done():
-            future.set_result(result)
+            future.set_exception(error)

@@ -281,15 +281,15 @@ def register_routes(service: WalletService) -> None:
                                              f"{booked['refunds_entry_id']}")
                 return {"refund_id": body.refund_id, "applied": False,
                         "entry_id": booked["entry_id"]}
-            charge = await repo.charge_and_refunded(conn, wallet_id, body.charge_entry_id)
+            charge = await repo.refundable_charge(conn, wallet_id, body.charge_entry_id)
             if charge is None:
                 raise HTTPException(404, f"no entry {body.charge_entry_id} in wallet {wallet_id}")
-            amount, refunded, still_charged = charge
             try:
                 wallet.refund(refund_id=body.refund_id, charge_entry_id=body.charge_entry_id,
-                              charge_amount=amount, already_refunded=refunded,
+                              charge_amount=charge.amount, already_refunded=charge.refunded,
                               amount=body.amount_minor, at=datetime.now(UTC), reason=body.reason,
-                              still_charged=still_charged)
+                              still_charged=charge.hour_still_charged,
+                              hour_refunded=charge.hour_refunded or 0)
             except WalletError as error:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())

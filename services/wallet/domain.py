@@ -289,12 +289,14 @@ class Wallet:
 
     def refund(self, *, refund_id: UUID, charge_entry_id: int, charge_amount: int,
                already_refunded: int, amount: int, at: datetime, reason: str = "",
-               still_charged: int | None = None) -> LedgerEntry:
+               still_charged: int | None = None, hour_refunded: int = 0) -> LedgerEntry:
         """Give back part of a charge: at most 95% of it, counting earlier refunds.
 
         `still_charged`, for a usage debit: what its VM hour still costs after the hour's
-        correction credits (its debits less its credits). A charge corrected down is
-        refundable only on what is left of it: the credit gave the rest back already."""
+        correction credits (its debits less its credits), and `hour_refunded` what was
+        refunded of all the hour's debits. A charge corrected down is refundable only on
+        what is left of it (the credit gave the rest back already), and the hour's refunds
+        together stay within 95% of what the hour still costs."""
         if amount <= 0:
             raise WalletError("refund amount must be positive")
         if charge_amount >= 0:
@@ -308,6 +310,13 @@ class Wallet:
             raise WalletError(
                 f"refund would exceed {REFUND_CAP_PERCENT}% of the charge{corrected}: cap {cap}, "
                 f"already refunded {already_refunded}, requested {amount}")
+        if still_charged is not None:
+            hour_cap = refund_cap(max(0, still_charged))
+            if hour_refunded + amount > hour_cap:
+                raise WalletError(
+                    f"refund would exceed {REFUND_CAP_PERCENT}% of what the VM hour still "
+                    f"costs: cap {hour_cap}, already refunded of the hour {hour_refunded}, "
+                    f"requested {amount}")
         entry = self._book(EntryKind.REFUND, amount, f"refund:{refund_id}", at,
                            refunds_entry_id=charge_entry_id,
                            description=reason or f"refund of entry {charge_entry_id}")

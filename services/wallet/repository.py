@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -318,25 +319,42 @@ async def entries_between(conn: asyncpg.Connection, wallet_id: UUID, start: date
             ORDER BY occurred_at, entry_id""", wallet_id, start, end))
 
 
-async def charge_and_refunded(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
-                              ) -> tuple[int, int, int | None] | None:
-    """The charge's signed amount, how much of it was refunded already, and for a usage debit
-    what its VM hour still costs (the hour's usage debits less its credits: usage rows share
-    the VM and the hour's start), all locked by the caller's wallet row lock."""
+@dataclass(frozen=True, slots=True)
+class RefundableCharge:
+    amount: int  # signed, as booked
+    refunded: int  # refunded of this entry so far
+    # For a usage debit: what its VM hour still costs (the hour's usage debits less its
+    # credits; usage rows share the VM and the hour's start), and what was refunded of all
+    # the hour's debits. None for other entries.
+    hour_still_charged: int | None
+    hour_refunded: int | None
+
+
+async def refundable_charge(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
+                            ) -> RefundableCharge | None:
+    """What a refund of this entry may give back; read under the caller's wallet lock."""
     row = await conn.fetchrow(
-        f"""SELECT c.amount, coalesce((SELECT sum(r.amount) FROM {SCHEMA}.wallet_transactions r
-                WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded,
-                CASE WHEN c.kind = 'usage_debit' AND c.vm_id IS NOT NULL THEN
-                    (SELECT -sum(u.amount) FROM {SCHEMA}.wallet_transactions u
-                     WHERE u.wallet_id = c.wallet_id AND u.occurred_at = c.occurred_at
-                       AND u.vm_id = c.vm_id AND u.kind IN ('usage_debit', 'usage_credit'))
-                END AS still_charged
-            FROM {SCHEMA}.wallet_transactions c WHERE c.wallet_id = $1 AND c.entry_id = $2""",
-        wallet_id, entry_id)
+        f"""WITH c AS (SELECT * FROM {SCHEMA}.wallet_transactions
+                       WHERE wallet_id = $1 AND entry_id = $2),
+                 hour AS (SELECT u.entry_id, u.amount, u.kind
+                          FROM {SCHEMA}.wallet_transactions u, c
+                          WHERE c.kind = 'usage_debit' AND c.vm_id IS NOT NULL
+                            AND u.wallet_id = c.wallet_id AND u.occurred_at = c.occurred_at
+                            AND u.vm_id = c.vm_id AND u.kind IN ('usage_debit', 'usage_credit'))
+            SELECT c.amount, c.kind,
+                   coalesce((SELECT sum(r.amount) FROM {SCHEMA}.wallet_transactions r
+                             WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded,
+                   (SELECT -sum(amount) FROM hour) AS hour_still_charged,
+                   (SELECT coalesce(sum(r.amount), 0) FROM {SCHEMA}.wallet_transactions r
+                    WHERE r.refunds_entry_id IN (SELECT entry_id FROM hour
+                                                 WHERE kind = 'usage_debit')) AS hour_refunded
+            FROM c""", wallet_id, entry_id)
     if row is None:
         return None
-    still = row["still_charged"]
-    return row["amount"], int(row["refunded"]), None if still is None else int(still)
+    still = row["hour_still_charged"]
+    return RefundableCharge(row["amount"], int(row["refunded"]),
+                            None if still is None else int(still),
+                            None if still is None else int(row["hour_refunded"]))
 
 
 async def reconciliation(conn: asyncpg.Connection, wallet_id: UUID

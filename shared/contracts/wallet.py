@@ -10,7 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from shared.contracts.base import Envelope, StorableText, UtcDatetime
-from shared.money import MAX_AMOUNT_MINOR, CurrencyCode, MoneyModel
+from shared.money import MAX_AMOUNT_MINOR, AmountModel, CurrencyCode, MoneyModel
 
 BillingMode = Literal["PAYG", "INVOICE"]
 # At most about 300 bytes of JSON each (with an 80-character description): 2,000 charges
@@ -38,7 +38,7 @@ class ReserveFunds(Envelope):
     organisation_id: UUID
     vm_id: UUID
     purpose: Literal["create", "resize"] = "create"
-    amount: MoneyModel
+    amount: AmountModel
 
 
 # --- wallet.decisions ----------------------------------------------------------------------
@@ -126,7 +126,7 @@ class DebitWallet(Envelope):
     debit_id: UUID
     wallet_id: UUID
     vm_id: UUID | None = None
-    amount: MoneyModel  # positive
+    amount: AmountModel  # positive
     period_start: UtcDatetime | None = None
     description: StorableText = Field(default="usage", max_length=200)
 
@@ -139,7 +139,7 @@ class CreditWallet(Envelope):
     credit_id: UUID
     wallet_id: UUID
     vm_id: UUID | None = None
-    amount: MoneyModel  # positive
+    amount: AmountModel  # positive
     description: StorableText = Field(default="usage correction", max_length=200)
 
 
@@ -185,7 +185,7 @@ class TopUpWallet(Envelope):
     version: Literal[1] = 1
     payment_id: StorableText = Field(min_length=1, max_length=100)
     wallet_id: UUID
-    amount: MoneyModel
+    amount: AmountModel
     source: Literal["gateway_webhook", "auto_topup", "manual"] = "auto_topup"
 
 
@@ -194,8 +194,8 @@ class TopUpWallet(Envelope):
 class AutoTopUpSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    threshold: MoneyModel
-    amount: MoneyModel
+    threshold: AmountModel
+    amount: AmountModel
     card_token: StorableText = Field(min_length=1, max_length=100)
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from services.billing.gateway import SimulatedGateway
 from services.billing.handlers import attempt_id_for
@@ -123,6 +124,7 @@ async def test_attempts_left_pending_by_a_crash_are_settled_once(env, db: asyncp
 
         assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 2
         assert await billing.handlers.settle_pending_attempts(timedelta(minutes=2)) == 0
+        assert REGISTRY.get_sample_value("cloudwallet_billing_topups_pending_too_long") == 1
 
         topped = await kafka.read_count(
             settings.topic(WALLET_EVENTS.name), 1, timeout=30,

@@ -348,6 +348,30 @@ async def test_a_charge_corrected_down_is_refundable_only_on_what_is_left(env):
             "amount_minor": 3_800})
         assert ok.status_code == 201, ok.text
         assert (await wallet.status(w))["balance_minor"] == 99_800
+        # later revisions charge the hour 5,000 more, then credit 4,000 back: it now costs
+        # 5,000, so its refunds together stay within 4,750, of which 3,800 are refunded
+        await kafka.publish(env.topic(BILLING_DEBITS.name), w, ChargeWallet(
+            wallet_id=w, currency="ZAR", occurred_at=T0, charges=[UsageCharge(
+                line_id=uuid4(), kind=kind, amount_minor=amount, vm_id=vm, period_start=hour)
+                for kind, amount in (("debit", 5_000), ("credit", 4_000))]))
+
+        async def charged_more():
+            s = await wallet.status(w)
+            return s if s["balance_minor"] == 98_800 else None
+
+        await wait_for(charged_more)
+        statement = (await wallet.http.get(f"/wallets/{w}/statement", params={
+            "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
+        later = [e for e in statement["entries"] if e["kind"] == "usage_debit"][-1]
+        assert later["amount_minor"] == -5_000
+        beyond = await wallet.http.post(refunds, json={
+            "refund_id": str(uuid4()), "charge_entry_id": later["entry_id"],
+            "amount_minor": 951})
+        assert beyond.status_code == 422 and "VM hour" in beyond.json()["detail"]
+        within = await wallet.http.post(refunds, json={
+            "refund_id": str(uuid4()), "charge_entry_id": later["entry_id"],
+            "amount_minor": 950})
+        assert within.status_code == 201, within.text
         await wallet.assert_consistent(w)
 
 

@@ -112,3 +112,17 @@ async def test_partitions_being_revoked_wait_for_the_commits_due():
     await listener.on_partitions_assigned(set())
     assert assigned == [True]
     await _Rebalance(None, None).on_partitions_revoked(set())  # nothing to flush
+
+
+async def test_a_flush_commits_what_a_failed_commit_left_due():
+    consumer = SlowConsumer(fail=True)
+    commits = BackgroundCommits()
+    commits.after(consumer, (record(0, 1),))
+    await asyncio.sleep(0)  # in flight, and about to fail
+    commits.after(consumer, (record(0, 2),))  # due after it, with no commit running then
+    consumer.release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    consumer.fail = False
+    await commits.flush()
+    assert consumer.commits[-1] == {TopicPartition("t", 0): 3}

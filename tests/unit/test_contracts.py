@@ -15,6 +15,7 @@ from shared.contracts.wallet import (
     MAX_CHARGES_PER_MESSAGE,
     BillingCharge,
     ChargeWallet,
+    DebitWallet,
     FundsReserved,
     ReserveFunds,
     UsageCharge,
@@ -152,8 +153,13 @@ def test_stored_text_refuses_nul_and_lone_surrogates_and_amounts_are_bounded():
     for bad in ("a\x00b", "\ud800"):
         with pytest.raises(ValidationError, match=r"NUL|surrogate"):
             WalletOpened(organisation_name=bad, **fields)
-    assert MoneyModel(amount_minor=MAX_AMOUNT_MINOR).amount_minor == MAX_AMOUNT_MINOR
-    for beyond in (MAX_AMOUNT_MINOR + 1, -MAX_AMOUNT_MINOR - 1, 2**63):
+    # an amount to move is bounded; a balance or total only by bigint
+    debit = dict(debit_id=uuid4(), wallet_id=uuid4())
+    assert DebitWallet(amount=MoneyModel(amount_minor=MAX_AMOUNT_MINOR), **debit)
+    with pytest.raises(ValidationError, match="at most"):
+        DebitWallet(amount=MoneyModel(amount_minor=MAX_AMOUNT_MINOR + 1), **debit)
+    assert MoneyModel(amount_minor=2 * MAX_AMOUNT_MINOR).amount_minor == 2 * MAX_AMOUNT_MINOR
+    for beyond in (2**63, -(2**63)):
         with pytest.raises(ValidationError):
             MoneyModel(amount_minor=beyond)
 

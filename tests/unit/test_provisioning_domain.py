@@ -318,11 +318,11 @@ def test_saga_never_leaks_a_vm_or_a_hold(sequence: list[Step], funds_available: 
 
 # --- resize ---------------------------------------------------------------------------------
 
-def resize(current: Vm, spec: VmSpec, open_requests: list[VmRequest] | None = None
-           ) -> tuple[VmRequest, list[Fact]]:
+def resize(current: Vm, spec: VmSpec, open_requests: list[VmRequest] | None = None,
+           now: datetime = T0) -> tuple[VmRequest, list[Fact]]:
     return new_resize_request(request_id=uuid4(), idempotency_key=None, organisation=org(),
                               vm=current, spec=spec, open_requests=open_requests or [],
-                              book=DEFAULT_BOOK, now=T0, funds_timeout=FUNDS_TIMEOUT,
+                              book=DEFAULT_BOOK, now=now, funds_timeout=FUNDS_TIMEOUT,
                               vcenter_timeout=VCENTER_TIMEOUT)
 
 
@@ -368,6 +368,8 @@ def test_a_resize_vcenter_made_after_we_gave_up_is_reverted():
     running.resized(MEDIUM, T0 + VCENTER_TIMEOUT)
     with pytest.raises(Conflict, match="resized back"):
         resize(running, SMALL, [request])
+    # a revert never heard of within vCenter's timeout is taken as lost: no lock-out
+    assert resize(running, SMALL, [request], now=T0 + 2 * VCENTER_TIMEOUT)[0].amount == 0
     running.resized(SMALL, T0 + VCENTER_TIMEOUT)  # the revert landed
     later, _ = resize(running, MEDIUM, [request])
     assert later.amount == 15_000  # medium's month less small's

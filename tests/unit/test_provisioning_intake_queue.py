@@ -52,3 +52,19 @@ async def test_an_error_that_is_not_the_databases_fails_the_batch():
             await queue.submit("a")
     finally:
         await queue.stop()
+
+
+async def test_a_connection_lost_while_writing_one_by_one_answers_every_item():
+    async def write(conn: Any, items: Sequence[str]) -> list[str]:
+        if len(items) > 1:
+            raise asyncpg.DataError("invalid byte sequence")
+        raise asyncpg.InterfaceError("connection is closed")
+
+    queue: IntakeQueue[str, str] = IntakeQueue(lambda: Pool(), write)  # type: ignore[arg-type]
+    queue.start()
+    try:
+        results = await asyncio.wait_for(asyncio.gather(
+            queue.submit("a"), queue.submit("b"), return_exceptions=True), 5)
+    finally:
+        await queue.stop()
+    assert all(isinstance(r, asyncpg.InterfaceError) for r in results)

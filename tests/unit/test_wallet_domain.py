@@ -276,6 +276,16 @@ def test_a_usage_charge_is_refundable_on_what_its_hour_still_costs():
              amount=950, at=T0, still_charged=1_500)  # a later revision charged more
 
 
+def test_the_refunds_of_one_vm_hour_stay_within_95_percent_of_what_it_still_costs():
+    # debits 10,000 and 5,000 for one hour, then a 9,000 credit: 6,000 still charged
+    w = wallet(20_000)
+    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000, already_refunded=0,
+             amount=5_700, at=T0, still_charged=6_000, hour_refunded=0)
+    with pytest.raises(WalletError, match="what the VM hour still costs: cap 5700"):
+        w.refund(refund_id=uuid4(), charge_entry_id=2, charge_amount=-5_000,
+                 already_refunded=0, amount=1, at=T0, still_charged=6_000, hour_refunded=5_700)
+
+
 def test_refund_capped_at_95_percent_cumulatively():
     w = wallet(10_000)
     charge = w.debit_usage(amount=1_000, key="d1", at=T0, vm_id=None, holds=[])
