@@ -5,6 +5,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -324,53 +325,42 @@ async def test_a_charge_corrected_down_is_refundable_only_on_what_is_left(env):
     async with running_wallet(env.settings) as (_, wallet), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         _, w = await wallet.open(balance=100_000)
-        await kafka.publish(env.topic(BILLING_DEBITS.name), w, ChargeWallet(
-            wallet_id=w, currency="ZAR", occurred_at=T0, charges=[
-                UsageCharge(line_id=uuid4(), kind=kind, amount_minor=amount, vm_id=vm,
-                            period_start=hour)
-                for kind, amount in (("debit", 10_000), ("credit", 6_000))]))
 
-        async def booked():
-            s = await wallet.status(w)
-            return s if s["balance_minor"] == 96_000 else None
+        async def charge_hour(*charges: tuple[str, int], balance_after: int
+                              ) -> dict[str, Any]:
+            """Book the hour's charges; returns the latest usage debit's ledger entry."""
+            await kafka.publish(env.topic(BILLING_DEBITS.name), w, ChargeWallet(
+                wallet_id=w, currency="ZAR", occurred_at=T0, charges=[UsageCharge(
+                    line_id=uuid4(), kind=kind, amount_minor=amount, vm_id=vm,
+                    period_start=hour) for kind, amount in charges]))
 
-        await wait_for(booked)
-        statement = (await wallet.http.get(f"/wallets/{w}/statement", params={
-            "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
-        charge = next(e for e in statement["entries"] if e["kind"] == "usage_debit")
-        refunds = f"/wallets/{w}/refunds"
-        over = await wallet.http.post(refunds, json={
-            "refund_id": str(uuid4()), "charge_entry_id": charge["entry_id"],
-            "amount_minor": 3_801})
+            async def booked() -> dict[str, Any] | None:
+                s = await wallet.status(w)
+                return s if s["balance_minor"] == balance_after else None
+
+            await wait_for(booked)
+            statement = (await wallet.http.get(f"/wallets/{w}/statement", params={
+                "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
+            return [e for e in statement["entries"] if e["kind"] == "usage_debit"][-1]
+
+        async def refund(entry: dict[str, Any], amount: int) -> Any:
+            return await wallet.http.post(f"/wallets/{w}/refunds", json={
+                "refund_id": str(uuid4()), "charge_entry_id": entry["entry_id"],
+                "amount_minor": amount})
+
+        charge = await charge_hour(("debit", 10_000), ("credit", 6_000), balance_after=96_000)
+        over = await refund(charge, 3_801)
         assert over.status_code == 422 and "correction credits" in over.json()["detail"]
-        ok = await wallet.http.post(refunds, json={
-            "refund_id": str(uuid4()), "charge_entry_id": charge["entry_id"],
-            "amount_minor": 3_800})
+        ok = await refund(charge, 3_800)
         assert ok.status_code == 201, ok.text
         assert (await wallet.status(w))["balance_minor"] == 99_800
         # later revisions charge the hour 5,000 more, then credit 4,000 back: it now costs
         # 5,000, so its refunds together stay within 4,750, of which 3,800 are refunded
-        await kafka.publish(env.topic(BILLING_DEBITS.name), w, ChargeWallet(
-            wallet_id=w, currency="ZAR", occurred_at=T0, charges=[UsageCharge(
-                line_id=uuid4(), kind=kind, amount_minor=amount, vm_id=vm, period_start=hour)
-                for kind, amount in (("debit", 5_000), ("credit", 4_000))]))
-
-        async def charged_more():
-            s = await wallet.status(w)
-            return s if s["balance_minor"] == 98_800 else None
-
-        await wait_for(charged_more)
-        statement = (await wallet.http.get(f"/wallets/{w}/statement", params={
-            "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"})).json()
-        later = [e for e in statement["entries"] if e["kind"] == "usage_debit"][-1]
+        later = await charge_hour(("debit", 5_000), ("credit", 4_000), balance_after=98_800)
         assert later["amount_minor"] == -5_000
-        beyond = await wallet.http.post(refunds, json={
-            "refund_id": str(uuid4()), "charge_entry_id": later["entry_id"],
-            "amount_minor": 951})
+        beyond = await refund(later, 951)
         assert beyond.status_code == 422 and "VM hour" in beyond.json()["detail"]
-        within = await wallet.http.post(refunds, json={
-            "refund_id": str(uuid4()), "charge_entry_id": later["entry_id"],
-            "amount_minor": 950})
+        within = await refund(later, 950)
         assert within.status_code == 201, within.text
         await wallet.assert_consistent(w)
 
