@@ -251,35 +251,58 @@ class BackgroundCommits:
         self._due: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._consumer: Any = None
+        self._rounds_started = 0  # commits sent
+        self._rounds_finished = 0  # commits answered (or failed)
+        self._progress = asyncio.Event()
 
     def after(self, consumer: Any, records: Records) -> None:
         self._consumer = consumer
         for tp, offset in next_offsets(records).items():
             self._due[tp] = max(self._due.get(tp, 0), offset)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._commit(consumer))
+        self._ensure_running()
 
     async def flush(self) -> None:
-        """Commit what is due now (or let its commit fail), within `FLUSH_TIMEOUT_S`."""
-        if (self._task is None or self._task.done()) and self._due:
+        """Commit what is due now, within `FLUSH_TIMEOUT_S`: the commit in flight and the
+        next one (which takes everything due now), not the ones later batches keep adding."""
+        in_flight = self._rounds_started > self._rounds_finished
+        target = self._rounds_started + (1 if self._due else 0)
+        if not in_flight and not self._due:
+            return
+        self._ensure_running()
+        try:
+            async with asyncio.timeout(self.FLUSH_TIMEOUT_S):
+                while self._rounds_finished < target and not self._stopped():
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            log.warning("offset commit still in flight; those records may come again")
+
+    def _ensure_running(self) -> None:
+        if self._due and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._commit(self._consumer))
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.FLUSH_TIMEOUT_S)
-            except TimeoutError:
-                log.warning("offset commit still in flight; those records may come again")
+
+    def _stopped(self) -> bool:
+        # the loop ends on a failed commit: what it left due waits for the next batch
+        return self._task is None or self._task.done()
 
     async def _commit(self, consumer: Any) -> None:
-        while self._due:
-            due, self._due = _still_assigned(consumer, self._due), {}
-            if not due:
-                continue
-            try:
-                await consumer.commit(due)
-            except Exception as error:
-                log.warning("offset commit failed; those records may come again",
-                            error=str(error))
-                return
+        try:
+            while self._due:
+                due, self._due = _still_assigned(consumer, self._due), {}
+                if not due:
+                    continue
+                self._rounds_started += 1
+                try:
+                    await consumer.commit(due)
+                except Exception as error:
+                    log.warning("offset commit failed; those records may come again",
+                                error=str(error))
+                    return
+                finally:
+                    self._rounds_finished += 1
+                    self._progress.set()
+        finally:
+            self._progress.set()  # a flush waiting on a loop that ended stops waiting
 
 
 def _poll_without_pause(subscriber: Any, settings: Settings) -> None:

@@ -112,4 +112,5 @@ def _an_amount(money: MoneyModel) -> MoneyModel:
 
 
 # Money one message asks to move (a charge, a top-up, a reservation), not a balance or total.
-AmountModel = Annotated[MoneyModel, AfterValidator(_an_amount)]
+AmountModel = Annotated[MoneyModel, AfterValidator(_an_amount), Field(
+    description=f"An amount to move: at most {MAX_AMOUNT_MINOR} minor units either way.")]

@@ -81,11 +81,14 @@ class IntakeQueue(Generic[In, Out]):
         try:
             with INTAKE_SECONDS.time():
                 results = await self._write_batch(conn, [item for item, _ in batch])
-        except Exception as error:
-            if len(batch) > 1 and isinstance(error, REFUSED_ITEM):
+        except REFUSED_ITEM as error:
+            if len(batch) > 1:
                 await self._write_one_by_one(conn, batch)
-                return
-            _fail(batch, error)
+            else:
+                _fail(batch, error)  # answered: the next batch goes on at once
+            return
+        except BaseException as error:  # a stop (cancel) included: no caller waits forever
+            _fail(batch, error if isinstance(error, Exception) else RuntimeError("stopped"))
             raise
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():

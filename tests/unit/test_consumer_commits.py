@@ -126,3 +126,32 @@ async def test_a_flush_commits_what_a_failed_commit_left_due():
     consumer.fail = False
     await commits.flush()
     assert consumer.commits[-1] == {TopicPartition("t", 0): 3}
+
+
+async def test_a_flush_under_load_waits_for_what_is_due_now_not_for_later_batches():
+    class Busy(SlowConsumer):
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            self.commits.append(dict(offsets))
+            await asyncio.sleep(0.005)  # slower than batches come: offsets are always due
+
+    consumer = Busy()
+    commits = BackgroundCommits()
+    commits.FLUSH_TIMEOUT_S = 30.0  # a flush that waited for the load to stop never returns
+    offset = 0
+
+    async def load() -> None:
+        nonlocal offset
+        while True:
+            commits.after(consumer, (record(0, offset),))
+            offset += 1
+            await asyncio.sleep(0.001)
+
+    loading = asyncio.create_task(load())
+    try:
+        await asyncio.sleep(0.05)
+        due_now = offset
+        await asyncio.wait_for(commits.flush(), 5)  # returns while the load goes on
+        assert not loading.done()
+        assert max(c[TopicPartition("t", 0)] for c in consumer.commits) >= due_now
+    finally:
+        loading.cancel()

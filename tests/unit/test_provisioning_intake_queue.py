@@ -68,3 +68,24 @@ async def test_a_connection_lost_while_writing_one_by_one_answers_every_item():
     finally:
         await queue.stop()
     assert all(isinstance(r, asyncpg.InterfaceError) for r in results)
+
+
+async def test_a_lone_refused_item_is_answered_and_a_stop_answers_a_batch_being_written():
+    started = asyncio.Event()
+
+    async def write(conn: Any, items: Sequence[str]) -> list[str]:
+        if items == ["bad"]:
+            raise asyncpg.DataError("invalid byte sequence")
+        started.set()
+        await asyncio.sleep(60)  # a write still running when the service stops
+        return list(items)
+
+    queue: IntakeQueue[str, str] = IntakeQueue(lambda: Pool(), write)  # type: ignore[arg-type]
+    queue.start()
+    with pytest.raises(asyncpg.DataError):
+        await queue.submit("bad")
+    slow = asyncio.create_task(queue.submit("slow"))
+    await started.wait()
+    await queue.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        await asyncio.wait_for(slow, 5)
