@@ -51,12 +51,16 @@ class Rejected:
     reason: str
 
 
+def validation_problems(error: ValidationError, whole: str = "message", limit: int = 5
+                        ) -> str:
+    """The first `limit` problems as `where: what`, without the input (`whole` names a
+    problem of the input as a whole)."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or whole}: {e['msg']}"
+                     for e in error.errors()[:limit])
+
+
 def _reason(error: ValidationError) -> str:
-    parts = []
-    for e in error.errors()[:5]:
-        where = ".".join(str(x) for x in e["loc"]) or "message"
-        parts.append(f"{where}: {e['msg']}")
-    return "invalid message: " + "; ".join(parts)
+    return "invalid message: " + validation_problems(error)
 
 
 def parse_records(records: Sequence[ConsumerRecord], adapter: TypeAdapter[T]

@@ -21,6 +21,12 @@ from shared.contracts.vm import TIER_SHAPES, VmSpec
 from shared.pricing import RateCardBook
 
 
+def event_now(clock: datetime | None, at: datetime) -> datetime:
+    """Event time of something happening at `at`: never behind the clock ticks seen, so a
+    simulated clock running ahead of the wall clock stays the one clock that counts."""
+    return at if clock is None else max(clock, at)
+
+
 class RequestKind(StrEnum):
     CREATE = "create"
     RESIZE = "resize"
@@ -244,9 +250,8 @@ class VmRequest:
             return CreateVmCommand(self, at)
         return ResizeVmCommand(self.vm_id, self.request_id, self.spec, at, self.request_id)
 
-    def _await_vcenter(self, clock: datetime | None, vcenter_timeout: timedelta,
+    def _await_vcenter(self, at: datetime, vcenter_timeout: timedelta,
                        hold_expires_at: datetime | None = None) -> list[Fact]:
-        at = self.received_at if clock is None else max(clock, self.received_at)
         self.status = RequestStatus.AWAITING_VCENTER
         self.deadline = at + vcenter_timeout
         if hold_expires_at is not None:
@@ -262,13 +267,13 @@ class VmRequest:
                        hold_expires_at: datetime | None = None) -> list[Fact]:
         if self.status is RequestStatus.AWAITING_FUNDS:
             self.hold_id = hold_id
-            at = self.received_at if clock is None else max(clock, self.received_at)
+            at = event_now(clock, self.received_at)
             if hold_expires_at is not None and hold_expires_at <= at:
                 # Decided so late that the hold is already due to expire: no VM on it.
                 self._end(RequestStatus.FAILED, at, "timeout: the hold expired before vCenter "
                           "was asked")
                 return self._outcome("failed", at)
-            return self._await_vcenter(clock, vcenter_timeout, hold_expires_at)
+            return self._await_vcenter(at, vcenter_timeout, hold_expires_at)
         if self.status in (RequestStatus.CANCELLED, RequestStatus.FAILED):
             # We gave up before the wallet answered: the hold it just made must go back.
             kind: Literal["failed", "cancelled"] = (

@@ -32,6 +32,7 @@ from services.provisioning.domain import (
     UnknownOrganisation,
     Vm,
     VmRequest,
+    event_now,
     new_create_request,
     new_resize_request,
     vm_from_created,
@@ -95,12 +96,6 @@ def resize_request_id(vm_id: UUID, idempotency_key: str) -> UUID:
 
 def wall_clock() -> datetime:
     return datetime.now(UTC)
-
-
-def event_now(clock: datetime | None, at: datetime) -> datetime:
-    """Event time of something happening at `at`: never behind the clock ticks seen, so a
-    simulated clock running ahead of the wall clock stays the one clock that counts."""
-    return at if clock is None else max(clock, at)
 
 
 @dataclass(frozen=True)

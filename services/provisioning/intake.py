@@ -88,7 +88,7 @@ class IntakeQueue(Generic[In, Out]):
                 _fail(batch, error)  # answered: the next batch goes on at once
             return
         except BaseException as error:  # a stop (cancel) included: no caller waits forever
-            _fail(batch, error if isinstance(error, Exception) else RuntimeError("stopped"))
+            _fail(batch, error)
             raise
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
@@ -109,7 +109,7 @@ class IntakeQueue(Generic[In, Out]):
                 if not future.done():
                     future.set_result(result)
         except BaseException as error:
-            _fail(batch, error if isinstance(error, Exception) else RuntimeError("stopped"))
+            _fail(batch, error)
             raise
 
 
@@ -119,6 +119,9 @@ REFUSED_ITEM = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def _fail(batch: Sequence[tuple[object, asyncio.Future[Out]]], error: BaseException) -> None:
+    """Answer the items not answered yet with `error` (a cancellation: the queue stopped)."""
+    if not isinstance(error, Exception):
+        error = RuntimeError("stopped")
     for _, future in batch:
         if not future.done():
             future.set_exception(error)

@@ -27,11 +27,13 @@ from services.wallet.domain import (
     Wallet,
     WalletError,
     burn_rate,
+    ledger_key,
 )
 from services.wallet.handlers import Events
+from shared.consumer import validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
-from shared.money import MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
+from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
 
@@ -39,9 +41,6 @@ if TYPE_CHECKING:
     from services.wallet.app import WalletService
 
 SIGNATURE_HEADER = "X-Signature"
-
-
-BIGINT_MAX = 2**63 - 1  # ledger entry ids
 
 
 class OpenWallet(BaseModel):
@@ -248,8 +247,7 @@ def register_routes(service: WalletService) -> None:
         try:
             payment = PaymentWebhook.model_validate_json(body)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                                 for e in error.errors()[:3])
+            problems = validation_problems(error, whole="body", limit=3)
             raise HTTPException(422, f"invalid payment notification: {problems}") from None
         if payment.status != "succeeded":
             return {"applied": False, "reason": "payment did not succeed"}
@@ -272,7 +270,7 @@ def register_routes(service: WalletService) -> None:
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
             wallet = await locked_wallet(conn, wallet_id)
-            booked = await repo.booked_refund(conn, wallet_id, body.refund_id)
+            booked = await repo.booked_entry(conn, wallet_id, ledger_key("refund", body.refund_id))
             if booked is not None:
                 if (booked["amount"], booked["refunds_entry_id"]) != (body.amount_minor,
                                                                       body.charge_entry_id):

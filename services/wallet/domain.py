@@ -282,7 +282,7 @@ class Wallet:
             raise WalletError("top-up amount must be positive")
         if amount > max_amount:
             raise WalletError(f"top-up amount exceeds the maximum of {max_amount}")
-        entry = self._book(EntryKind.TOP_UP, amount, f"payment:{payment_id}", at,
+        entry = self._book(EntryKind.TOP_UP, amount, ledger_key("payment", payment_id), at,
                            description=f"top-up {payment_id}")
         self.facts.append(ToppedUp(payment_id, amount, self.balance))
         return entry
@@ -317,7 +317,7 @@ class Wallet:
                     f"refund would exceed {REFUND_CAP_PERCENT}% of what the VM hour still "
                     f"costs: cap {hour_cap}, already refunded of the hour {hour_refunded}, "
                     f"requested {amount}")
-        entry = self._book(EntryKind.REFUND, amount, f"refund:{refund_id}", at,
+        entry = self._book(EntryKind.REFUND, amount, ledger_key("refund", refund_id), at,
                            refunds_entry_id=charge_entry_id,
                            description=reason or f"refund of entry {charge_entry_id}")
         self.facts.append(Refunded(refund_id, charge_entry_id, amount, self.balance))
@@ -371,6 +371,12 @@ class Wallet:
         """The higher of the alert threshold and the auto top-up trigger."""
         auto = self.auto_topup.threshold if self.auto_topup else 0
         return max(self.low_balance_threshold, auto)
+
+
+def ledger_key(kind: str, source_id: object) -> str:
+    """A ledger row's idempotency key (unique per wallet): what moved the money and its id,
+    e.g. `debit:<line id>`, `payment:<payment id>`, `refund:<refund id>`."""
+    return f"{kind}:{source_id}"
 
 
 def refund_cap(charge: int) -> int:

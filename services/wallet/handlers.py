@@ -32,6 +32,7 @@ from services.wallet.domain import (
     Wallet,
     WalletError,
     WalletFact,
+    ledger_key,
 )
 from shared.consumer import Incoming, Records, dead_letter, dead_letters, keep_fresh, parse_records
 from shared.contracts.base import Envelope, deterministic_id
@@ -209,12 +210,13 @@ class WalletHandlers:
             fresh, wallets = await self._claim(conn, good)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_request = {h.request_id: h for h in holds}
-            # An outcome naming a request whose hold is another wallet's (bad input): found
-            # here even when that wallet is not in the batch, and dead-lettered below.
-            elsewhere = await repo.hold_owners(conn, list({
+            # Whose hold each named request is: an outcome naming another wallet's request
+            # (bad input) is dead-lettered, whether or not that wallet is in the batch.
+            owners = {h.request_id: h.wallet_id for h in holds}
+            owners.update(await repo.hold_owners(conn, list({
                 i.message.request_id for i in fresh
                 if not isinstance(i.message, VmDecommissioned)
-                and i.message.request_id not in by_request}))
+                and i.message.request_id not in owners})))
             for item in fresh:
                 m = item.message
                 wallet = wallets.get(m.wallet_id)
@@ -222,29 +224,23 @@ class WalletHandlers:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   f"unknown wallet {m.wallet_id}"))
                     continue
-                owner = (None if isinstance(m, VmDecommissioned)
-                         else elsewhere.get(m.request_id))
+                owner = None if isinstance(m, VmDecommissioned) else owners.get(m.request_id)
                 if owner is not None and owner != m.wallet_id:
                     events.out.append(dead_letter(
                         self.settings, CONSUMER, item.record,
                         f"request {m.request_id}'s hold belongs to wallet {owner}, "
                         f"not {m.wallet_id}"))
                     continue
-                try:
-                    match m:
-                        case ProvisioningSucceeded() if m.request_id in by_request:
-                            wallet.confirm(by_request[m.request_id])
-                        case ProvisioningFailed() | ProvisioningCancelled() \
-                                if m.request_id in by_request:
-                            wallet.release(by_request[m.request_id], m.occurred_at)
-                        case VmDecommissioned():
-                            for hold in holds:
-                                if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
-                                    wallet.release(hold, m.occurred_at)
-                except WalletError as error:  # an outcome naming another wallet's request
-                    events.out.append(dead_letter(self.settings, CONSUMER, item.record,
-                                                  str(error)))
-                    continue
+                match m:
+                    case ProvisioningSucceeded() if m.request_id in by_request:
+                        wallet.confirm(by_request[m.request_id])
+                    case ProvisioningFailed() | ProvisioningCancelled() \
+                            if m.request_id in by_request:
+                        wallet.release(by_request[m.request_id], m.occurred_at)
+                    case VmDecommissioned():
+                        for hold in holds:
+                            if hold.vm_id == m.vm_id and hold.wallet_id == m.wallet_id:
+                                wallet.release(hold, m.occurred_at)
                 events.emit(wallet, m, wallet.take_facts())
             committed = await self._commit(conn, list(wallets.values()), [], holds, events)
         self.runtime.relay.push(committed)
@@ -437,10 +433,6 @@ class Charge:
     at: datetime
     description: str
     key: str  # the ledger's idempotency key, `ledger_key(kind, charge_id)`
-
-
-def ledger_key(kind: str, charge_id: UUID) -> str:
-    return f"{kind}:{charge_id}"
 
 
 def charges_of(m: Any) -> list[Charge]:

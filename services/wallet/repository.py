@@ -239,12 +239,13 @@ async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
     return {(r["wallet_id"], r["idempotency_key"]) for r in rows}
 
 
-async def booked_refund(conn: asyncpg.Connection, wallet_id: UUID, refund_id: UUID
-                        ) -> asyncpg.Record | None:
-    """The ledger row of a refund already booked (entry id, amount, entry refunded)."""
+async def booked_entry(conn: asyncpg.Connection, wallet_id: UUID, key: str
+                       ) -> asyncpg.Record | None:
+    """The ledger row booked under this idempotency key, if any (entry id, amount, and the
+    entry it refunds)."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""SELECT entry_id, amount, refunds_entry_id FROM {SCHEMA}.wallet_transactions
-            WHERE wallet_id = $1 AND idempotency_key = $2""", wallet_id, f"refund:{refund_id}")
+            WHERE wallet_id = $1 AND idempotency_key = $2""", wallet_id, key)
     return row
 
 
