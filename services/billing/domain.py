@@ -22,7 +22,7 @@ from fractions import Fraction
 from functools import lru_cache
 from uuid import UUID
 
-from shared.contracts.base import CONTRACTS_NAMESPACE
+from shared.contracts.base import CONTRACTS_NAMESPACE, deterministic_id
 from shared.contracts.metering import HourlyUsage
 from shared.contracts.vm import VmSpec
 from shared.money import Money
@@ -327,6 +327,78 @@ class Biller:
                     booked, rated, amount, stale, partition)
         self.lines.append(line)
         return line
+
+
+# --- wallet entries: one per wallet, hour, revision and kind in a batch --------------------
+
+# Below the contract's bound on VM parts per message, so an entry always fits in one.
+MAX_VMS_PER_ENTRY = 2_000
+
+
+@dataclass(slots=True)
+class UsageEntry:
+    """The lines of one wallet, hour, revision and kind (debit or credit) billed in one
+    batch, charged to the wallet as one ledger entry. Which lines an entry holds is stored
+    with them, so the entry sent again after a redelivery is the same entry."""
+
+    entry_id: UUID
+    wallet_id: UUID
+    hour_start: datetime
+    revision: int
+    kind: str  # "debit" or "credit"
+    currency: str
+    vm_ids: list[UUID]
+    line_ids: list[UUID]
+    amounts: list[int]  # positive, per VM (the line's amount, its sign taken by `kind`)
+
+    @property
+    def amount(self) -> int:
+        return sum(self.amounts)
+
+
+def usage_entry_id(first_line_id: UUID) -> UUID:
+    """An entry's id, from its first line: each line is in exactly one entry, so the id is
+    unique, and the entry rebuilt from storage keeps it."""
+    return deterministic_id("billing.usage_entry", first_line_id)
+
+
+def usage_entries(billed: Iterable[Line | UsageEntry]) -> tuple[list[UsageEntry],
+                                                               list[UsageEntry]]:
+    """A batch's wallet entries in the order to send them, and which of them are new.
+
+    `billed` is the batch in usage order: a new line, or the stored entry of a usage billed
+    before (a redelivery sends it again). New lines join the entry of their wallet, hour,
+    revision and kind opened in this batch (one past `MAX_VMS_PER_ENTRY` VMs opens another).
+    Entries go out by hour, then revision (then as they came): a correction has a higher
+    revision than what it corrects, so it is booked after it, whatever grouping a redelivery
+    made. Lines of amount 0 (past the cap, stale) charge nothing and are in no entry."""
+    ordered: list[UsageEntry] = []
+    new: list[UsageEntry] = []
+    sent: set[UUID] = set()
+    open_entries: dict[tuple[UUID, datetime, int, str, str], UsageEntry] = {}
+    for item in billed:
+        if isinstance(item, UsageEntry):
+            if item.entry_id not in sent:
+                sent.add(item.entry_id)
+                ordered.append(item)
+            continue
+        if item.amount == 0:
+            continue
+        kind = "debit" if item.amount > 0 else "credit"
+        usage = item.usage
+        key = (usage.wallet_id, usage.hour_start, usage.revision, kind, item.rated.currency)
+        entry = open_entries.get(key)
+        if entry is None or len(entry.vm_ids) >= MAX_VMS_PER_ENTRY:
+            entry = open_entries[key] = UsageEntry(
+                usage_entry_id(item.line_id), usage.wallet_id, usage.hour_start,
+                usage.revision, kind, item.rated.currency, [], [], [])
+            ordered.append(entry)
+            new.append(entry)
+        entry.vm_ids.append(usage.vm_id)
+        entry.line_ids.append(item.line_id)
+        entry.amounts.append(abs(item.amount))
+    ordered.sort(key=lambda e: (e.hour_start, e.revision))
+    return ordered, new
 
 
 def booked_month(hour_month: date, closed_through: date | None) -> date:

@@ -1,7 +1,8 @@
 """Thin handlers: usage and wallet events in, domain decisions, lines and events out.
 
-metering.usage: each batch rates its usage into billing lines in one transaction, then sends
-their debits and credits to the wallet (straight after the commit: see `_bill`). Its
+metering.usage: each batch rates its usage into billing lines in one transaction, groups
+their debits and credits into one wallet entry per wallet, hour, revision and kind, and sends
+those to the wallet (straight after the commit: see `_bill`). Its
 watermarks close months.
 
 wallet.events: confirms the lines the wallet booked, mirrors top-ups and refunds for the
@@ -33,6 +34,7 @@ from services.billing.domain import (
     MonthInput,
     Rater,
     Statement,
+    UsageEntry,
     VmBooked,
     VmHours,
     booked_month,
@@ -48,6 +50,7 @@ from services.billing.domain import (
     month_of,
     months_to_close,
     ready_to_close,
+    usage_entries,
 )
 from services.billing.domain import (
     Invoice as InvoiceDoc,
@@ -71,8 +74,9 @@ from shared.contracts.billing import (
 from shared.contracts.metering import HourlyUsage, UsageStreamItem
 from shared.contracts.wallet import (
     MAX_CHARGES_PER_MESSAGE,
+    MAX_VM_PARTS_PER_MESSAGE,
     AutoTopUpSettings,
-    ChargeWallet,
+    ChargeUsage,
     DebitsApplied,
     TopUpWallet,
     WalletEvent,
@@ -126,45 +130,57 @@ def attempt_for(low: WalletLowBalance, auto: AutoTopUpSettings) -> Attempt:
                    low.occurred_at)
 
 
-def charges_id(charges: list[dict[str, Any]]) -> UUID:
-    """A ChargeWallet's id, from every line it charges: the same charges, the same id."""
-    digest = hashlib.sha1(b"".join(c["line_id"].bytes for c in charges)).hexdigest()
+def entries_message_id(entries: Sequence[UsageEntry]) -> UUID:
+    """A ChargeUsage's id, from every entry it carries: the same entries, the same id."""
+    digest = hashlib.sha1(b"".join(e.entry_id.bytes for e in entries)).hexdigest()
     return deterministic_id("billing.charges", digest)
 
 
 class WalletCharges:
-    """A usage batch's charges, one `ChargeWallet` per wallet (and currency), in line order:
-    one message where a debit each would cost a parse, an envelope and a record apiece."""
+    """A usage batch's wallet entries, one `ChargeUsage` per wallet (and currency), in the
+    order `usage_entries` gives: one message per wallet and batch, one entry per wallet,
+    hour, revision and kind, where a debit per line would cost a parse, an envelope, a
+    record and a ledger row apiece."""
 
-    def __init__(self) -> None:
-        # per wallet and currency: the first usage charged (the messages' cause), the charges
-        self._by_wallet: dict[tuple[UUID, str],
-                              tuple[Incoming[HourlyUsage], list[dict[str, Any]]]] = {}
+    def __init__(self, causes: dict[UUID, Incoming[HourlyUsage]]) -> None:
+        self._causes = causes  # per wallet: its first usage in the batch (the messages' cause)
+        self._by_wallet: dict[tuple[UUID, str], list[UsageEntry]] = {}
 
-    def add(self, item: Incoming[HourlyUsage], line_key: UUID, amount: int,
-            currency: str) -> None:
-        """The debit (or, for a negative amount, the credit) of one line. A dict, not a
-        `UsageCharge`: the message validates its charges once, as a whole."""
-        u = item.message
-        _, charges = self._by_wallet.setdefault((u.wallet_id, currency), (item, []))
-        charges.append({"line_id": line_key, "kind": "debit" if amount > 0 else "credit",
-                        "amount_minor": abs(amount), "vm_id": u.vm_id,
-                        "period_start": u.hour_start})
+    def add(self, entry: UsageEntry) -> None:
+        self._by_wallet.setdefault((entry.wallet_id, entry.currency), []).append(entry)
 
     def rows(self, topic: str) -> list[Row]:
         rows = []
-        for (wallet_id, currency), (first, charges) in self._by_wallet.items():
+        for (wallet_id, currency), entries in self._by_wallet.items():
+            first = self._causes[wallet_id]
             cause = first.message
             # Same key, same partition count: the partition the wallet's key hashes to,
             # the one its usage came from.
             partition = first.record.partition if SAME_PARTITIONING else None
-            for start in range(0, len(charges), MAX_CHARGES_PER_MESSAGE):
-                chunk = charges[start:start + MAX_CHARGES_PER_MESSAGE]
-                message = cause.caused(ChargeWallet, event_id=charges_id(chunk),
-                                       occurred_at=cause.occurred_at, wallet_id=wallet_id,
-                                       currency=currency, charges=chunk)
+            for chunk in _chunks(entries):
+                message = cause.caused(
+                    ChargeUsage, event_id=entries_message_id(chunk),
+                    occurred_at=cause.occurred_at, wallet_id=wallet_id, currency=currency,
+                    entries=[{"entry_id": e.entry_id, "kind": e.kind, "hour_start": e.hour_start,
+                              "revision": e.revision, "amount_minor": e.amount,
+                              "vm_ids": e.vm_ids, "line_ids": e.line_ids,
+                              "vm_amounts": e.amounts} for e in chunk])
                 rows.append(outgoing(topic, wallet_id, message, partition=partition).row)
         return rows
+
+
+def _chunks(entries: list[UsageEntry]) -> list[list[UsageEntry]]:
+    """Consecutive runs of entries within one message's bounds (entries and VM parts)."""
+    chunks: list[list[UsageEntry]] = [[]]
+    parts = 0
+    for entry in entries:
+        if chunks[-1] and (len(chunks[-1]) >= MAX_CHARGES_PER_MESSAGE
+                           or parts + len(entry.vm_ids) > MAX_VM_PARTS_PER_MESSAGE):
+            chunks.append([])
+            parts = 0
+        chunks[-1].append(entry)
+        parts += len(entry.vm_ids)
+    return chunks
 
 
 class BillingHandlers:
@@ -218,14 +234,15 @@ class BillingHandlers:
 
     async def _bill(self, conn: asyncpg.Connection, usages: list[Incoming[HourlyUsage]],
                     out: list[Outgoing]) -> list[Row]:
-        """Bill the usage; dead letters go to `out`, and the charges (debits and credits
-        for `billing.debits`) are returned, to be published once the transaction commits.
+        """Bill the usage; dead letters go to `out`, and the charges (the batch's wallet
+        entries for `billing.debits`) are returned, to be published once the transaction
+        commits.
 
-        Charges skip the outbox: they are the bulk of billing's output, and the lines are
-        their durable record. The handler waits for Kafka before it returns, so the batch's
-        offsets are committed only after its charges are on Kafka; if anything stops in
-        between, the batch comes again, and a usage already billed re-sends the charge of
-        the line it has (same id: the wallet books it once)."""
+        Charges skip the outbox: they are the bulk of billing's output, and the lines and
+        entries are their durable record. The handler waits for Kafka before it returns, so
+        the batch's offsets are committed only after its charges are on Kafka; if anything
+        stops in between, the batch comes again, and a usage already billed re-sends the
+        stored entry its line is in (same id and lines: the wallet books it once)."""
         partitions = sorted({i.record.partition for i in usages})
         closed = await repo.lock_usage_partitions(conn, partitions)
         hour_keys = list(dict.fromkeys((i.message.vm_id, i.message.hour_start) for i in usages))
@@ -254,26 +271,32 @@ class BillingHandlers:
                                f"vm {m.vm_id} hour {m.hour_start.isoformat()} revision "
                                f"{m.revision}: metered {m.seconds} s, not billed ({error})"))
         lines = biller.lines
-        await repo.insert_lines(conn, lines)
+        # A usage billed before re-sends the entry its line is in (same id: the wallet
+        # books it once), where that usage comes in the batch.
+        repeats = [line_id(i.message.vm_id, i.message.hour_start, i.message.revision)
+                   for i, line in billed if line is None]
+        stored = await repo.stored_entries(conn, repeats)
+        in_order: list[Line | UsageEntry] = []
+        for item, line in billed:
+            if line is not None:
+                in_order.append(line)
+                continue
+            entry = stored.get(line_id(item.message.vm_id, item.message.hour_start,
+                                       item.message.revision))
+            if entry is not None:
+                in_order.append(entry)
+        ordered, new = usage_entries(in_order)
+        await repo.insert_lines(conn, lines, new)
+        await repo.insert_usage_entries(conn, new)
         touched = {(x.usage.vm_id, x.month) for x in lines if not x.stale}
         await repo.save_vm_months(conn, [biller.vm_months[k] for k in touched])
         await repo.insert_issues(conn, issues)
-        # Charges in the order of their usage, re-sent ones included, so a wallet books a
-        # correction after the charge it corrects even when both come again.
-        billed_now = {x.line_id for x in lines}
-        repeats = {line_id(i.message.vm_id, i.message.hour_start, i.message.revision)
-                   for i, line in billed if line is None}
-        stored = await repo.billed_lines(conn, [k for k in repeats if k not in billed_now])
-        charges = WalletCharges()
-        for item, line in billed:
-            if line is not None:
-                if line.amount != 0:
-                    charges.add(item, line.line_id, line.amount, line.rated.currency)
-                continue
-            repeat = line_id(item.message.vm_id, item.message.hour_start, item.message.revision)
-            amount, currency = stored.pop(repeat, (0, ""))  # once, if the batch repeats it
-            if amount != 0:
-                charges.add(item, repeat, amount, currency)
+        causes: dict[UUID, Incoming[HourlyUsage]] = {}
+        for item, _ in billed:
+            causes.setdefault(item.message.wallet_id, item)
+        charges = WalletCharges(causes)
+        for entry in ordered:
+            charges.add(entry)
         return charges.rows(self.debits_topic)
 
     async def _advance(self, conn: asyncpg.Connection, partitions: Sequence[int]
@@ -434,20 +457,20 @@ class BillingHandlers:
         return [a for a in candidates if a.attempt_id in recorded]
 
     async def _confirm(self, conn: asyncpg.Connection, applied: list[DebitsApplied]) -> None:
-        """Mark the wallet's booked lines confirmed; any amount that differs from billing's
-        lines becomes an issue on the wallet's next statement."""
-        sums = await repo.confirm_lines(conn, [(m.debit_ids, m.credit_ids) for m in applied])
+        """Mark the wallet's booked entries confirmed; any amount that differs from billing's
+        entries becomes an issue on the wallet's next statement."""
+        sums = await repo.confirm_entries(conn, [(m.debit_ids, m.credit_ids) for m in applied])
         issues: list[tuple[str, UUID, date | None, str]] = []
         for m, found in zip(applied, sums, strict=True):
             if found.unknown:
                 issues.append((f"unknown:{m.event_id}", m.wallet_id, None,
                                f"wallet booked {found.unknown} debits/credits billing has no "
-                               f"line for (first: {found.first_unknown})"))
+                               f"entry for (first: {found.first_unknown})"))
             if (found.debited, found.credited) != (m.debited.amount_minor,
                                                    m.credited.amount_minor):
                 issues.append((f"amounts:{m.event_id}", m.wallet_id, None,
                                f"wallet debited {m.debited.amount_minor} and credited "
-                               f"{m.credited.amount_minor} for lines of {found.debited} and "
+                               f"{m.credited.amount_minor} for entries of {found.debited} and "
                                f"{found.credited} (event {m.event_id})"))
         await repo.insert_issues(conn, issues)
 

@@ -11,7 +11,15 @@ from uuid import UUID
 
 import asyncpg
 
-from services.billing.domain import Attempt, HourState, Line, MeteredHour, Statement, VmMonth
+from services.billing.domain import (
+    Attempt,
+    HourState,
+    Line,
+    MeteredHour,
+    Statement,
+    UsageEntry,
+    VmMonth,
+)
 from shared.money import Money
 
 SCHEMA = "billing"
@@ -99,34 +107,62 @@ async def others_caps(conn: asyncpg.Connection, vm_month_keys: Sequence[tuple[UU
 
 LINE_COLUMNS = ("line_id", "usage_id", "usage_partition", "wallet_id", "organisation_id",
                 "vm_id", "hour_start", "month", "booked_month", "revision", "seconds", "rated",
-                "hour_cap", "amount", "stale", "currency", "rate_card_version", "item_code")
+                "hour_cap", "amount", "stale", "currency", "rate_card_version", "item_code",
+                "entry_id")
 
 
-async def insert_lines(conn: asyncpg.Connection, lines: Sequence[Line]) -> None:
+async def insert_lines(conn: asyncpg.Connection, lines: Sequence[Line],
+                       entries: Sequence[UsageEntry]) -> None:
     """COPY, not INSERT: the batch's lines are new by construction (the Biller saw every
     revision already stored for their hours, under the partition's lock), and COPY encodes
-    rows several times faster than array parameters."""
+    rows several times faster than array parameters. Each line names the entry charging it."""
     if not lines:
         return
+    entry_of = {line: e.entry_id for e in entries for line in e.line_ids}
     await conn.copy_records_to_table(
         "lines", schema_name=SCHEMA, columns=LINE_COLUMNS, records=[
             (x.line_id, x.usage.usage_id, x.partition, x.usage.wallet_id,
              x.usage.organisation_id, x.usage.vm_id, x.usage.hour_start, x.month,
              x.booked_month, x.usage.revision, x.usage.seconds, x.rated.rated,
              x.rated.hour_cap, x.amount, x.stale, x.rated.currency, x.rated.rate_card_version,
-             x.rated.item_code)
+             x.rated.item_code, entry_of.get(x.line_id))
             for x in lines])
 
 
-async def billed_lines(conn: asyncpg.Connection, line_ids: Sequence[UUID]
-                       ) -> dict[UUID, tuple[int, str]]:
-    """Amount and currency of lines already stored, by line id."""
+ENTRY_COLUMNS = ("entry_id", "wallet_id", "hour_start", "revision", "kind", "amount",
+                 "currency", "vm_ids", "line_ids", "amounts")
+
+
+async def insert_usage_entries(conn: asyncpg.Connection, entries: Sequence[UsageEntry]) -> None:
+    if not entries:
+        return
+    await conn.copy_records_to_table(
+        "usage_entries", schema_name=SCHEMA, columns=ENTRY_COLUMNS, records=[
+            (e.entry_id, e.wallet_id, e.hour_start, e.revision, e.kind, e.amount, e.currency,
+             e.vm_ids, e.line_ids, e.amounts) for e in entries])
+
+
+async def stored_entries(conn: asyncpg.Connection, line_ids: Sequence[UUID]
+                         ) -> dict[UUID, UsageEntry]:
+    """The entry that charged each of these lines, by line id (lines of amount 0 have none)."""
     if not line_ids:
         return {}
     rows = await conn.fetch(
-        f"SELECT line_id, amount, currency FROM {SCHEMA}.lines WHERE line_id = ANY($1::uuid[])",
-        list(line_ids))
-    return {r["line_id"]: (r["amount"], r["currency"].strip()) for r in rows}
+        f"""SELECT l.line_id, e.entry_id, e.wallet_id, e.hour_start, e.revision, e.kind,
+                   e.currency, e.vm_ids, e.line_ids, e.amounts
+            FROM {SCHEMA}.lines l JOIN {SCHEMA}.usage_entries e ON e.entry_id = l.entry_id
+            WHERE l.line_id = ANY($1::uuid[])""", list(line_ids))
+    entries: dict[UUID, UsageEntry] = {}
+    found = {}
+    for r in rows:
+        entry = entries.get(r["entry_id"])
+        if entry is None:
+            entry = entries[r["entry_id"]] = UsageEntry(
+                r["entry_id"], r["wallet_id"], r["hour_start"], r["revision"], r["kind"],
+                r["currency"].strip(), list(r["vm_ids"]), list(r["line_ids"]),
+                list(r["amounts"]))
+        found[r["line_id"]] = entry
+    return found
 
 
 async def save_vm_months(conn: asyncpg.Connection, months: Sequence[VmMonth]) -> None:
@@ -245,7 +281,8 @@ async def pending_closes(conn: asyncpg.Connection, partitions: Sequence[int]
             FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
             JOIN {SCHEMA}.lines l ON l.wallet_id = k.wallet_id AND l.booked_month = k.month
             WHERE l.amount <> 0 AND NOT EXISTS (
-                SELECT 1 FROM {SCHEMA}.confirmations c WHERE c.line_id = l.line_id)
+                SELECT 1 FROM {SCHEMA}.usage_entries e
+                WHERE e.entry_id = l.entry_id AND e.confirmed)
             GROUP BY l.wallet_id, l.booked_month""",
         [r["wallet_id"] for r in rows], [r["month"] for r in rows])
     return ([(r["wallet_id"], r["month"], r["usage_partition"]) for r in rows],
@@ -288,9 +325,10 @@ async def month_balances(conn: asyncpg.Connection, closes: Sequence[tuple[UUID, 
               (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.movements m WHERE
                  m.wallet_id = k.wallet_id AND m.booked_month = k.month AND kind = 'refund')
                  AS refunds,
-            - (SELECT coalesce(sum(l.amount), 0) FROM {SCHEMA}.lines l
-                 JOIN {SCHEMA}.confirmations c ON c.line_id = l.line_id
-                 WHERE l.wallet_id = k.wallet_id)
+            - (SELECT coalesce(sum(CASE e.kind WHEN 'debit' THEN e.amount
+                                          ELSE -e.amount END), 0)
+                 FROM {SCHEMA}.usage_entries e
+                 WHERE e.wallet_id = k.wallet_id AND e.confirmed)
             + (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.movements m
                  WHERE m.wallet_id = k.wallet_id) AS mirror_total,
               w.last_balance_after, w.currency AS wallet_currency, w.billing_mode,
@@ -302,11 +340,11 @@ async def month_balances(conn: asyncpg.Connection, closes: Sequence[tuple[UUID, 
             LEFT JOIN LATERAL (
                 SELECT sum(amount) FILTER (WHERE amount > 0) AS charges,
                        -sum(amount) FILTER (WHERE amount < 0) AS usage_credits,
-                       count(*) FILTER (WHERE amount <> 0 AND c.line_id IS NULL)
+                       count(*) FILTER (WHERE amount <> 0 AND NOT c.confirmed)
                            AS unconfirmed_count,
-                       sum(amount) FILTER (WHERE c.line_id IS NULL) AS unconfirmed_amount
+                       sum(amount) FILTER (WHERE NOT c.confirmed) AS unconfirmed_amount
                 FROM {SCHEMA}.lines l
-                LEFT JOIN {SCHEMA}.confirmations c ON c.line_id = l.line_id
+                LEFT JOIN {SCHEMA}.usage_entries c ON c.entry_id = l.entry_id
                 WHERE l.wallet_id = k.wallet_id AND l.booked_month = k.month) b ON true""",
         [c[0] for c in closes], [c[1] for c in closes])
     return {(r["wallet_id"], r["month"]): r for r in rows}
@@ -349,13 +387,13 @@ async def month_booked(conn: asyncpg.Connection, closes: Sequence[tuple[UUID, da
     return list(await conn.fetch(
         f"""SELECT k.wallet_id, k.month, l.vm_id, l.month AS hour_month,
                    sum(l.amount) AS amount,
-                   coalesce(sum(l.amount) FILTER (WHERE l.amount = 0 OR c.line_id IS NOT NULL),
+                   coalesce(sum(l.amount) FILTER (WHERE l.amount = 0 OR c.confirmed),
                             0) AS confirmed_amount,
                    (array_agg(l.item_code ORDER BY l.hour_cap DESC, l.hour_start DESC))[1]
                        AS item_code
             FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
             JOIN {SCHEMA}.lines l ON l.wallet_id = k.wallet_id AND l.booked_month = k.month
-            LEFT JOIN {SCHEMA}.confirmations c ON c.line_id = l.line_id
+            LEFT JOIN {SCHEMA}.usage_entries c ON c.entry_id = l.entry_id
             WHERE NOT l.stale
             GROUP BY k.wallet_id, k.month, l.vm_id, l.month""",
         [c[0] for c in closes], [c[1] for c in closes]))
@@ -448,8 +486,8 @@ async def insert_movements(conn: asyncpg.Connection, rows: Sequence[tuple[Any, .
 
 @dataclass(frozen=True, slots=True)
 class Confirmed:
-    """What billing's lines say about one `DebitsApplied`: the sums of the lines it names,
-    and how many of its ids have no line (the first of them, if any)."""
+    """What billing's entries say about one `DebitsApplied`: the sums of the entries it
+    names, and how many of its ids name no entry (the first of them, if any)."""
 
     debited: int
     credited: int
@@ -457,40 +495,36 @@ class Confirmed:
     first_unknown: UUID | None
 
 
-async def confirm_lines(conn: asyncpg.Connection, applied: Sequence[tuple[list[UUID], list[UUID]]]
-                        ) -> list[Confirmed]:
-    """Record the lines of each (debit ids, credit ids) as booked by the wallet, and sum
-    what billing has for them, per event, in one statement: the ids go in, only the
-    sums come back."""
-    events, ids, debit = [], [], []
-    for n, (debits, credits) in enumerate(applied):
-        events += [n] * (len(debits) + len(credits))
-        ids += debits
-        ids += credits
-        debit += [True] * len(debits) + [False] * len(credits)
+async def confirm_entries(conn: asyncpg.Connection,
+                          applied: Sequence[tuple[list[UUID], list[UUID]]]) -> list[Confirmed]:
+    """Mark the entries of each (debit ids, credit ids) booked by the wallet, and sum what
+    billing has for them, per event: one statement, one row back per entry named."""
+    ids = list({i for debits, credits in applied for i in (*debits, *credits)})
     rows = await conn.fetch(
-        f"""WITH named AS (
-                SELECT * FROM unnest($1::int[], $2::uuid[], $3::bool[])
-                    WITH ORDINALITY AS i(event_no, line_id, is_debit, ord)
-            ), confirmed AS (
-                INSERT INTO {SCHEMA}.confirmations (line_id) SELECT line_id FROM named
-                ON CONFLICT DO NOTHING
-            )
-            SELECT i.event_no,
-                   coalesce(sum(l.amount) FILTER (WHERE i.is_debit), 0) AS debited,
-                   -coalesce(sum(l.amount) FILTER (WHERE NOT i.is_debit), 0) AS credited,
-                   count(*) FILTER (WHERE l.amount IS NULL) AS unknown,
-                   (array_agg(i.line_id ORDER BY i.ord) FILTER (WHERE l.amount IS NULL))[1]
-                       AS first_unknown
-            FROM named i
-            -- the lines by key (= ANY): joined to them directly, the planner hashed the
-            -- whole table, every batch
-            LEFT JOIN (SELECT line_id, amount FROM {SCHEMA}.lines
-                       WHERE line_id = ANY($2::uuid[])) l ON l.line_id = i.line_id
-            GROUP BY i.event_no""", events, ids, debit) if ids else []
-    found = {r["event_no"]: Confirmed(int(r["debited"]), int(r["credited"]), r["unknown"],
-                                      r["first_unknown"]) for r in rows}
-    return [found.get(n, Confirmed(0, 0, 0, None)) for n in range(len(applied))]
+        f"""UPDATE {SCHEMA}.usage_entries SET confirmed = true
+            WHERE entry_id = ANY($1::uuid[]) RETURNING entry_id, kind, amount""",
+        ids) if ids else []
+    known = {r["entry_id"]: (r["kind"], int(r["amount"])) for r in rows}
+    results = []
+    for debits, credits in applied:
+        debited = credited = 0
+        unknown: list[UUID] = []
+        for ids_named, named_kind in ((debits, "debit"), (credits, "credit")):
+            for entry_id in ids_named:
+                found = known.get(entry_id)
+                if found is None:
+                    unknown.append(entry_id)
+                    continue
+                kind, amount = found
+                # an id sent as the other kind counts against its own, so the sums differ
+                signed = amount if kind == named_kind else -amount
+                if named_kind == "debit":
+                    debited += signed
+                else:
+                    credited += signed
+        results.append(Confirmed(debited, credited, len(unknown),
+                                 unknown[0] if unknown else None))
+    return results
 
 
 async def record_attempts(conn: asyncpg.Connection, attempts: Sequence[Attempt]) -> set[UUID]:

@@ -92,6 +92,8 @@ class RefundRequest(BaseModel):
     # Required: a retried POST must name the same refund, or it would be a second one.
     refund_id: UUID
     charge_entry_id: int = Field(ge=1, le=BIGINT_MAX)
+    # A VM within a usage entry: refund (part of) that VM's share of it.
+    vm_id: UUID | None = None
     amount_minor: int = Field(gt=0, le=MAX_AMOUNT_MINOR)
     reason: StorableText = Field(default="", max_length=200)
 
@@ -196,9 +198,11 @@ def register_routes(service: WalletService) -> None:
     @router.get("/wallets/{wallet_id}/statement")
     async def statement(wallet_id: UUID, start: Annotated[UtcDatetime, Query(alias="from")],
                         end: Annotated[UtcDatetime, Query(alias="to")],
-                        format: Literal["json", "csv"] = "json") -> Response:
+                        format: Literal["json", "csv"] = "json",
+                        detail: Literal["vm"] | None = None) -> Response:
         """Opening balance, entries and closing balance for [from, to) (times with an offset,
-        e.g. 2026-01-01T00:00:00Z)."""
+        e.g. 2026-01-01T00:00:00Z). Usage is one entry per wallet and hour (a correction, per
+        hour and revision); `detail=vm` lists under each the billing lines it covers, per VM."""
         if end <= start:
             raise HTTPException(422, "to must be after from")
         async with service.pool.acquire() as conn:
@@ -208,25 +212,10 @@ def register_routes(service: WalletService) -> None:
             opening = await repo.balance_before(conn, wallet_id, start)
             rows = await repo.entries_between(conn, wallet_id, start, end)
         closing = opening + sum(r["amount"] for r in rows)
-        entries = [{
-            "entry_id": r["entry_id"], "occurred_at": r["occurred_at"].isoformat(),
-            "kind": r["kind"], "amount_minor": r["amount"], "description": r["description"],
-            "vm_id": str(r["vm_id"]) if r["vm_id"] else None,
-            "refunds_entry_id": r["refunds_entry_id"],
-        } for r in rows]
+        entries = [statement_entry(r, detail == "vm") for r in rows]
         if format == "csv":
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["entry_id", "occurred_at", "kind", "description", "vm_id",
-                             "amount_minor", "currency"])
-            writer.writerow(["", start.isoformat(), "opening_balance", "", "", opening,
-                             wallet.currency])
-            for e in entries:
-                writer.writerow([e["entry_id"], e["occurred_at"], e["kind"], e["description"],
-                                 e["vm_id"] or "", e["amount_minor"], wallet.currency])
-            writer.writerow(["", end.isoformat(), "closing_balance", "", "", closing,
-                             wallet.currency])
-            return Response(buffer.getvalue(), media_type="text/csv")
+            return Response(statement_csv(entries, wallet.currency, start, end, opening,
+                                          closing), media_type="text/csv")
         return Response(
             content=json.dumps({"wallet_id": str(wallet_id), "currency": wallet.currency,
                            "from": start.isoformat(), "to": end.isoformat(),
@@ -266,28 +255,28 @@ def register_routes(service: WalletService) -> None:
 
     @router.post("/wallets/{wallet_id}/refunds", status_code=201)
     async def refund(wallet_id: UUID, body: RefundRequest) -> dict[str, object]:
-        """Refund part of a charge: at most 95% of it, counting earlier refunds."""
+        """Refund part of a charge, or of one VM's part of a usage entry (`vm_id`): at most
+        95% of what it still costs after its corrections, counting earlier refunds."""
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
             wallet = await locked_wallet(conn, wallet_id)
             booked = await repo.booked_entry(conn, wallet_id, ledger_key("refund", body.refund_id))
             if booked is not None:
                 if (booked["amount"], booked["refunds_entry_id"]) != (body.amount_minor,
-                                                                      body.charge_entry_id):
+                                                                      body.charge_entry_id) \
+                        or body.vm_id not in (None, booked["vm_id"]):
+                    vm = f" (vm {booked['vm_id']})" if booked["vm_id"] else ""
                     raise HTTPException(409, f"refund {body.refund_id} was already booked "
                                              f"for {booked['amount']} of entry "
-                                             f"{booked['refunds_entry_id']}")
+                                             f"{booked['refunds_entry_id']}{vm}")
                 return {"refund_id": body.refund_id, "applied": False,
                         "entry_id": booked["entry_id"]}
-            charge = await repo.refundable_charge(conn, wallet_id, body.charge_entry_id)
+            charge = await repo.refundable(conn, wallet_id, body.charge_entry_id)
             if charge is None:
                 raise HTTPException(404, f"no entry {body.charge_entry_id} in wallet {wallet_id}")
             try:
-                wallet.refund(refund_id=body.refund_id, charge_entry_id=body.charge_entry_id,
-                              charge_amount=charge.amount, already_refunded=charge.refunded,
-                              amount=body.amount_minor, at=datetime.now(UTC), reason=body.reason,
-                              still_charged=charge.hour_still_charged,
-                              hour_refunded=charge.hour_refunded or 0)
+                wallet.refund(refund_id=body.refund_id, charge=charge, amount=body.amount_minor,
+                              at=datetime.now(UTC), reason=body.reason, vm_id=body.vm_id)
             except WalletError as error:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())
@@ -347,3 +336,49 @@ def register_routes(service: WalletService) -> None:
 
     service.http.include_router(router)
 
+
+STATEMENT_CSV_COLUMNS = ["record", "entry_id", "occurred_at", "kind", "description", "vm_count",
+                         "vm_id", "line_id", "amount_minor", "currency"]
+
+
+def statement_entry(row: asyncpg.Record, with_vms: bool) -> dict[str, object]:
+    """A ledger row as the statement shows it; with its VM parts (signed as the entry) when
+    asked. A row booked per billing line is its one VM's part (its line id is in its key)."""
+    sign = -1 if row["amount"] < 0 else 1
+    if row["vm_ids"] is not None:
+        parts = [(str(v), str(line), sign * amount) for v, line, amount in zip(
+            row["vm_ids"], row["line_ids"], row["vm_amounts"], strict=True)]
+    elif row["vm_id"] is not None and row["kind"] in ("usage_debit", "usage_credit"):
+        parts = [(str(row["vm_id"]), row["idempotency_key"].partition(":")[2], row["amount"])]
+    else:
+        parts = []
+    entry: dict[str, object] = {
+        "entry_id": row["entry_id"], "occurred_at": row["occurred_at"].isoformat(),
+        "kind": row["kind"], "amount_minor": row["amount"], "description": row["description"],
+        "vm_id": str(row["vm_id"]) if row["vm_id"] else None, "vm_count": len(parts),
+        "refunds_entry_id": row["refunds_entry_id"],
+    }
+    if with_vms:
+        entry["vms"] = [{"vm_id": vm, "line_id": line, "amount_minor": amount}
+                        for vm, line, amount in parts]
+    return entry
+
+
+def statement_csv(entries: list[dict[str, object]], currency: str, start: datetime,
+                  end: datetime, opening: int, closing: int) -> str:
+    """One `entry` row per ledger row between two `balance` rows; under a usage entry, with
+    `detail=vm`, one `vm` row per VM (its part of the entry above: not summed again)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(STATEMENT_CSV_COLUMNS)
+    writer.writerow(["balance", "", start.isoformat(), "opening_balance", "", "", "", "",
+                     opening, currency])
+    for e in entries:
+        writer.writerow(["entry", e["entry_id"], e["occurred_at"], e["kind"], e["description"],
+                         e["vm_count"], e["vm_id"] or "", "", e["amount_minor"], currency])
+        for vm in e.get("vms", ()):  # type: ignore[attr-defined]
+            writer.writerow(["vm", e["entry_id"], e["occurred_at"], e["kind"], "", "",
+                             vm["vm_id"], vm["line_id"], vm["amount_minor"], currency])
+    writer.writerow(["balance", "", end.isoformat(), "closing_balance", "", "", "", "", closing,
+                     currency])
+    return buffer.getvalue()

@@ -8,8 +8,9 @@ both in one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from uuid import UUID
 
@@ -86,6 +87,25 @@ class LedgerEntry:
     vm_id: UUID | None = None
     refunds_entry_id: int | None = None
     description: str = ""
+    # A usage entry's VM parts (billing's lines it covers), positive amounts adding up to
+    # the entry's; None for other entries.
+    parts: UsageParts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageParts:
+    """The billing lines one usage entry covers, one per VM: parallel sequences."""
+
+    vm_ids: Sequence[UUID]
+    line_ids: Sequence[UUID]
+    amounts: Sequence[int]  # positive
+
+    def __post_init__(self) -> None:
+        if not (len(self.vm_ids) == len(self.line_ids) == len(self.amounts)) \
+                or not self.vm_ids:
+            raise WalletError("a usage entry has one VM id, line id and amount per VM")
+        if any(amount <= 0 for amount in self.amounts):
+            raise WalletError("a usage entry's VM amounts must be positive")
 
 
 # --- facts the wallet reports (translated to contract events by the handlers) ------------
@@ -135,6 +155,7 @@ class Refunded:
     charge_entry_id: int
     amount: int
     balance_after: int
+    vm_id: UUID | None = None
 
 
 WalletFact = Reserved | Rejected | LowBalance | Depleted | FundsRestored | ToppedUp | Refunded
@@ -244,35 +265,57 @@ class Wallet:
     # --- balance changes ---------------------------------------------------------------
 
     def debit_usage(self, *, amount: int, key: str, at: datetime, vm_id: UUID | None,
-                    holds: list[Hold], description: str = "usage") -> LedgerEntry:
-        """Book usage. It happened, so it is always recorded, whatever the funds; it draws
-        down the VM's open holds first (oldest first)."""
+                    holds: Sequence[Hold] | Mapping[UUID, Sequence[Hold]],
+                    description: str = "usage", parts: UsageParts | None = None
+                    ) -> LedgerEntry:
+        """Book usage. It happened, so it is always recorded, whatever the funds. Each VM's
+        usage draws down that VM's open holds first (oldest first): the entry's VM parts
+        when it covers several VMs, else all of it for `vm_id`. `holds` are the wallet's
+        open holds, or the same by VM id."""
         if amount <= 0:
             raise WalletError("a debit must be positive")
-        to_draw = amount
+        if parts is not None and sum(parts.amounts) != amount:
+            raise WalletError(f"the VM parts add up to {sum(parts.amounts)}, not {amount}")
+        by_vm = holds if isinstance(holds, Mapping) else holds_by_vm(holds)
         drawn = 0
+        if parts is None:
+            if vm_id is not None:
+                drawn = self._draw(by_vm.get(vm_id, ()), vm_id, amount, at)
+        else:
+            for part_vm, part in zip(parts.vm_ids, parts.amounts, strict=True):
+                vm_holds = by_vm.get(part_vm)
+                if vm_holds:
+                    drawn += self._draw(vm_holds, part_vm, part, at)
+        self.held -= drawn
+        return self._book(EntryKind.USAGE_DEBIT, -amount, key, at, vm_id=vm_id,
+                          hold_drawn=drawn, description=description, parts=parts)
+
+    def _draw(self, holds: Sequence[Hold], vm_id: UUID, amount: int, at: datetime) -> int:
+        """Draw `amount` of one VM's usage from its open holds, oldest first."""
+        to_draw = amount
         for hold in holds:
             if to_draw == 0:
                 break
-            if not hold.status.is_open or hold.vm_id != vm_id:
+            if not hold.status.is_open or hold.vm_id != vm_id \
+                    or hold.wallet_id != self.wallet_id:
                 continue
             take = min(hold.remaining, to_draw)
             hold.remaining -= take
             to_draw -= take
-            drawn += take
             if hold.remaining == 0:
                 hold.status = HoldStatus.CONSUMED
                 hold.closed_at = at
-        self.held -= drawn
-        return self._book(EntryKind.USAGE_DEBIT, -amount, key, at, vm_id=vm_id,
-                          hold_drawn=drawn, description=description)
+        return amount - to_draw
 
     def credit_usage(self, *, amount: int, key: str, at: datetime, vm_id: UUID | None,
-                     description: str = "usage correction") -> LedgerEntry:
+                     description: str = "usage correction", parts: UsageParts | None = None
+                     ) -> LedgerEntry:
         if amount <= 0:
             raise WalletError("a credit must be positive")
+        if parts is not None and sum(parts.amounts) != amount:
+            raise WalletError(f"the VM parts add up to {sum(parts.amounts)}, not {amount}")
         return self._book(EntryKind.USAGE_CREDIT, amount, key, at, vm_id=vm_id,
-                          description=description)
+                          description=description, parts=parts)
 
     def top_up(self, *, payment_id: str, amount: int, currency: str, at: datetime,
                max_amount: int) -> LedgerEntry:
@@ -287,48 +330,32 @@ class Wallet:
         self.facts.append(ToppedUp(payment_id, amount, self.balance))
         return entry
 
-    def refund(self, *, refund_id: UUID, charge_entry_id: int, charge_amount: int,
-               already_refunded: int, amount: int, at: datetime, reason: str = "",
-               still_charged: int | None = None, hour_refunded: int = 0) -> LedgerEntry:
-        """Give back part of a charge: at most 95% of it, counting earlier refunds.
-
-        `still_charged`, for a usage debit: what its VM hour still costs after the hour's
-        correction credits (its debits less its credits), and `hour_refunded` what was
-        refunded of all the hour's debits. A charge corrected down is refundable only on
-        what is left of it (the credit gave the rest back already), and the hour's refunds
-        together stay within 95% of what the hour still costs."""
+    def refund(self, *, refund_id: UUID, charge: Refundable, amount: int, at: datetime,
+               reason: str = "", vm_id: UUID | None = None) -> LedgerEntry:
+        """Give back part of a charge, or of one VM's part of a usage entry, within every
+        cap `refund_limits` gives (95% of what it still costs, counting earlier refunds)."""
         if amount <= 0:
             raise WalletError("refund amount must be positive")
-        if charge_amount >= 0:
-            raise WalletError("only a charge (a debit) can be refunded")
-        base = -charge_amount
-        if still_charged is not None:
-            base = max(0, min(base, still_charged))
-        cap = refund_cap(base)
-        if already_refunded + amount > cap:
-            corrected = " after the hour's correction credits" if base < -charge_amount else ""
-            raise WalletError(
-                f"refund would exceed {REFUND_CAP_PERCENT}% of the charge{corrected}: cap {cap}, "
-                f"already refunded {already_refunded}, requested {amount}")
-        if still_charged is not None:
-            hour_cap = refund_cap(max(0, still_charged))
-            if hour_refunded + amount > hour_cap:
+        limits = refund_limits(charge, vm_id)
+        for limit in limits.caps:
+            if limit.refunded + amount > limit.cap:
                 raise WalletError(
-                    f"refund would exceed {REFUND_CAP_PERCENT}% of what the VM hour still "
-                    f"costs: cap {hour_cap}, already refunded of the hour {hour_refunded}, "
-                    f"requested {amount}")
+                    f"refund would exceed {REFUND_CAP_PERCENT}% of {limit.of}: cap {limit.cap}, "
+                    f"already refunded {limit.refunded}, requested {amount}")
+        vm_id = limits.vm_id
         entry = self._book(EntryKind.REFUND, amount, ledger_key("refund", refund_id), at,
-                           refunds_entry_id=charge_entry_id,
-                           description=reason or f"refund of entry {charge_entry_id}")
-        self.facts.append(Refunded(refund_id, charge_entry_id, amount, self.balance))
+                           vm_id=vm_id, refunds_entry_id=charge.entry_id,
+                           description=reason or f"refund of entry {charge.entry_id}"
+                           + (f" (vm {vm_id})" if vm_id else ""))
+        self.facts.append(Refunded(refund_id, charge.entry_id, amount, self.balance, vm_id))
         return entry
 
     def _book(self, kind: EntryKind, amount: int, key: str, at: datetime, *,
               vm_id: UUID | None = None, hold_drawn: int = 0, refunds_entry_id: int | None = None,
-              description: str = "") -> LedgerEntry:
+              description: str = "", parts: UsageParts | None = None) -> LedgerEntry:
         self.balance += amount
         entry = LedgerEntry(self.wallet_id, kind, amount, self.balance, key, at, hold_drawn,
-                            vm_id, refunds_entry_id, description)
+                            vm_id, refunds_entry_id, description, parts)
         self.entries.append(entry)
         self._check_thresholds()
         return entry
@@ -382,6 +409,121 @@ def ledger_key(kind: str, source_id: object) -> str:
 def refund_cap(charge: int) -> int:
     """The most that may ever be refunded of a charge (rounded down)."""
     return charge * REFUND_CAP_PERCENT // 100
+
+
+def holds_by_vm(holds: Sequence[Hold]) -> dict[UUID, list[Hold]]:
+    """Open holds by VM, oldest first as given."""
+    by_vm: dict[UUID, list[Hold]] = {}
+    for hold in holds:
+        by_vm.setdefault(hold.vm_id, []).append(hold)
+    return by_vm
+
+
+def usage_description(kind: str, hour_start: datetime, revision: int, vm_count: int,
+                      amount: int, currency: str) -> str:
+    """A usage entry as people read it: "Usage 14:00–15:00 UTC · 12 VMs · R9.84"."""
+    start = hour_start.astimezone(UTC)
+    end = start + timedelta(hours=1)
+    what = "Usage" if kind == "debit" else "Usage correction"
+    if revision:
+        what += f" (revision {revision})"
+    vms = "1 VM" if vm_count == 1 else f"{vm_count} VMs"
+    return (f"{what} {start:%H:%M}–{end:%H:%M} UTC · {vms} · "
+            f"{Money(amount, currency).format()}")
+
+
+# --- refunds: what a refund of an entry (or of one VM's part) may give back -----------------
+
+@dataclass(frozen=True, slots=True)
+class HourEntry:
+    """A usage entry of the wallet's hour: its ledger id, debit or credit, and its amount
+    per VM (an entry of one VM booked per line has one part; one of no VM, none)."""
+
+    entry_id: int
+    debit: bool
+    amount: int  # positive
+    parts: Mapping[UUID, int]  # positive, per VM
+
+
+@dataclass(frozen=True, slots=True)
+class PastRefund:
+    refunds_entry_id: int
+    vm_id: UUID | None
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refundable:
+    """A ledger entry asked to be refunded and what its caps depend on: for a usage debit,
+    every usage entry of its wallet and hour (itself included) and the refunds of the hour's
+    debits; for any other entry, its own refunds."""
+
+    entry_id: int
+    amount: int  # signed, as booked
+    hour: Sequence[HourEntry] | None
+    refunds: Sequence[PastRefund]
+
+
+@dataclass(frozen=True, slots=True)
+class RefundLimit:
+    cap: int
+    refunded: int  # counted against the cap so far
+    of: str  # what the cap is 95% of, for the refusal
+
+
+@dataclass(slots=True)
+class RefundLimits:
+    """The caps a refund must stay within, and the VM it is booked against (if any)."""
+
+    caps: list[RefundLimit] = field(default_factory=list)
+    vm_id: UUID | None = None
+
+
+def refund_limits(charge: Refundable, vm_id: UUID | None = None) -> RefundLimits:
+    """Every cap a refund of `charge` (or of VM `vm_id`'s part of it) must stay within.
+
+    A usage debit is refundable on what its hour still costs after the hour's correction
+    credits: at most 95% of the entry (or of the VM's part) capped by what the hour (or the
+    VM in that hour) still costs, counting the entry's (or the VM's) earlier refunds; and the
+    refunds of all the hour's debits (or of the VM in them) together stay within 95% of what
+    the hour (or the VM's hour) still costs. An entry of one VM is refunded as that VM's."""
+    if charge.amount >= 0:
+        raise WalletError("only a charge (a debit) can be refunded")
+    limits = RefundLimits()
+    base = -charge.amount
+    mine = [r for r in charge.refunds if r.refunds_entry_id == charge.entry_id]
+    if charge.hour is None:
+        if vm_id is not None:
+            raise WalletError(f"entry {charge.entry_id} is not a usage entry with VMs")
+        limits.caps.append(RefundLimit(refund_cap(base), sum(r.amount for r in mine),
+                                  "the charge"))
+        return limits
+    this = next(e for e in charge.hour if e.entry_id == charge.entry_id)
+    debits = {e.entry_id for e in charge.hour if e.debit}
+    of_hour = [r for r in charge.refunds if r.refunds_entry_id in debits]
+    still = sum(e.amount if e.debit else -e.amount for e in charge.hour)
+    corrected = " after the hour's correction credits" if still < base else ""
+    limits.caps.append(RefundLimit(refund_cap(max(0, min(base, still))),
+                              sum(r.amount for r in mine), f"the entry{corrected}"))
+    limits.caps.append(RefundLimit(refund_cap(max(0, still)), sum(r.amount for r in of_hour),
+                              "what the hour still costs"))
+    if vm_id is None and len(this.parts) == 1:
+        (vm_id,) = this.parts
+    if vm_id is None:
+        return limits
+    if vm_id not in this.parts:
+        raise WalletError(f"vm {vm_id} has no part in entry {charge.entry_id}")
+    part = this.parts[vm_id]
+    vm_still = sum(e.parts.get(vm_id, 0) * (1 if e.debit else -1) for e in charge.hour)
+    corrected = " after the hour's correction credits" if vm_still < part else ""
+    limits.caps.append(RefundLimit(refund_cap(max(0, min(part, vm_still))),
+                              sum(r.amount for r in mine if r.vm_id == vm_id),
+                              f"vm {vm_id}'s part of the entry{corrected}"))
+    limits.caps.append(RefundLimit(refund_cap(max(0, vm_still)),
+                              sum(r.amount for r in of_hour if r.vm_id == vm_id),
+                              f"what vm {vm_id} still costs in the hour"))
+    limits.vm_id = vm_id
+    return limits
 
 
 @dataclass(frozen=True)

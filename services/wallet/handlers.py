@@ -29,10 +29,13 @@ from services.wallet.domain import (
     Reserved,
     ToppedUp,
     UnknownWallet,
+    UsageParts,
     Wallet,
     WalletError,
     WalletFact,
+    holds_by_vm,
     ledger_key,
+    usage_description,
 )
 from shared.consumer import Incoming, Records, dead_letter, dead_letters, keep_fresh, parse_records
 from shared.contracts.base import Envelope, deterministic_id
@@ -40,6 +43,7 @@ from shared.contracts.clock import ClockTick
 from shared.contracts.wallet import (
     AutoTopUpSettings,
     BillingCharge,
+    ChargeUsage,
     ChargeWallet,
     CreditWallet,
     DebitsApplied,
@@ -131,9 +135,9 @@ class Events:
                            payment_id=payment_id, amount=self._money(w, amount),
                            balance_after=self._money(w, balance))
             case Refunded(refund_id=refund_id, charge_entry_id=entry, amount=amount,
-                          balance_after=balance):
+                          balance_after=balance, vm_id=vm_id):
                 self.send(events, w.wallet_id, cause, WalletRefunded, **common,
-                           refund_id=refund_id, charge_entry_id=entry,
+                           refund_id=refund_id, charge_entry_id=entry, vm_id=vm_id,
                            amount=self._money(w, amount), balance_after=self._money(w, balance))
 
     def reject(self, wallet_id: UUID, currency: str, cause: Envelope | None,
@@ -276,9 +280,7 @@ class WalletHandlers:
                 (i.message.wallet_id, c.key) for i in items for c in charges_of(i.message)
             ]) if skip_booked else set()
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
-            holds_by_wallet: dict[UUID, list[Hold]] = {}
-            for hold in holds:
-                holds_by_wallet.setdefault(hold.wallet_id, []).append(hold)
+            by_vm = holds_by_vm(holds)  # each wallet draws only its own (Wallet._draw)
             applied: dict[UUID, tuple[list[UUID], list[UUID], int, int, Envelope]] = {}
             for item in items:
                 m = item.message
@@ -296,13 +298,13 @@ class WalletHandlers:
                     booked.add((wallet.wallet_id, c.key))  # once, if the batch repeats it
                     if c.kind == "debit":
                         wallet.debit_usage(amount=c.amount, key=c.key, at=c.at, vm_id=c.vm_id,
-                                           holds=holds_by_wallet.get(wallet.wallet_id, []),
-                                           description=c.description)
+                                           holds=by_vm, description=c.description,
+                                           parts=c.parts)
                         debits.append(c.charge_id)
                         debited += c.amount
                     else:
                         wallet.credit_usage(amount=c.amount, key=c.key, at=c.at, vm_id=c.vm_id,
-                                            description=c.description)
+                                            description=c.description, parts=c.parts)
                         credits.append(c.charge_id)
                         credited += c.amount
                 applied[wallet.wallet_id] = (debits, credits, debited, credited, m)
@@ -418,7 +420,8 @@ def _by_charge_count(items: list[Incoming[Any]], limit: int) -> list[list[Incomi
             count = 0
         groups[-1].append(item)
         m = item.message
-        count += len(m.charges) if isinstance(m, ChargeWallet) else 1
+        count += len(m.charges) if isinstance(m, ChargeWallet) \
+            else len(m.entries) if isinstance(m, ChargeUsage) else 1
     return groups
 
 
@@ -433,10 +436,17 @@ class Charge:
     at: datetime
     description: str
     key: str  # the ledger's idempotency key, `ledger_key(kind, charge_id)`
+    parts: UsageParts | None = None  # a usage entry's VMs
 
 
 def charges_of(m: Any) -> list[Charge]:
     match m:
+        case ChargeUsage():
+            return [Charge(e.kind, e.entry_id, e.amount_minor, None, e.hour_start,
+                           usage_description(e.kind, e.hour_start, e.revision, len(e.vm_ids),
+                                             e.amount_minor, m.currency),
+                           ledger_key("usage", e.entry_id),
+                           UsageParts(e.vm_ids, e.line_ids, e.vm_amounts)) for e in m.entries]
         case ChargeWallet():
             return [Charge(c.kind, c.line_id, c.amount_minor, c.vm_id, c.period_start,
                            c.description or USAGE_DESCRIPTIONS[c.kind],
@@ -455,9 +465,9 @@ def charge_refusal(m: Any, wallet: Wallet | None) -> str | None:
     """Why a charge message cannot be booked at all (it goes to the dead letters), or None."""
     if wallet is None:
         return f"unknown wallet {m.wallet_id}"
-    currency = m.currency if isinstance(m, ChargeWallet) else m.amount.currency
+    currency = m.currency if isinstance(m, ChargeWallet | ChargeUsage) else m.amount.currency
     if currency != wallet.currency:
         return f"charge is in {currency}, wallet is in {wallet.currency}"
-    if not isinstance(m, ChargeWallet) and m.amount.amount_minor <= 0:
+    if isinstance(m, DebitWallet | CreditWallet) and m.amount.amount_minor <= 0:
         return "charge amount must be positive"
     return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
@@ -14,7 +14,10 @@ from services.wallet.domain import (
     BillingMode,
     Hold,
     HoldStatus,
+    HourEntry,
     LedgerEntry,
+    PastRefund,
+    Refundable,
     Wallet,
 )
 from shared.outbox import COPY_THRESHOLD, Outgoing, Queued, enqueue, queued
@@ -193,7 +196,16 @@ async def save_batch(conn: asyncpg.Connection, wallets: Sequence[Wallet],
 
 
 ENTRY_COLUMNS = ["wallet_id", "kind", "amount", "balance_after", "hold_drawn",
-                  "idempotency_key", "vm_id", "refunds_entry_id", "description", "occurred_at"]
+                  "idempotency_key", "vm_id", "refunds_entry_id", "description", "occurred_at",
+                  "vm_ids", "line_ids", "vm_amounts"]
+
+
+def _entry_row(e: LedgerEntry) -> tuple[object, ...]:
+    p = e.parts
+    return (e.wallet_id, e.kind.value, e.amount, e.balance_after, e.hold_drawn,
+            e.idempotency_key, e.vm_id, e.refunds_entry_id, e.description, e.occurred_at,
+            None if p is None else p.vm_ids, None if p is None else p.line_ids,
+            None if p is None else p.amounts)
 
 
 async def append_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> None:
@@ -204,25 +216,41 @@ async def append_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry
         return
     await conn.copy_records_to_table(
         "wallet_transactions", schema_name=SCHEMA, columns=ENTRY_COLUMNS,
-        records=[(e.wallet_id, e.kind.value, e.amount, e.balance_after, e.hold_drawn,
-                  e.idempotency_key, e.vm_id, e.refunds_entry_id, e.description, e.occurred_at)
-                 for e in entries])
+        records=[_entry_row(e) for e in entries])
 
 
 async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry]) -> list[int]:
+    """Append ledger rows, returning their ids. The VM parts go as one JSON document per
+    call (arrays of arrays of different lengths cannot be parameters)."""
     if not entries:
         return []
     rows = await conn.fetch(
         f"""INSERT INTO {SCHEMA}.wallet_transactions (wallet_id, kind, amount, balance_after,
-                hold_drawn, idempotency_key, vm_id, refunds_entry_id, description, occurred_at)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                hold_drawn, idempotency_key, vm_id, refunds_entry_id, description, occurred_at,
+                vm_ids, line_ids, vm_amounts)
+            SELECT e.wallet_id, e.kind, e.amount, e.balance_after, e.hold_drawn,
+                   e.idempotency_key, e.vm_id, e.refunds_entry_id, e.description,
+                   e.occurred_at,
+                   (SELECT array_agg(v::uuid ORDER BY i) FROM jsonb_array_elements_text(
+                       $11::jsonb -> (e.n::int - 1) -> 0) WITH ORDINALITY AS x(v, i)),
+                   (SELECT array_agg(v::uuid ORDER BY i) FROM jsonb_array_elements_text(
+                       $11::jsonb -> (e.n::int - 1) -> 1) WITH ORDINALITY AS x(v, i)),
+                   (SELECT array_agg(v::bigint ORDER BY i) FROM jsonb_array_elements_text(
+                       $11::jsonb -> (e.n::int - 1) -> 2) WITH ORDINALITY AS x(v, i))
+            FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
                 $6::text[], $7::uuid[], $8::bigint[], $9::text[], $10::timestamptz[])
+                WITH ORDINALITY AS e(wallet_id, kind, amount, balance_after, hold_drawn,
+                    idempotency_key, vm_id, refunds_entry_id, description, occurred_at, n)
+            ORDER BY e.n
             RETURNING entry_id""",
         [e.wallet_id for e in entries], [e.kind.value for e in entries],
         [e.amount for e in entries], [e.balance_after for e in entries],
         [e.hold_drawn for e in entries], [e.idempotency_key for e in entries],
         [e.vm_id for e in entries], [e.refunds_entry_id for e in entries],
-        [e.description for e in entries], [e.occurred_at for e in entries])
+        [e.description for e in entries], [e.occurred_at for e in entries],
+        json.dumps([None if e.parts is None else
+                    [[str(v) for v in e.parts.vm_ids], [str(v) for v in e.parts.line_ids],
+                     list(e.parts.amounts)] for e in entries]))
     return [r["entry_id"] for r in rows]
 
 
@@ -241,10 +269,10 @@ async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
 
 async def booked_entry(conn: asyncpg.Connection, wallet_id: UUID, key: str
                        ) -> asyncpg.Record | None:
-    """The ledger row booked under this idempotency key, if any (entry id, amount, and the
-    entry it refunds)."""
+    """The ledger row booked under this idempotency key, if any (entry id, amount, the
+    entry it refunds and its VM)."""
     row: asyncpg.Record | None = await conn.fetchrow(
-        f"""SELECT entry_id, amount, refunds_entry_id FROM {SCHEMA}.wallet_transactions
+        f"""SELECT entry_id, amount, refunds_entry_id, vm_id FROM {SCHEMA}.wallet_transactions
             WHERE wallet_id = $1 AND idempotency_key = $2""", wallet_id, key)
     return row
 
@@ -314,48 +342,50 @@ async def entries_between(conn: asyncpg.Connection, wallet_id: UUID, start: date
                           end: datetime) -> list[asyncpg.Record]:
     return list(await conn.fetch(
         f"""SELECT entry_id, kind, amount, balance_after, hold_drawn, vm_id, refunds_entry_id,
-                description, occurred_at, recorded_at
+                description, occurred_at, recorded_at, vm_ids, line_ids, vm_amounts,
+                idempotency_key
             FROM {SCHEMA}.wallet_transactions
             WHERE wallet_id = $1 AND occurred_at >= $2 AND occurred_at < $3
             ORDER BY occurred_at, entry_id""", wallet_id, start, end))
 
 
-@dataclass(frozen=True, slots=True)
-class RefundableCharge:
-    amount: int  # signed, as booked
-    refunded: int  # refunded of this entry so far
-    # For a usage debit: what its VM hour still costs (the hour's usage debits less its
-    # credits; usage rows share the VM and the hour's start), and what was refunded of all
-    # the hour's debits. None for other entries.
-    hour_still_charged: int | None
-    hour_refunded: int | None
+def _hour_entry(row: asyncpg.Record) -> HourEntry:
+    if row["vm_ids"] is not None:
+        parts = dict(zip(row["vm_ids"], row["vm_amounts"], strict=True))
+    elif row["vm_id"] is not None:  # booked per line: one VM, all of it
+        parts = {row["vm_id"]: abs(row["amount"])}
+    else:
+        parts = {}
+    return HourEntry(row["entry_id"], row["kind"] == "usage_debit", abs(row["amount"]), parts)
 
 
-async def refundable_charge(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
-                            ) -> RefundableCharge | None:
-    """What a refund of this entry may give back; read under the caller's wallet lock."""
-    row = await conn.fetchrow(
-        f"""WITH c AS (SELECT * FROM {SCHEMA}.wallet_transactions
-                       WHERE wallet_id = $1 AND entry_id = $2),
-                 hour AS (SELECT u.entry_id, u.amount, u.kind
-                          FROM {SCHEMA}.wallet_transactions u, c
-                          WHERE c.kind = 'usage_debit' AND c.vm_id IS NOT NULL
-                            AND u.wallet_id = c.wallet_id AND u.occurred_at = c.occurred_at
-                            AND u.vm_id = c.vm_id AND u.kind IN ('usage_debit', 'usage_credit'))
-            SELECT c.amount, c.kind,
-                   coalesce((SELECT sum(r.amount) FROM {SCHEMA}.wallet_transactions r
-                             WHERE r.refunds_entry_id = c.entry_id), 0) AS refunded,
-                   (SELECT -sum(amount) FROM hour) AS hour_still_charged,
-                   (SELECT coalesce(sum(r.amount), 0) FROM {SCHEMA}.wallet_transactions r
-                    WHERE r.refunds_entry_id IN (SELECT entry_id FROM hour
-                                                 WHERE kind = 'usage_debit')) AS hour_refunded
-            FROM c""", wallet_id, entry_id)
-    if row is None:
+async def refundable(conn: asyncpg.Connection, wallet_id: UUID, entry_id: int
+                     ) -> Refundable | None:
+    """What a refund of this entry depends on; read under the caller's wallet lock. A usage
+    debit's hour is every usage row of the wallet at its time (usage rows are booked at the
+    start of the hour they charge)."""
+    charge = await conn.fetchrow(
+        f"""SELECT entry_id, kind, amount, occurred_at FROM {SCHEMA}.wallet_transactions
+            WHERE wallet_id = $1 AND entry_id = $2""", wallet_id, entry_id)
+    if charge is None:
         return None
-    still = row["hour_still_charged"]
-    return RefundableCharge(row["amount"], int(row["refunded"]),
-                            None if still is None else int(still),
-                            None if still is None else int(row["hour_refunded"]))
+    hour = None
+    refunded = [entry_id]
+    if charge["kind"] == "usage_debit":
+        rows = await conn.fetch(
+            f"""SELECT entry_id, kind, amount, vm_id, vm_ids, vm_amounts
+                FROM {SCHEMA}.wallet_transactions
+                WHERE wallet_id = $1 AND occurred_at = $2
+                  AND kind IN ('usage_debit', 'usage_credit')""",
+            wallet_id, charge["occurred_at"])
+        hour = [_hour_entry(r) for r in rows]
+        refunded = [e.entry_id for e in hour if e.debit]
+    refunds = await conn.fetch(
+        f"""SELECT refunds_entry_id, vm_id, amount FROM {SCHEMA}.wallet_transactions
+            WHERE refunds_entry_id = ANY($1::bigint[])""", refunded)
+    return Refundable(entry_id, charge["amount"], hour,
+                      [PastRefund(r["refunds_entry_id"], r["vm_id"], r["amount"])
+                       for r in refunds])
 
 
 async def reconciliation(conn: asyncpg.Connection, wallet_id: UUID

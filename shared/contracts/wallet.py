@@ -7,7 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from shared.contracts.base import Envelope, StorableText, UtcDatetime
 from shared.money import MAX_AMOUNT_MINOR, AmountModel, CurrencyCode, MoneyModel
@@ -16,6 +16,9 @@ BillingMode = Literal["PAYG", "INVOICE"]
 # At most about 300 bytes of JSON each (with an 80-character description): 2,000 charges
 # stay well inside Kafka's default 1 MB message, and so does their dead letter.
 MAX_CHARGES_PER_MESSAGE = 2_000
+# A usage entry's VM parts cost about 90 bytes of JSON each (a VM id, a line id, an amount):
+# a `ChargeUsage` carries at most this many over all its entries, about 400 kB.
+MAX_VM_PARTS_PER_MESSAGE = 4_000
 
 
 class RejectionReason(StrEnum):
@@ -172,7 +175,62 @@ class ChargeWallet(Envelope):
     charges: list[UsageCharge] = Field(min_length=1, max_length=MAX_CHARGES_PER_MESSAGE)
 
 
-BillingCharge = Annotated[DebitWallet | CreditWallet | ChargeWallet,
+class UsageEntry(BaseModel):
+    """One wallet entry of usage: a wallet's billing lines of one hour and revision (and
+    kind) from one billing batch, as one ledger row. `entry_id` is its idempotency key in
+    the ledger (`usage:<entry_id>`). The VM parts are parallel lists, one item per billing
+    line: the wallet draws each VM's holds by its part, caps refunds per VM by it, and lists
+    the parts on a statement asked for `detail=vm`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entry_id: UUID
+    kind: Literal["debit", "credit"]
+    hour_start: UtcDatetime  # the charged hour's start; the ledger row's time
+    revision: StrictInt = Field(ge=0, le=2**31 - 1)
+    amount_minor: StrictInt = Field(gt=0, le=MAX_AMOUNT_MINOR)  # the sum of the parts
+    vm_ids: list[UUID] = Field(min_length=1, max_length=MAX_VM_PARTS_PER_MESSAGE)
+    line_ids: list[UUID] = Field(min_length=1, max_length=MAX_VM_PARTS_PER_MESSAGE)
+    vm_amounts: list[Annotated[StrictInt, Field(gt=0, le=MAX_AMOUNT_MINOR)]] = Field(
+        min_length=1, max_length=MAX_VM_PARTS_PER_MESSAGE)
+
+    @model_validator(mode="after")
+    def _parts_add_up(self) -> UsageEntry:
+        if not len(self.vm_ids) == len(self.line_ids) == len(self.vm_amounts):
+            raise ValueError("vm_ids, line_ids and vm_amounts must have one item per VM")
+        if len(set(self.vm_ids)) != len(self.vm_ids):
+            raise ValueError("a VM appears twice in one usage entry")
+        if sum(self.vm_amounts) != self.amount_minor:
+            raise ValueError(f"the VM amounts add up to {sum(self.vm_amounts)}, "
+                             f"not amount_minor {self.amount_minor}")
+        return self
+
+
+class ChargeUsage(Envelope):
+    """Billing's usage entries for one wallet from one batch of usage, in the order of their
+    first lines (a correction's entry after the entry it corrects). Each entry is booked once
+    by its id, whatever message carries it: billing stores which lines each entry holds, so
+    an entry sent again is the same entry, in whatever grouping of messages; the wallet does
+    not deduplicate by `event_id` (derived from the entry ids)."""
+
+    type: Literal["billing.charge_usage"] = "billing.charge_usage"
+    version: Literal[1] = 1
+    wallet_id: UUID
+    currency: CurrencyCode
+    entries: list[UsageEntry] = Field(min_length=1, max_length=MAX_CHARGES_PER_MESSAGE)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ChargeUsage:
+        parts = sum(len(e.vm_ids) for e in self.entries)
+        if parts > MAX_VM_PARTS_PER_MESSAGE:
+            raise ValueError(f"{parts} VM parts in one message, at most "
+                             f"{MAX_VM_PARTS_PER_MESSAGE}")
+        return self
+
+
+# ChargeWallet (one ledger row per line) is still booked, for messages sent before billing
+# sent usage entries.
+BillingCharge = Annotated[DebitWallet | CreditWallet | ChargeWallet | ChargeUsage,
                           Field(discriminator="type")]
 
 
@@ -260,12 +318,14 @@ class WalletRefunded(Envelope):
     wallet_id: UUID
     refund_id: UUID
     charge_entry_id: int
+    vm_id: UUID | None = None  # the VM whose part of a usage entry was refunded
     amount: MoneyModel
     balance_after: MoneyModel
 
 
 class DebitsApplied(Envelope):
-    """The billing debits and credits a wallet booked in one batch (for reconciliation)."""
+    """The billing debits and credits a wallet booked in one batch (for reconciliation): the
+    ids of usage entries (`ChargeUsage`), or of lines (`ChargeWallet`), debits and credits."""
 
     type: Literal["wallet.debits_applied"] = "wallet.debits_applied"
     version: Literal[1] = 1

@@ -13,6 +13,7 @@ from services.billing.domain import (
     MeteredHour,
     MonthInput,
     RatingError,
+    UsageEntry,
     VmBooked,
     VmHours,
     VmMonth,
@@ -31,6 +32,8 @@ from services.billing.domain import (
     rate_hour,
     ready_to_close,
     seconds_billed,
+    usage_entries,
+    usage_entry_id,
     vat,
 )
 from shared.contracts.metering import HourlyUsage, UsageSegment
@@ -428,3 +431,98 @@ def test_document_numbers_and_accounts():
     org = UUID("12345678-9abc-def0-1234-56789abcdef0")
     assert customer_account(org) == "CW123456789ABCD"
     assert len(customer_account(org)) == 15
+
+
+# --- wallet entries: one per wallet, hour, revision and kind ---------------------------------
+
+def fleet_hour(b: Biller, vms: list[UUID], hour: int = 0, revision: int = 0,
+               spec: VmSpec = MEDIUM, seconds: int = 3600) -> list:
+    return [b.apply(usage(hour, seconds, spec, revision, vm=vm), 0) for vm in vms]
+
+
+def test_an_hour_of_many_vms_is_one_wallet_entry_naming_its_lines():
+    b = biller()
+    vms = [uuid4() for _ in range(12)]
+    lines = fleet_hour(b, vms)
+    ordered, new = usage_entries(lines)
+    assert ordered == new and len(new) == 1
+    (entry,) = new
+    assert (entry.wallet_id, entry.hour_start, entry.revision, entry.kind) == \
+        (WALLET, JAN, 0, "debit")
+    assert entry.vm_ids == vms and entry.line_ids == [x.line_id for x in lines]
+    assert entry.amounts == [41] * 12 and entry.amount == 12 * 41
+    assert entry.entry_id == usage_entry_id(lines[0].line_id)
+
+
+def test_each_hour_and_each_revision_and_kind_is_its_own_entry_corrections_after():
+    b = biller()
+    vms = [uuid4() for _ in range(3)]
+    first = fleet_hour(b, vms, hour=0) + fleet_hour(b, vms, hour=1)
+    # hour 0 corrected: VM 0 ran 30 minutes (a credit), VM 1 resized to large (a debit)
+    corrections = [b.apply(usage(0, 1800, revision=1, vm=vms[0]), 0),
+                   b.apply(usage(0, spec=LARGE, revision=1, vm=vms[1]), 0)]
+    ordered, new = usage_entries([*corrections, *first])  # even listed first
+    assert [(e.hour_start, e.revision, e.kind, len(e.vm_ids)) for e in ordered] == [
+        (JAN, 0, "debit", 3), (JAN, 1, "credit", 1), (JAN, 1, "debit", 1),
+        (JAN + timedelta(hours=1), 0, "debit", 3)]
+    assert ordered[1].amounts == [41 - 20] and ordered[1].vm_ids == [vms[0]]
+    assert sum(e.amount if e.kind == "debit" else -e.amount for e in ordered) == \
+        sum(x.amount for x in [*first, *corrections])
+
+
+def test_lines_that_charge_nothing_are_in_no_entry():
+    b = biller()
+    idle = b.apply(usage(0, 0), 0)
+    stale_first = b.apply(usage(1, revision=2), 0)
+    stale = b.apply(usage(1, revision=1), 0)
+    assert idle.amount == 0 and stale.stale
+    ordered, new = usage_entries([idle, stale_first, stale])
+    assert [e.line_ids for e in new] == [[stale_first.line_id]]
+
+
+def test_a_stored_entry_sent_again_keeps_its_id_and_lines_once_in_order():
+    b = biller()
+    vms = [uuid4() for _ in range(4)]
+    (stored,), _ = usage_entries(fleet_hour(b, vms))
+    correction = b.apply(usage(0, 1800, revision=1, vm=vms[2]), 0)
+    # a redelivery: the batch repeats two usages of the stored entry, then a new correction
+    ordered, new = usage_entries([stored, stored, correction])
+    assert ordered[0] is stored and len(ordered) == 2 and new == [ordered[1]]
+    assert new[0].kind == "credit" and new[0].revision == 1
+
+
+def test_an_entry_holds_at_most_max_vms_then_another_opens(monkeypatch):
+    monkeypatch.setattr("services.billing.domain.MAX_VMS_PER_ENTRY", 5)
+    b = biller()
+    ordered, new = usage_entries(fleet_hour(b, [uuid4() for _ in range(12)]))
+    assert [len(e.vm_ids) for e in new] == [5, 5, 2]
+    assert len({e.entry_id for e in new}) == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(vm_count=st.integers(1, 6), hours=st.integers(1, 3),
+       corrections=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2),
+                                      st.integers(0, 3600)), max_size=6),
+       rnd=st.randoms(use_true_random=False))
+def test_entries_add_up_to_their_lines_and_each_line_is_in_one(vm_count, hours, corrections,
+                                                               rnd):
+    b = biller()
+    vms = [uuid4() for _ in range(vm_count)]
+    lines = [x for h in range(hours) for x in fleet_hour(b, vms, hour=h)]
+    revision = 1
+    for vm, hour, seconds in corrections:
+        line = b.apply(usage(hour % hours, seconds, revision=revision, vm=vms[vm % vm_count]), 0)
+        revision += 1
+        lines.append(line)
+    cut = rnd.randint(0, len(lines))
+    first, _ = usage_entries(lines[:cut])
+    second, _ = usage_entries(lines[cut:])
+    entries: list[UsageEntry] = first + second
+    charged = [x for x in lines if x is not None and x.amount != 0]
+    assert sorted(i for e in entries for i in e.line_ids) == sorted(x.line_id for x in charged)
+    assert sum(e.amount if e.kind == "debit" else -e.amount for e in entries) == \
+        sum(x.amount for x in charged)
+    assert len({e.entry_id for e in entries}) == len(entries)
+    for e in entries:
+        assert len(set(e.vm_ids)) == len(e.vm_ids) and all(a > 0 for a in e.amounts)
+

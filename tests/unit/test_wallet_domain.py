@@ -12,16 +12,22 @@ from services.wallet.domain import (
     EntryKind,
     FundsRestored,
     HoldStatus,
+    HourEntry,
     LowBalance,
+    PastRefund,
+    Refundable,
     Refunded,
     Rejected,
     Rejection,
     Reserved,
     ToppedUp,
+    UsageParts,
     Wallet,
     WalletError,
     burn_rate,
     refund_cap,
+    refund_limits,
+    usage_description,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -262,41 +268,106 @@ def test_invalid_top_ups_are_refused(amount, currency, message):
 
 # --- refunds ----------------------------------------------------------------------------
 
-def test_a_usage_charge_is_refundable_on_what_its_hour_still_costs():
+VM_A, VM_B = uuid4(), uuid4()
+
+
+def usage_hour(*entries: tuple[int, bool, dict], refunds=()) -> list[HourEntry]:
+    """(entry id, debit?, {vm: amount}) usage entries of one wallet hour."""
+    return [HourEntry(n, debit, sum(parts.values()), parts) for n, debit, parts in entries]
+
+
+def refundable(entry_id: int, hour: list[HourEntry], refunds=()) -> Refundable:
+    this = next(e for e in hour if e.entry_id == entry_id)
+    return Refundable(entry_id, -this.amount, hour, list(refunds))
+
+
+def test_a_usage_entry_is_refundable_on_what_its_hour_still_costs():
+    # the hour: 10,000 debited over two VMs, then a correction credit of 6,000 for VM A
+    hour = usage_hour((1, True, {VM_A: 8_000, VM_B: 2_000}), (2, False, {VM_A: 6_000}))
     w = wallet(10_000)
-    with pytest.raises(WalletError, match="after the hour's correction credits: cap 3800"):
-        w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000,
-                 already_refunded=0, amount=3_801, at=T0, still_charged=4_000)
-    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000, already_refunded=0,
-             amount=3_800, at=T0, still_charged=4_000)
-    with pytest.raises(WalletError, match="cap 0"):  # credited back in full
-        w.refund(refund_id=uuid4(), charge_entry_id=2, charge_amount=-500, already_refunded=0,
-                 amount=1, at=T0, still_charged=0)
-    w.refund(refund_id=uuid4(), charge_entry_id=3, charge_amount=-1_000, already_refunded=0,
-             amount=950, at=T0, still_charged=1_500)  # a later revision charged more
+    with pytest.raises(WalletError, match="the entry after the hour's correction credits: "
+                                          "cap 3800"):
+        w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=3_801, at=T0)
+    entry = w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=3_800, at=T0)
+    assert entry.refunds_entry_id == 1 and entry.vm_id is None and w.balance == 13_800
 
 
-def test_the_refunds_of_one_vm_hour_stay_within_95_percent_of_what_it_still_costs():
+def test_a_vm_within_an_entry_is_refundable_on_what_that_vm_still_costs():
+    hour = usage_hour((1, True, {VM_A: 8_000, VM_B: 2_000}), (2, False, {VM_A: 6_000}))
+    w = wallet(10_000)
+    # VM A still costs 2,000 of its 8,000: 95% of that is 1,900
+    with pytest.raises(WalletError, match=f"vm {VM_A}'s part of the entry after the hour's "
+                                          "correction credits: cap 1900"):
+        w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=1_901, at=T0, vm_id=VM_A)
+    entry = w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=1_900, at=T0,
+                     vm_id=VM_A)
+    assert entry.vm_id == VM_A
+    assert [f.vm_id for f in w.take_facts() if isinstance(f, Refunded)] == [VM_A]
+    # VM B is untouched by the correction: 95% of its 2,000
+    w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=1_900, at=T0, vm_id=VM_B)
+
+
+def test_earlier_refunds_count_per_vm_per_entry_and_per_hour():
+    hour = usage_hour((1, True, {VM_A: 1_000, VM_B: 1_000}), (2, True, {VM_A: 1_000}))
+    w = wallet(0)
+    earlier = [PastRefund(1, VM_A, 900)]
+    # VM A's part of entry 1 (1,000): 950 at most, 900 given back already
+    with pytest.raises(WalletError, match="cap 950, already refunded 900, requested 51"):
+        w.refund(refund_id=uuid4(), charge=refundable(1, hour, earlier), amount=51, at=T0,
+                 vm_id=VM_A)
+    # with a credit of 1,000 for VM A, VM A's hour still costs 1,000 over both entries:
+    # 950 at most, 900 of it refunded (of entry 1), whichever entry is named
+    corrected = [*hour, HourEntry(3, False, 1_000, {VM_A: 1_000})]
+    with pytest.raises(WalletError, match=f"what vm {VM_A} still costs in the hour: cap 950, "
+                                          "already refunded 900, requested 51"):
+        w.refund(refund_id=uuid4(), charge=refundable(2, corrected, earlier), amount=51, at=T0,
+                 vm_id=VM_A)
+    w.refund(refund_id=uuid4(), charge=refundable(2, corrected, earlier), amount=50, at=T0,
+             vm_id=VM_A)
+    # a whole-entry refund counts what was refunded of its VMs
+    with pytest.raises(WalletError, match="the entry: cap 1900, already refunded 900"):
+        w.refund(refund_id=uuid4(), charge=refundable(1, hour, earlier), amount=1_001, at=T0)
+    w.refund(refund_id=uuid4(), charge=refundable(1, hour, earlier), amount=1_000, at=T0)
+
+
+def test_the_refunds_of_one_hour_stay_within_95_percent_of_what_it_still_costs():
     # debits 10,000 and 5,000 for one hour, then a 9,000 credit: 6,000 still charged
+    hour = usage_hour((1, True, {VM_A: 10_000}), (2, True, {VM_A: 5_000}),
+                      (3, False, {VM_A: 9_000}))
     w = wallet(20_000)
-    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=-10_000, already_refunded=0,
-             amount=5_700, at=T0, still_charged=6_000, hour_refunded=0)
-    with pytest.raises(WalletError, match="what the VM hour still costs: cap 5700"):
-        w.refund(refund_id=uuid4(), charge_entry_id=2, charge_amount=-5_000,
-                 already_refunded=0, amount=1, at=T0, still_charged=6_000, hour_refunded=5_700)
+    w.refund(refund_id=uuid4(), charge=refundable(1, hour), amount=5_700, at=T0)
+    with pytest.raises(WalletError, match="what the hour still costs: cap 5700"):
+        w.refund(refund_id=uuid4(), charge=refundable(2, hour, [PastRefund(1, VM_A, 5_700)]),
+                 amount=1, at=T0)
+
+
+def test_a_one_vm_entry_is_refunded_as_that_vms_and_other_vms_are_refused():
+    hour = usage_hour((1, True, {VM_A: 1_000}))
+    limits = refund_limits(refundable(1, hour))
+    assert limits.vm_id == VM_A and min(c.cap for c in limits.caps) == 950
+    with pytest.raises(WalletError, match=f"vm {VM_B} has no part in entry 1"):
+        refund_limits(refundable(1, hour), VM_B)
+    with pytest.raises(WalletError, match="not a usage entry"):
+        refund_limits(Refundable(7, -500, None, []), VM_A)
+
+
+def test_a_fully_credited_hour_refunds_nothing():
+    hour = usage_hour((1, True, {VM_A: 500}), (2, False, {VM_A: 500}))
+    with pytest.raises(WalletError, match="cap 0"):
+        wallet(0).refund(refund_id=uuid4(), charge=refundable(1, hour), amount=1, at=T0)
 
 
 def test_refund_capped_at_95_percent_cumulatively():
     w = wallet(10_000)
     charge = w.debit_usage(amount=1_000, key="d1", at=T0, vm_id=None, holds=[])
     assert refund_cap(1_000) == 950
-    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=charge.amount,
-             already_refunded=0, amount=600, at=T0)
+    w.refund(refund_id=uuid4(), charge=Refundable(1, charge.amount, None, []), amount=600,
+             at=T0)
     with pytest.raises(WalletError, match="95%"):
-        w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=charge.amount,
-                 already_refunded=600, amount=351, at=T0)
-    w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=charge.amount,
-             already_refunded=600, amount=350, at=T0)
+        w.refund(refund_id=uuid4(), charge=Refundable(1, charge.amount, None, [
+            PastRefund(1, None, 600)]), amount=351, at=T0)
+    w.refund(refund_id=uuid4(), charge=Refundable(1, charge.amount, None, [
+        PastRefund(1, None, 600)]), amount=350, at=T0)
     assert w.balance == 10_000 - 1_000 + 950
     assert len([f for f in w.take_facts() if isinstance(f, Refunded)]) == 2
 
@@ -304,8 +375,7 @@ def test_refund_capped_at_95_percent_cumulatively():
 def test_only_charges_can_be_refunded():
     w = wallet(10_000)
     with pytest.raises(WalletError, match="charge"):
-        w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=10_000,
-                 already_refunded=0, amount=1, at=T0)
+        w.refund(refund_id=uuid4(), charge=Refundable(1, 10_000, None, []), amount=1, at=T0)
 
 
 def test_refund_cap_rounds_down():
@@ -388,16 +458,87 @@ def _running_sums(entries):
 
 
 @settings(max_examples=200, deadline=None)
-@given(charge=st.integers(1, 10_000_000), refunds=st.lists(st.integers(1, 5_000_000), max_size=8))
-def test_refunds_never_exceed_the_cap(charge, refunds):
+@given(parts=st.lists(st.integers(1, 1_000_000), min_size=1, max_size=4),
+       credit=st.integers(0, 1_000_000),
+       refunds=st.lists(st.tuples(st.integers(-1, 3), st.integers(1, 500_000)), max_size=10))
+def test_refunds_never_exceed_95_percent_of_what_is_still_charged(parts, credit, refunds):
+    vms = [uuid4() for _ in parts]
+    credit = min(credit, parts[0])
+    hour = [HourEntry(1, True, sum(parts), dict(zip(vms, parts, strict=True)))]
+    if credit:
+        hour.append(HourEntry(2, False, credit, {vms[0]: credit}))
     w = wallet(0)
-    entry = w.debit_usage(amount=charge, key="c", at=T0, vm_id=None, holds=[])
-    refunded = 0
-    for amount in refunds:
+    done: list[PastRefund] = []
+    for which, amount in refunds:
+        vm = vms[which] if 0 <= which < len(vms) else None
         try:
-            w.refund(refund_id=uuid4(), charge_entry_id=1, charge_amount=entry.amount,
-                     already_refunded=refunded, amount=amount, at=T0)
-            refunded += amount
+            entry = w.refund(refund_id=uuid4(), charge=Refundable(1, -sum(parts), hour, done),
+                             amount=amount, at=T0, vm_id=vm)
         except WalletError:
-            pass
-        assert refunded <= charge * 95 // 100
+            continue
+        done.append(PastRefund(1, entry.vm_id, amount))
+        still = sum(parts) - credit
+        assert sum(r.amount for r in done) <= still * 95 // 100
+        for n, v in enumerate(vms):
+            vm_still = parts[n] - (credit if n == 0 else 0)
+            assert sum(r.amount for r in done if r.vm_id == v) <= vm_still * 95 // 100
+    assert w.balance == sum(r.amount for r in done) == sum(e.amount for e in w.entries)
+
+
+# --- usage entries: one ledger row for many VMs --------------------------------------------
+
+def test_a_usage_entry_is_one_ledger_row_that_draws_each_vms_holds_by_its_part():
+    w = wallet(10_000)
+    a = w.reserve(request_id=uuid4(), vm_id=VM_A, hold_id=uuid4(), amount=300, currency="ZAR",
+                  purpose="create", at=T0, ttl=TTL)
+    b = w.reserve(request_id=uuid4(), vm_id=VM_B, hold_id=uuid4(), amount=1_000,
+                  currency="ZAR", purpose="create", at=T0, ttl=TTL)
+    assert a and b
+    vm_c = uuid4()  # no hold: its usage draws nothing
+    parts = UsageParts((VM_A, VM_B, vm_c), (uuid4(), uuid4(), uuid4()), (500, 200, 41))
+    entry = w.debit_usage(amount=741, key="usage:e1", at=T0, vm_id=None, holds=[a, b],
+                          parts=parts)
+    assert len(w.entries) == 2 and entry.amount == -741 and entry.parts == parts
+    assert (a.remaining, a.status) == (0, HoldStatus.CONSUMED)  # drew 300 of A's 500
+    assert b.remaining == 800 and entry.hold_drawn == 500
+    assert w.held == 800 and w.balance == 10_000 - 741
+    assert w.balance == sum(e.amount for e in w.entries)
+
+
+def test_a_usage_entry_never_draws_another_wallets_hold():
+    w, other = wallet(1_000), wallet(1_000)
+    hold = other.reserve(request_id=uuid4(), vm_id=VM_A, hold_id=uuid4(), amount=500,
+                         currency="ZAR", purpose="create", at=T0, ttl=TTL)
+    assert hold is not None
+    w.debit_usage(amount=100, key="u", at=T0, vm_id=None, holds={VM_A: [hold]},
+                  parts=UsageParts((VM_A,), (uuid4(),), (100,)))
+    assert hold.remaining == 500 and w.held == 0
+
+
+@pytest.mark.parametrize("parts, message", [
+    (((VM_A,), (), (100,)), "one VM id, line id and amount per VM"),
+    (((), (), ()), "one VM id, line id and amount per VM"),
+    (((VM_A,), (uuid4(),), (0,)), "must be positive"),
+])
+def test_usage_parts_must_be_one_per_vm_and_positive(parts, message):
+    with pytest.raises(WalletError, match=message):
+        UsageParts(*parts)
+
+
+def test_a_usage_entry_whose_parts_do_not_add_up_is_refused():
+    w = wallet(1_000)
+    with pytest.raises(WalletError, match="add up to 100, not 101"):
+        w.debit_usage(amount=101, key="u", at=T0, vm_id=None, holds=[],
+                      parts=UsageParts((VM_A,), (uuid4(),), (100,)))
+    with pytest.raises(WalletError, match="add up to 100, not 99"):
+        w.credit_usage(amount=99, key="u", at=T0, vm_id=None,
+                       parts=UsageParts((VM_A,), (uuid4(),), (100,)))
+    assert not w.entries[1:] and w.balance == 1_000
+
+
+def test_usage_descriptions_read_as_people_read_them():
+    at = datetime(2026, 1, 5, 14, tzinfo=UTC)
+    assert usage_description("debit", at, 0, 12, 984, "ZAR") == \
+        "Usage 14:00–15:00 UTC · 12 VMs · R9.84"
+    assert usage_description("credit", at.replace(hour=23), 2, 1, 41, "ZAR") == \
+        "Usage correction (revision 2) 23:00–00:00 UTC · 1 VM · R0.41"
