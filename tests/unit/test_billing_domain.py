@@ -461,7 +461,7 @@ def test_each_hour_and_each_revision_and_kind_is_its_own_entry_corrections_after
     # hour 0 corrected: VM 0 ran 30 minutes (a credit), VM 1 resized to large (a debit)
     corrections = [b.apply(usage(0, 1800, revision=1, vm=vms[0]), 0),
                    b.apply(usage(0, spec=LARGE, revision=1, vm=vms[1]), 0)]
-    ordered, new = usage_entries([*corrections, *first])  # even listed first
+    ordered, _new = usage_entries([*corrections, *first])  # even listed first
     assert [(e.hour_start, e.revision, e.kind, len(e.vm_ids)) for e in ordered] == [
         (JAN, 0, "debit", 3), (JAN, 1, "credit", 1), (JAN, 1, "debit", 1),
         (JAN + timedelta(hours=1), 0, "debit", 3)]
@@ -476,7 +476,7 @@ def test_lines_that_charge_nothing_are_in_no_entry():
     stale_first = b.apply(usage(1, revision=2), 0)
     stale = b.apply(usage(1, revision=1), 0)
     assert idle.amount == 0 and stale.stale
-    ordered, new = usage_entries([idle, stale_first, stale])
+    _ordered, new = usage_entries([idle, stale_first, stale])
     assert [e.line_ids for e in new] == [[stale_first.line_id]]
 
 
@@ -494,7 +494,7 @@ def test_a_stored_entry_sent_again_keeps_its_id_and_lines_once_in_order():
 def test_an_entry_holds_at_most_max_vms_then_another_opens(monkeypatch):
     monkeypatch.setattr("services.billing.domain.MAX_VMS_PER_ENTRY", 5)
     b = biller()
-    ordered, new = usage_entries(fleet_hour(b, [uuid4() for _ in range(12)]))
+    _ordered, new = usage_entries(fleet_hour(b, [uuid4() for _ in range(12)]))
     assert [len(e.vm_ids) for e in new] == [5, 5, 2]
     assert len({e.entry_id for e in new}) == 3
 
