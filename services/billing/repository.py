@@ -338,11 +338,11 @@ async def month_balances(conn: asyncpg.Connection, closes: Sequence[tuple[UUID, 
             FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
             LEFT JOIN {SCHEMA}.wallets w ON w.wallet_id = k.wallet_id
             LEFT JOIN LATERAL (
-                SELECT sum(amount) FILTER (WHERE amount > 0) AS charges,
-                       -sum(amount) FILTER (WHERE amount < 0) AS usage_credits,
-                       count(*) FILTER (WHERE amount <> 0 AND NOT c.confirmed)
+                SELECT sum(l.amount) FILTER (WHERE l.amount > 0) AS charges,
+                       -sum(l.amount) FILTER (WHERE l.amount < 0) AS usage_credits,
+                       count(*) FILTER (WHERE l.amount <> 0 AND NOT c.confirmed)
                            AS unconfirmed_count,
-                       sum(amount) FILTER (WHERE NOT c.confirmed) AS unconfirmed_amount
+                       sum(l.amount) FILTER (WHERE NOT c.confirmed) AS unconfirmed_amount
                 FROM {SCHEMA}.lines l
                 LEFT JOIN {SCHEMA}.usage_entries c ON c.entry_id = l.entry_id
                 WHERE l.wallet_id = k.wallet_id AND l.booked_month = k.month) b ON true""",

@@ -248,7 +248,8 @@ async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry
         [e.hold_drawn for e in entries], [e.idempotency_key for e in entries],
         [e.vm_id for e in entries], [e.refunds_entry_id for e in entries],
         [e.description for e in entries], [e.occurred_at for e in entries],
-        json.dumps([None if e.parts is None else
+        # no parts: empty lists, which aggregate to NULL
+        json.dumps([[[], [], []] if e.parts is None else
                     [[str(v) for v in e.parts.vm_ids], [str(v) for v in e.parts.line_ids],
                      list(e.parts.amounts)] for e in entries]))
     return [r["entry_id"] for r in rows]

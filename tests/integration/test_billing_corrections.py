@@ -4,7 +4,7 @@ a late correction of a closed month lands on the next statement, bad usage is re
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -172,40 +172,43 @@ async def test_charges_lost_between_commit_and_publish_are_sent_again(env, db):
         await wallet.assert_consistent(wallet_id)
 
 
-async def test_a_batchs_charges_go_to_each_wallet_in_one_message_in_line_order(env):
-    """One `ChargeWallet` per wallet and batch, its charges in the order of their usage:
-    a correction's credit after the debit it corrects."""
+async def test_a_batchs_usage_goes_to_each_wallet_as_one_entry_per_hour_corrections_after(env):
+    """One `ChargeUsage` per wallet and batch, one entry per wallet and hour naming the lines
+    (VMs) it covers, in hour order, a correction's entry after the entry it corrects."""
     settings = env.settings
     async with KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
         wallets = {uuid4(): uuid4() for _ in range(2)}  # wallet -> organisation
-        vms = {w: [uuid4(), uuid4()] for w in wallets}
+        vms = {w: [uuid4(), uuid4(), uuid4()] for w in wallets}
         published = [(w, usage(vm, w, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
                      for h in range(3) for w, org in wallets.items() for vm in vms[w]]
         first_wallet, first_vm = published[0][0], published[0][1].vm_id
         correction = usage(first_vm, first_wallet, wallets[first_wallet], JAN,
                            [(MEDIUM, 1800)], revision=1)
+        # the correction first in the batch: its entry still goes after the one it corrects
         await kafka.publish_many(settings.topic(METERING_USAGE.name),
-                                 [*published, (first_wallet, correction)])
+                                 [*published[:1], (first_wallet, correction), *published[1:]])
         async with running_billing(settings):  # the usage waits: it comes in one batch
             messages = await kafka.read(settings.topic(BILLING_DEBITS.name), until=lambda ms: (
-                sum(len(m["charges"]) for m in ms) >= len(published) + 1))
-    assert {m["type"] for m in messages} == {"billing.charge_wallet"}
-    assert len(messages) < len(published) + 1
+                sum(len(e["vm_ids"]) for m in ms for e in m["entries"]) >= len(published) + 1))
+    assert {m["type"] for m in messages} == {"billing.charge_usage"}
     for w in wallets:
-        charges = [c for m in messages if m["wallet_id"] == str(w) for c in m["charges"]]
-        expected = [u for wallet_id, u in published if wallet_id == w]
+        entries = [e for m in messages if m["wallet_id"] == str(w) for e in m["entries"]]
+        expected = [(JAN + timedelta(hours=h), 0, "debit", [str(vm) for vm in vms[w]], [41] * 3)
+                    for h in range(3)]
         if w == first_wallet:
-            expected.append(correction)
-        assert [c["vm_id"] for c in charges] == [str(u.vm_id) for u in expected]
-        assert [c["kind"] for c in charges] == ["debit"] * 6 + (["credit"] if w == first_wallet
-                                                                 else [])
-        assert [c["amount_minor"] for c in charges] == [41] * 6 + (
-            [21] if w == first_wallet else [])
+            expected.insert(1, (JAN, 1, "credit", [str(first_vm)], [21]))
+        assert [(datetime.fromisoformat(e["hour_start"]), e["revision"], e["kind"], e["vm_ids"],
+                 e["vm_amounts"]) for e in entries] == expected
+        for e in entries:
+            lines = [line_id(UUID(vm), datetime.fromisoformat(e["hour_start"]), e["revision"])
+                     for vm in e["vm_ids"]]
+            assert e["line_ids"] == [str(x) for x in lines]
+            assert e["amount_minor"] == sum(e["vm_amounts"])
 
 
 async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues(env, db):
-    """`DebitsApplied` confirms billing's lines; ids billing has no line for, and sums that
-    differ from billing's lines, are recorded as issues for the next statement."""
+    """`DebitsApplied` confirms billing's entries; ids billing has no entry for, and sums
+    that differ from billing's entries, are recorded as issues for the next statement."""
     settings = env.settings
     async with running_billing(settings), \
             KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
@@ -214,10 +217,11 @@ async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues
             (wallet_id, usage(vm, wallet_id, org, JAN + timedelta(hours=h), [(MEDIUM, 3600)]))
             for h in range(2)])
         for _ in range(300):
-            if await db.fetchval("SELECT count(*) FROM billing.lines") == 2:
+            if await db.fetchval("SELECT count(*) FROM billing.usage_entries") == 2:
                 break
             await asyncio.sleep(0.1)
-        lines = [line_id(vm, JAN + timedelta(hours=h), 0) for h in range(2)]
+        entries = [r["entry_id"] for r in await db.fetch(
+            "SELECT entry_id FROM billing.usage_entries ORDER BY hour_start")]
         stranger = uuid4()
 
         def applied(debit_ids: list[UUID], debited: int) -> DebitsApplied:
@@ -226,7 +230,7 @@ async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues
                                  credited=MoneyModel(amount_minor=0),
                                  balance_after=MoneyModel(amount_minor=0))
 
-        matching, wrong = applied([lines[0]], 41), applied([lines[1], stranger], 100)
+        matching, wrong = applied([entries[0]], 41), applied([entries[1], stranger], 100)
         for event in (matching, wrong, wrong):  # a replay records nothing twice
             await kafka.publish(settings.topic(WALLET_EVENTS.name), wallet_id, event)
         for _ in range(300):
@@ -234,11 +238,11 @@ async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
-    confirmed = await db.fetch("SELECT line_id FROM billing.confirmations")
-    assert {r["line_id"] for r in confirmed} == {*lines, stranger}
+    confirmed = await db.fetch("SELECT entry_id FROM billing.usage_entries WHERE confirmed")
+    assert {r["entry_id"] for r in confirmed} == set(entries)
     issues = sorted(r["detail"] for r in await db.fetch(
         "SELECT detail FROM billing.issues WHERE wallet_id = $1", wallet_id))
     assert len(issues) == 2
-    assert issues[0].startswith("wallet booked 1 debits/credits billing has no line for")
+    assert issues[0].startswith("wallet booked 1 debits/credits billing has no entry for")
     assert str(stranger) in issues[0]
-    assert issues[1].startswith("wallet debited 100 and credited 0 for lines of 41 and 0")
+    assert issues[1].startswith("wallet debited 100 and credited 0 for entries of 41 and 0")

@@ -146,9 +146,11 @@ async def test_months_closed_together_each_get_their_own_invoice(env, db):
         await kafka.publish_many(settings.topic(METERING_USAGE.name), [
             (invoiced, usage(vm, invoiced, org, start + timedelta(hours=h), [(MEDIUM, 3600)]))
             for start, count in hours.items() for h in range(count)])
-        # every line confirmed first, so both months are ready when the watermarks come
+        # every entry (one per hour, one VM) confirmed first, so both months are ready when
+        # the watermarks come
         for _ in range(200):
-            if await db.fetchval("SELECT count(*) FROM billing.confirmations") == 8:
+            if await db.fetchval(
+                    "SELECT count(*) FROM billing.usage_entries WHERE confirmed") == 8:
                 break
             await asyncio.sleep(0.1)
         await publish_watermarks(kafka, settings, MAR)
