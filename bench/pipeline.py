@@ -1,23 +1,28 @@
 """Usage rated and debited per second, end to end, through the real broker and database.
 
   pipeline_events_per_s  HourlyUsage on metering.usage -> billing rates it, stores its line
-                         and sends the debit (outbox) -> the wallet has committed it to the
-                         ledger; a backlog, timed from billing's first line until the wallet
-                         holds every debit
+                         and sends its wallet entry (one per wallet, hour and batch) -> the
+                         wallet has committed the entry to the ledger; a backlog, timed from
+                         billing's first line until the wallet holds every line
   raw_kafka_events_per_s the same messages through a bare aiokafka consume-and-produce loop
                          (no parsing, no database), on the same backlog: the ceiling Kafka
                          and this machine allow
+  p50_ms, p99_ms         at a steady --latency-rate (2,000) usage events/s, from just before
+                         an event's publication on metering.usage to its wallet entry seen
+                         committed (fresh servers' database and topics)
 
 Billing and the wallet run as their own processes (`cloudwallet serve`), as deployed; the
 CPU seconds each used during the run are printed, to show where the time goes.
 
-Usage: python -m bench.pipeline [--events N] [--wallets N] [--vms N]
+Usage: python -m bench.pipeline [--events N] [--wallets N] [--vms N] [--latency-rate N]
+                                [--latency-seconds S]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
@@ -30,6 +35,7 @@ from aiokafka.structs import TopicPartition
 
 from bench.infra import ServiceProcesses, bench_settings
 from bench.wallet import open_wallets, produce
+from services.billing.domain import line_id
 from shared.contracts.metering import HourlyUsage, UsageSegment, usage_id
 from shared.contracts.vm import VmSpec
 from shared.logs import configure_logging
@@ -38,6 +44,8 @@ from shared.topics import BILLING_DEBITS, METERING_USAGE, Topic
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MEDIUM = VmSpec.of_tier("medium")
+# Usage lines in the wallet's usage debits: an entry's VMs, or one for a row booked per line.
+LINES_BOOKED = "coalesce(sum(coalesce(cardinality(vm_ids), 1)), 0)"
 
 
 def usage_messages(wallets: list[tuple[UUID, UUID]], vms: int, events: int
@@ -79,13 +87,17 @@ async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -
                    and await progress.done(f"wallet.{BILLING_DEBITS.name}", BILLING_DEBITS)):
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        debited = await conn.fetchval(
-            "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'")
-        assert debited == len(messages), f"{debited} debits booked, {len(messages)} expected"
+        debited, entries, wallet_hours = await conn.fetchrow(
+            f"""SELECT {LINES_BOOKED}, count(*), count(DISTINCT (wallet_id, occurred_at))
+                FROM wallet.wallet_transactions WHERE kind = 'usage_debit'""")
+        assert debited == len(messages), f"{debited} lines booked, {len(messages)} expected"
         cpu = {name: used - cpu_before.get(name, 0.0)
                for name, used in services.cpu_seconds().items()}
         print(f"  {len(messages)} usage events already on the topic; all {debited} booked "
               f"{elapsed:.2f} s after billing's first line")
+        print(f"  as {entries} wallet entries ({debited / entries:.1f} lines each) for "
+              f"{wallet_hours} wallet-hours: an hour's usage of a wallet split across billing "
+              f"batches is one entry per batch")
         print("  CPU seconds used meanwhile: " + ", ".join(
             f"{name} {used:.1f} s ({used / len(messages) * 1e6:.0f} us/event)"
             for name, used in cpu.items()))
@@ -173,6 +185,96 @@ async def raw_run(settings: Settings, count: int) -> float:
         await consumer.stop()
 
 
+SLICE_S = 0.02  # the latency run publishes every 20 ms: as steady as a rate gets
+POLL_S = 0.01  # and looks for new wallet entries every 10 ms
+
+
+async def latency_run(settings: Settings, rate: int, seconds: float, warmup: float,
+                      vms_per_wallet: int = 10) -> tuple[float, float, int, int]:
+    """Usage published at a steady `rate` per second, an event-time hour of `rate` VMs each
+    second, a wallet's VMs one after another (as metering closes an hour for a partition's
+    VMs at once); latency is from just before each event's publication on metering.usage to
+    the moment the bench sees the wallet entry holding its line committed (the ledger polled
+    every 10 ms: a bound up to 10 ms high). Events of the first `warmup` seconds are not
+    counted. Returns (p50 ms, p99 ms, events counted, entries)."""
+    wallets = await open_wallets(settings.database_url, max(1, rate // vms_per_wallet), 10**12)
+    fleet = [(uuid4(), org, wallet) for org, wallet in wallets for _ in range(vms_per_wallet)]
+    per_slice = max(1, round(rate * SLICE_S))
+    slices = round((seconds + warmup) / SLICE_S)
+    events: list[tuple[UUID, UUID, bytes]] = []  # (wallet, line id, message)
+    for n in range(slices * per_slice):
+        vm, org, wallet = fleet[n % len(fleet)]
+        hour = START + timedelta(hours=n // len(fleet))
+        message = HourlyUsage(usage_id=usage_id(vm, hour, 0), vm_id=vm, wallet_id=wallet,
+                              organisation_id=org, hour_start=hour, revision=0, seconds=3600,
+                              segments=[UsageSegment(spec=MEDIUM, seconds=3600)],
+                              occurred_at=hour + timedelta(hours=1))
+        events.append((wallet, line_id(vm, hour, 0), message.model_dump_json().encode()))
+    services = ServiceProcesses(settings, ("wallet", "billing"))
+    conn = await asyncpg.connect(settings.database_url)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+                                enable_idempotence=True)
+    published: dict[UUID, float] = {}
+    latency: dict[UUID, float] = {}
+    entries = 0
+    topic = settings.topic(METERING_USAGE.name)
+    try:
+        services.start()
+        await producer.start()
+
+        async def publish() -> None:
+            sends = []
+            started = time.perf_counter()
+            for k in range(slices):
+                await asyncio.sleep(max(0.0, started + k * SLICE_S - time.perf_counter()))
+                for wallet, line, value in events[k * per_slice:(k + 1) * per_slice]:
+                    published[line] = time.perf_counter()
+                    sends.append(await producer.send(topic, value, key=str(wallet).encode()))
+            await asyncio.gather(*sends)
+
+        sender = asyncio.create_task(publish())
+        last = 0
+        shown = 0.0
+        started = time.perf_counter()
+        deadline = started + seconds + warmup + 60
+        while len(latency) < len(events) and time.perf_counter() < deadline:
+            await asyncio.sleep(POLL_S)
+            rows = await conn.fetch(
+                """SELECT entry_id, line_ids FROM wallet.wallet_transactions
+                   WHERE entry_id > $1 AND kind = 'usage_debit'""", last)
+            seen = time.perf_counter()
+            for row in rows:
+                last = max(last, row["entry_id"])
+                entries += 1
+                for line in row["line_ids"]:
+                    latency[line] = seen - published[line]
+            elapsed = seen - started
+            if elapsed >= shown + 1 or len(latency) == len(events):
+                shown = elapsed
+                print(f"\r  latency run: {len(published):,}/{len(events):,} published, "
+                      f"{len(latency):,} booked ({len(latency) / len(events):.0%}), "
+                      f"{len(latency) / elapsed:,.0f}/s, "
+                      f"ETA {max(0.0, seconds + warmup - elapsed):.0f} s ", end="",
+                      file=sys.stderr)
+        print(file=sys.stderr)
+        await sender
+        assert len(latency) == len(events), f"{len(events) - len(latency)} events not booked"
+    finally:
+        await producer.stop()
+        await conn.close()
+        services.stop()
+    counted = [latency[line] * 1000 for _, line, _ in events[round(warmup / SLICE_S)
+                                                              * per_slice:]]
+    return percentile(counted, 50), percentile(counted, 99), len(counted), entries
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, int(-(-len(ordered) * p // 100)))
+    return ordered[rank - 1]
+
+
 async def main(args: argparse.Namespace) -> None:
     configure_logging("WARNING", json=False)
     async with bench_settings() as settings:
@@ -183,8 +285,14 @@ async def main(args: argparse.Namespace) -> None:
               f"wallets: {pipeline:,.0f}/s")
         raw = await raw_run(settings, len(messages))
         print(f"raw aiokafka consume-and-produce of the same messages: {raw:,.0f}/s")
+    async with bench_settings() as settings:
+        p50, p99, counted, entries = await latency_run(settings, args.latency_rate,
+                                                       args.latency_seconds, warmup=2.0)
+        print(f"latency at a steady {args.latency_rate:,} usage events/s, publication on "
+              f"metering.usage to wallet entry committed: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+              f"({counted:,} events after a 2 s warm-up; {entries:,} wallet entries in all)")
     print(f"pipeline_events_per_s={pipeline:.0f} raw_kafka_events_per_s={raw:.0f} "
-          f"ratio={pipeline / raw:.3f}")
+          f"ratio={pipeline / raw:.3f} p50_ms={p50:.0f} p99_ms={p99:.0f}")
 
 
 if __name__ == "__main__":
@@ -193,4 +301,7 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--wallets", type=int, default=500)
     parser.add_argument("--vms", type=int, default=5_000)
+    parser.add_argument("--latency-rate", type=int, default=2_000,
+                        help="usage events per second of the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
     uvloop.run(main(parser.parse_args()))

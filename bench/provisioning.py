@@ -13,8 +13,11 @@ With `--stages`, the latency is also split at the Kafka producer timestamps of R
 and of the decision; that reads `provisioning.requests` too, a second consumer on the
 machine being measured, so it is off by default.
 
+With `--runs N` the whole run is made N times, each on fresh servers, database and topics,
+and the last line gives the medians of the runs' rate, p50 and p99.
+
 Usage: python -m bench.provisioning [--count N] [--rate R] [--organisations N] [--warmup N]
-                                    [--stages]
+                                    [--runs N] [--stages]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -218,6 +222,21 @@ async def run_load(client: LoadClient, orgs: list[str], count: int, rate: float,
 
 
 async def main(args: argparse.Namespace) -> None:
+    figures = []
+    for run in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"--- run {run} of {args.runs}")
+        figures.append(await one_run(args))
+    if args.runs > 1:
+        p50s, p99s = [f[1] for f in figures], [f[2] for f in figures]
+        print(f"p99 of the {args.runs} runs (ms): " + ", ".join(f"{x:.1f}" for x in p99s))
+        print(f"rate_per_s={statistics.median(f[0] for f in figures):.0f} "
+              f"p50_ms={statistics.median(p50s):.1f} p99_ms={statistics.median(p99s):.1f} "
+              f"runs={args.runs} (medians)")
+
+
+async def one_run(args: argparse.Namespace) -> tuple[float, float, float]:
+    """One run on fresh servers, database and topics: (rate, p50 ms, p99 ms)."""
     logs = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-provisioning-"))
     async with bench_settings() as settings:
         servers = ServiceProcesses(settings, SERVICES, logs)
@@ -275,6 +294,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{name} {seconds * 1000 / args.count:.2f}" for name, seconds in cpu.items()))
     print(f"rate_per_s={achieved:.0f} p50_ms={percentile(latencies, 50):.1f} "
           f"p99_ms={percentile(latencies, 99):.1f}")
+    return achieved, percentile(latencies, 50), percentile(latencies, 99)
 
 
 def print_stages(watcher: DecisionWatcher, sent: dict[str, float]) -> None:
@@ -324,6 +344,8 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--organisations", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs on fresh servers; the last line gives their medians")
     parser.add_argument("--stages", action="store_true",
                         help="also read provisioning.requests to split the latency in stages")
     uvloop.run(main(parser.parse_args()))

@@ -2,9 +2,12 @@
 
   decisions_per_s        reservation requests -> decisions (holds and their events) committed
   naive_decisions_per_s  the same with one database transaction per message (batch size 1)
-  debits_per_s           billing debits applied to wallets (ledger rows committed), batched
+  debits_per_s           usage lines booked per second, as billing sends them: one
+                         `ChargeUsage` per wallet, one ledger row per wallet-hour entry of
+                         --vms-per-entry VMs (the line ids and amounts per VM with it)
 
 Usage: python -m bench.wallet [--wallets N] [--decisions N] [--naive N] [--debits N]
+                              [--vms-per-entry N]
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -20,11 +24,13 @@ from aiokafka import AIOKafkaProducer
 
 from bench.infra import bench_settings
 from services.wallet.app import WalletService
-from shared.contracts.wallet import DebitWallet, ReserveFunds
+from shared.contracts.wallet import ChargeUsage, ReserveFunds, UsageEntry
 from shared.logs import configure_logging
 from shared.money import MoneyModel
 from shared.settings import Settings
 from shared.topics import BILLING_DEBITS, PROVISIONING_REQUESTS
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def open_wallets(url: str, count: int, balance: int) -> list[tuple[UUID, UUID]]:
@@ -95,16 +101,28 @@ async def drain_rate(settings: Settings, count_sql: str, expected: int) -> float
         await conn.close()
 
 
-async def debits_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int) -> float:
-    debits = []
-    for n in range(count):
+async def debits_run(settings: Settings, wallets: list[tuple[UUID, UUID]], count: int,
+                     vms_per_entry: int) -> tuple[float, float]:
+    """Usage lines as billing sends them: per wallet and batch one `ChargeUsage`, one entry per
+    hour of `vms_per_entry` VMs (each VM's line id and amount). Returns (lines, entries) per
+    second booked."""
+    messages = []
+    hours = max(1, count // (len(wallets) * vms_per_entry))
+    for n in range(count // vms_per_entry):
         _, wallet = wallets[n % len(wallets)]
-        message = DebitWallet(debit_id=uuid4(), wallet_id=wallet, vm_id=None,
-                              amount=MoneyModel(amount_minor=7))
-        debits.append((wallet, message.model_dump_json().encode()))
-    await produce(settings, settings.topic(BILLING_DEBITS.name), debits)
-    booked = "SELECT count(*) FROM wallet.wallet_transactions WHERE kind = 'usage_debit'"
-    return await drain_rate(settings, booked, count)
+        hour = START + timedelta(hours=n // len(wallets) % hours)
+        entry = UsageEntry(entry_id=uuid4(), kind="debit", hour_start=hour, revision=0,
+                           amount_minor=41 * vms_per_entry,
+                           vm_ids=[uuid4() for _ in range(vms_per_entry)],
+                           line_ids=[uuid4() for _ in range(vms_per_entry)],
+                           vm_amounts=[41] * vms_per_entry)
+        message = ChargeUsage(wallet_id=wallet, currency="ZAR", entries=[entry])
+        messages.append((wallet, message.model_dump_json().encode()))
+    await produce(settings, settings.topic(BILLING_DEBITS.name), messages)
+    booked = """SELECT coalesce(sum(cardinality(vm_ids)), 0) FROM wallet.wallet_transactions
+                WHERE kind = 'usage_debit'"""
+    lines = await drain_rate(settings, booked, len(messages) * vms_per_entry)
+    return lines, lines / vms_per_entry
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -120,8 +138,9 @@ async def main(args: argparse.Namespace) -> None:
         print(f"naive decisions (one transaction per message): {args.naive}: {naive:,.0f}/s")
     async with bench_settings() as settings:
         wallets = await open_wallets(settings.database_url, args.wallets, 10**12)
-        debits = await debits_run(settings, wallets, args.debits)
-        print(f"batched debits: {args.debits}: {debits:,.0f}/s")
+        debits, entries = await debits_run(settings, wallets, args.debits, args.vms_per_entry)
+        print(f"usage lines booked as billing sends them: {args.debits} lines in entries of "
+              f"{args.vms_per_entry} VMs: {debits:,.0f} lines/s ({entries:,.0f} entries/s)")
     print(f"batched/naive decisions ratio: {decisions / naive:.1f}x")
     print(f"decisions_per_s={decisions:.0f} naive_decisions_per_s={naive:.0f} "
           f"debits_per_s={debits:.0f}")
@@ -133,5 +152,8 @@ if __name__ == "__main__":
     parser.add_argument("--wallets", type=int, default=1_000)
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=2_000)
-    parser.add_argument("--debits", type=int, default=100_000)
+    parser.add_argument("--debits", type=int, default=100_000,
+                        help="usage lines (billing lines) to book")
+    parser.add_argument("--vms-per-entry", type=int, default=10,
+                        help="VMs per wallet entry (the pipeline's fleet: 10 VMs a wallet)")
     uvloop.run(main(parser.parse_args()))
