@@ -187,3 +187,33 @@ async def settled(kafka: KafkaProbe, settings: Settings, service: str,
                                   settings.topic(topic.name), timeout=timeout)
     if database_url is not None:
         await wait_outbox_empty(database_url, service, timeout)
+
+
+def subscriptions(service: Any) -> list[tuple[str, str]]:
+    """(group, topic) of every consumer a running service has: what its code subscribes,
+    not what a test remembers it does."""
+    return sorted((sub.group_id, topic) for sub in service.broker.subscribers
+                  for topic in sub.topic_names)
+
+
+async def quiesce(kafka: KafkaProbe, services: Iterable[Any], database_url: str,
+                  timeout: float = 60.0) -> None:
+    """Barrier over several services that feed each other: each has committed the end
+    offsets of all it consumes and emptied its outbox, and a whole pass found the same end
+    offsets at its end as at its start, so nothing one service caused is still on its way
+    to another. Use it before asserting that nothing else happened."""
+    services = list(services)
+    watched = sorted({topic for s in services for _, topic in subscriptions(s)})
+    deadline = time.monotonic() + timeout
+    while True:
+        before = [await kafka.end_offsets(topic) for topic in watched]
+        for service in services:
+            for group, topic in subscriptions(service):
+                await kafka.wait_consumed(group, topic,
+                                          timeout=max(1.0, deadline - time.monotonic()))
+            if service.schema is not None:
+                await wait_outbox_empty(database_url, service.schema,
+                                        max(1.0, deadline - time.monotonic()))
+        if before == [await kafka.end_offsets(topic) for topic in watched]:
+            return
+        assert time.monotonic() < deadline, "the services did not come to rest"
