@@ -95,14 +95,15 @@ class KafkaProbe:
         partition order. Read after a barrier, this is all there is, so a count is exact."""
         ends = ends if ends is not None else await self.end_offsets(topic)
         wanted = {tp: end for tp, end in ends.items() if end > 0}
+        if not wanted:
+            return []
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
                                     enable_auto_commit=False)
         await consumer.start()
         by_partition: dict[TopicPartition, list[dict[str, Any]]] = {tp: [] for tp in wanted}
         try:
-            if wanted:
-                consumer.assign(list(wanted))
-                await consumer.seek_to_beginning(*wanted)
+            consumer.assign(list(wanted))
+            await consumer.seek_to_beginning(*wanted)
             deadline = time.monotonic() + timeout
             while any(await _behind(consumer, wanted)):
                 assert time.monotonic() < deadline, f"could not read {topic} to {wanted}"

@@ -21,7 +21,7 @@ from shared.topics import (
     WALLET_DECISIONS,
 )
 from tests.integration.wallet_fixtures import running_wallet
-from tests.kafka_helpers import KafkaProbe
+from tests.kafka_helpers import KafkaProbe, settled
 
 pytestmark = pytest.mark.integration
 
@@ -165,9 +165,12 @@ async def test_every_message_delivered_twice_changes_nothing(env):
         for outcome in (succeeded, failed, succeeded, failed):
             await kafka.publish(outcomes, w, outcome)
         assert await _eventually(lambda s: s["held_minor"] == 30_000, wallet, w)
-        decisions = await kafka.read(env.topic(WALLET_DECISIONS.name),
-                                     until=lambda ms: False, timeout=2)
-        assert len(decisions) == 2
+        await settled(kafka, env.settings, "wallet", [PROVISIONING_REQUESTS,
+                                                      PROVISIONING_OUTCOMES],
+                      database_url=env.database_url)
+        decisions = await kafka.read_to_end(env.topic(WALLET_DECISIONS.name))
+        assert sorted(d["request_id"] for d in decisions) == sorted(
+            str(r.request_id) for r in (first, second))
         status = await wallet.status(w)
         assert (status["held_minor"], status["available_minor"]) == (30_000, 70_000)
         await wallet.assert_consistent(w)
@@ -219,7 +222,8 @@ async def test_hold_without_outcome_expires_in_event_time(env, db):
         assert status == "active"
         ttl = timedelta(seconds=env.settings.hold_ttl_seconds)
         await publish_tick(kafka.producer, env.settings, T0 + ttl - timedelta(seconds=1))
-        await kafka.read_count(env.topic(CLOCK_TICKS.name), 1)
+        # the wallet has handled the tick, not only the broker received it
+        await settled(kafka, env.settings, "wallet", [CLOCK_TICKS])
         assert (await wallet.status(w))["held_minor"] == 50_000
         await publish_tick(kafka.producer, env.settings, T0 + ttl)
         assert await _eventually(lambda s: s["held_minor"] == 20_000, wallet, w)
