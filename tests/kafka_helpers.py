@@ -12,12 +12,14 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.base import Envelope
 from shared.settings import Settings
 from shared.topics import Topic
 
 Offsets = dict[TopicPartition, int]
+REPLAYED_HEADER = "replayed"
 
 
 class KafkaProbe:
@@ -93,6 +95,11 @@ class KafkaProbe:
                           timeout: float = 30.0) -> list[dict[str, Any]]:
         """Every message of `topic` up to `ends` (default: its end offsets now), in
         partition order. Read after a barrier, this is all there is, so a count is exact."""
+        return [json.loads(r.value) for r in await self.records(topic, ends, timeout)]
+
+    async def records(self, topic: str, ends: Offsets | None = None,
+                      timeout: float = 30.0) -> list[ConsumerRecord]:
+        """The raw records of `topic` up to `ends` (default: its end offsets now)."""
         ends = ends if ends is not None else await self.end_offsets(topic)
         wanted = {tp: end for tp, end in ends.items() if end > 0}
         if not wanted:
@@ -100,7 +107,7 @@ class KafkaProbe:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers,
                                     enable_auto_commit=False)
         await consumer.start()
-        by_partition: dict[TopicPartition, list[dict[str, Any]]] = {tp: [] for tp in wanted}
+        by_partition: dict[TopicPartition, list[ConsumerRecord]] = {tp: [] for tp in wanted}
         try:
             consumer.assign(list(wanted))
             await consumer.seek_to_beginning(*wanted)
@@ -109,11 +116,18 @@ class KafkaProbe:
                 assert time.monotonic() < deadline, f"could not read {topic} to {wanted}"
                 batch = await consumer.getmany(timeout_ms=200)
                 for tp, records in batch.items():
-                    by_partition[tp].extend(json.loads(r.value) for r in records
-                                            if r.offset < wanted[tp])
+                    by_partition[tp].extend(r for r in records if r.offset < wanted[tp])
         finally:
             await consumer.stop()
-        return [m for tp in sorted(by_partition) for m in by_partition[tp]]
+        return [r for tp in sorted(by_partition) for r in by_partition[tp]]
+
+    async def redeliver(self, records: list[ConsumerRecord]) -> None:
+        """Send records again, each to its own partition with its key, value and headers,
+        plus a `replayed` header: what a consumer sees when a message comes twice."""
+        sends = [await self.producer.send(
+            r.topic, r.value, key=r.key, partition=r.partition,
+            headers=[*r.headers, (REPLAYED_HEADER, b"1")]) for r in records]
+        await asyncio.gather(*sends)
 
     async def committed(self, group: str, topic: str) -> Offsets:
         admin = await self._admin_client()
