@@ -45,6 +45,22 @@ class WalletClient:
         return await self.http.post("/webhooks/payments", content=body,
                                     headers={"X-Signature": signature})
 
+    async def refund(self, wallet_id: UUID, charge_entry_id: int, amount: int,
+                     refund_id: UUID | None = None) -> httpx.Response:
+        return await self.http.post(f"/wallets/{wallet_id}/refunds", json={
+            "refund_id": str(refund_id or uuid4()), "charge_entry_id": charge_entry_id,
+            "amount_minor": amount})
+
+    async def set_status(self, wallet_id: UUID, status: str) -> httpx.Response:
+        return await self.http.put(f"/wallets/{wallet_id}/status", json={"status": status})
+
+    async def set_auto_topup(self, wallet_id: UUID, *, enabled: bool, threshold: int = 0,
+                             amount: int = 0, card_token: str = "tok_visa_ok"
+                             ) -> httpx.Response:
+        return await self.http.put(f"/wallets/{wallet_id}/auto-topup", json={
+            "enabled": enabled, "threshold_minor": threshold, "amount_minor": amount,
+            "card_token": card_token})
+
     async def status(self, wallet_id: UUID) -> dict[str, Any]:
         response = await self.http.get(f"/wallets/{wallet_id}")
         assert response.status_code == 200, response.text
