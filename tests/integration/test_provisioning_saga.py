@@ -138,7 +138,7 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     request_id = r.json()["request_id"]
     # Down right after the request was committed: the wallet decides while it is away.
     await platform.provisioning.stop()
-    decisions = await platform.messages(WALLET_DECISIONS.name, 1)
+    decisions = await platform.messages(WALLET_DECISIONS.name, 1)  # provisioning is down
     assert decisions[0]["type"] == "wallet.funds_reserved"
     assert (await platform.status_in_db(request_id)) == "awaiting_funds"
 

@@ -389,7 +389,10 @@ async def test_poison_messages_go_to_the_dead_letter_topic(env, topic):
         name = env.topic(topic.name)
         await kafka.publish(name, w, b"this is not json")
         await kafka.publish(name, w, b'{"type": "wallet.reserve_funds", "amount": "lots"}')
-        letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        await wallet_settled(kafka, env)
+        letters = await kafka.read_to_end(env.topic(DEAD_LETTER.name))
+        assert len(letters) == 2
         assert {letter["source_topic"] for letter in letters} == {name}
         assert all(letter["reason"].startswith("invalid message") for letter in letters)
         assert letters[0]["payload"] == "this is not json"
@@ -411,8 +414,11 @@ async def test_debits_for_unknown_wallet_or_wrong_currency_are_dead_lettered(env
         topic = env.topic(BILLING_DEBITS.name)
         await kafka.publish(topic, w, debit(uuid4(), 100))
         await kafka.publish(topic, w, debit(w, 100, currency="USD"))
-        letters = await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        await kafka.read_count(env.topic(DEAD_LETTER.name), 2)
+        await wallet_settled(kafka, env)
+        letters = await kafka.read_to_end(env.topic(DEAD_LETTER.name))
         reasons = sorted(letter["reason"] for letter in letters)
+        assert len(reasons) == 2, reasons
         assert "USD" in reasons[0] and reasons[1].startswith("unknown wallet")
         assert (await wallet.status(w))["balance_minor"] == 10_000
 
