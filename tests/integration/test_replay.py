@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.billing.app import BillingService
 from services.metering.app import MeteringService
@@ -38,7 +38,10 @@ from shared.contracts.wallet import CreditWallet, DebitWallet, TopUpWallet
 from shared.money import MoneyModel
 from shared.topics import (
     BILLING_DEBITS,
+    BILLING_EVENTS,
+    DEAD_LETTER,
     PORTAL_VM_REQUESTS,
+    VCENTER_COMMANDS,
     VCENTER_EVENTS,
     WALLET_TOPUPS,
 )
@@ -190,8 +193,8 @@ async def run_scenario(s: System, ticks: AIOKafkaProducer) -> None:
                        name="web-2", spec=VmSpec.of_tier("small"))
     await s.kafka.publish(settings.topic(PORTAL_VM_REQUESTS.name), portal.organisation_id, portal)
     await s.settled()
-    vms = (await s.kafka.read_to_end(settings.topic("vcenter.commands")))
-    web2 = next(c["vm_id"] for c in vms if c.get("name") == "web-2")
+    commands = await s.kafka.read_to_end(settings.topic(VCENTER_COMMANDS.name))
+    web2 = next(c["vm_id"] for c in commands if c.get("name") == "web-2")
     await s.wait_vm(web2, "running")
     assert (await http.delete(f"/vms/{web2}")).status_code == 202
     await s.wait_vm(web2, "deleted")
@@ -312,17 +315,15 @@ def identities(message: dict[str, Any]) -> set[str]:
     return {message["event_id"]}
 
 
-def _partition(record: Any) -> Any:
-    from aiokafka import TopicPartition
-
+def _partition(record: Any) -> TopicPartition:
     return TopicPartition(record.topic, record.partition)
 
 
 async def replay_and_compare(s: System, records: dict[str, list[Any]],
                              before: dict[str, list[str]], when: str) -> None:
     all_topics = sorted({t for service in s.services for _, t in subscriptions(service)}
-                        | {s.env.settings.topic("billing.events"),
-                           s.env.settings.topic("deadletter")})
+                        | {s.env.settings.topic(BILLING_EVENTS.name),
+                           s.env.settings.topic(DEAD_LETTER.name)})
     ends = {topic: await s.kafka.end_offsets(topic) for topic in all_topics}
     for topic_records in records.values():
         await s.kafka.redeliver(topic_records)
