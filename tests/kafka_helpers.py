@@ -53,6 +53,16 @@ class KafkaProbe:
                                             key=str(k).encode()) for k, m in items]
         await asyncio.gather(*futures)
 
+    async def publish_spread(self, topic: str, key: object, messages: list[Envelope]) -> None:
+        """Round robin over every partition, not by key: one wallet in several consumers'
+        batches at once, as after a repartitioning or from a producer ignoring the key."""
+        partitions = sorted(await self.producer.partitions_for(topic))
+        sends = [await self.producer.send(topic, m.model_dump_json().encode(),
+                                          key=str(key).encode(),
+                                          partition=partitions[n % len(partitions)])
+                 for n, m in enumerate(messages)]
+        await asyncio.gather(*sends)
+
     async def read(self, topic: str, *, until: Callable[[list[dict[str, Any]]], bool],
                    timeout: float = 20.0) -> list[dict[str, Any]]:
         """Read the topic from the start until `until(messages)` holds (or time runs out).

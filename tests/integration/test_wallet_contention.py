@@ -20,7 +20,7 @@ import pytest
 from shared.contracts.wallet import ChargeWallet, DebitWallet, ReserveFunds, UsageCharge
 from shared.money import MoneyModel
 from shared.topics import BILLING_DEBITS, PROVISIONING_REQUESTS, WALLET_DECISIONS
-from tests.integration.wallet_fixtures import WalletClient, running_wallet
+from tests.integration.wallet_fixtures import WalletClient, running_wallet, wait_assigned
 from tests.kafka_helpers import KafkaProbe, settled
 
 pytestmark = pytest.mark.integration
@@ -39,20 +39,8 @@ async def two_wallets(env: Any) -> AsyncIterator[tuple[WalletClient, WalletClien
     async with AsyncExitStack() as stack:
         (a, client_a), (b, client_b) = [await stack.enter_async_context(
             running_wallet(env.settings)) for _ in range(2)]
-        deadline = asyncio.get_running_loop().time() + 60
-        while not (_assigned(a) and _assigned(b)):
-            assert asyncio.get_running_loop().time() < deadline, "no rebalance to two"
-            await asyncio.sleep(0.1)
+        await wait_assigned([a, b], [PROVISIONING_REQUESTS, BILLING_DEBITS])
         yield client_a, client_b
-
-
-def _assigned(service: Any) -> bool:
-    """Has this instance partitions of provisioning.requests and billing.debits?"""
-    wanted = [sub for sub in service.broker.subscribers
-              if any(t.endswith(f".{topic.name}") for t in sub.topic_names
-                     for topic in (PROVISIONING_REQUESTS, BILLING_DEBITS))]
-    assert len(wanted) == 2
-    return all(sub.consumer is not None and sub.consumer.assignment() for sub in wanted)
 
 
 def refund_cap(charge: int) -> int:
@@ -75,17 +63,6 @@ def charge(wallet: UUID, n: int) -> ChargeWallet | DebitWallet:
                     period_start=T0 + timedelta(hours=n, minutes=m)) for m in range(2)])
 
 
-async def publish_spread(kafka: KafkaProbe, topic: str, key: UUID, messages: list[Any]) -> None:
-    """Round robin over every partition (not by key): the same wallet in both instances'
-    batches at once, as after a repartitioning or with a producer that ignores the key."""
-    partitions = sorted(await kafka.producer.partitions_for(topic))
-    sends = [await kafka.producer.send(topic, m.model_dump_json().encode(),
-                                       key=str(key).encode(),
-                                       partition=partitions[n % len(partitions)])
-             for n, m in enumerate(messages)]
-    await asyncio.gather(*sends)
-
-
 async def test_http_changes_and_kafka_batches_on_one_wallet_keep_the_books(env, db,
                                                                            two_wallets):
     a, b = two_wallets
@@ -100,7 +77,7 @@ async def test_http_changes_and_kafka_batches_on_one_wallet_keep_the_books(env, 
 
         async def reserve() -> None:
             for wave in waves:  # in waves, so status changes fall between them
-                await publish_spread(kafka, env.topic(PROVISIONING_REQUESTS.name), w, wave)
+                await kafka.publish_spread(env.topic(PROVISIONING_REQUESTS.name), w, wave)
 
         async def change_status() -> None:
             # suspended now and then, active at the end: some reservations are refused
@@ -125,8 +102,8 @@ async def test_http_changes_and_kafka_batches_on_one_wallet_keep_the_books(env, 
                    for entry_id, amount in booked for n in range(2)]  # two at once, each
         results = await asyncio.gather(
             reserve(), change_status(), change_auto_topup(), top_up(),
-            publish_spread(kafka, env.topic(BILLING_DEBITS.name), w,
-                           [charge(w, n) for n in range(CHARGES)]),
+            kafka.publish_spread(env.topic(BILLING_DEBITS.name), w,
+                                 [charge(w, n) for n in range(CHARGES)]),
             *refunds)
         responses = results[5:]
         assert all(r.status_code in (201, 422) for r in responses), [
@@ -134,7 +111,7 @@ async def test_http_changes_and_kafka_batches_on_one_wallet_keep_the_books(env, 
         # a last wave, once the wallet is active for sure: the race must not be vacuous
         last = [reservation(org, w) for _ in range(6)]
         requests += last
-        await publish_spread(kafka, env.topic(PROVISIONING_REQUESTS.name), w, last)
+        await kafka.publish_spread(env.topic(PROVISIONING_REQUESTS.name), w, last)
 
         await settled(kafka, env.settings, "wallet", [PROVISIONING_REQUESTS, BILLING_DEBITS],
                       database_url=env.database_url, timeout=90)

@@ -20,7 +20,7 @@ from shared.topics import (
     PROVISIONING_REQUESTS,
     WALLET_DECISIONS,
 )
-from tests.integration.wallet_fixtures import running_wallet
+from tests.integration.wallet_fixtures import running_wallet, wait_assigned
 from tests.kafka_helpers import KafkaProbe, settled
 
 pytestmark = pytest.mark.integration
@@ -129,15 +129,22 @@ async def test_invoice_customer_within_and_beyond_credit_limit(env):
             (0, 60_000, 40_000)
 
 
-async def test_two_hundred_racing_requests_for_ten_slots(env):
-    """Funds for exactly 10 VMs; 200 requests at once, across two wallet instances."""
-    async with running_wallet(env.settings) as (_, wallet), \
-            running_wallet(env.settings), \
+@pytest.mark.parametrize("spread", [False, True], ids=["by-key", "every-partition"])
+async def test_two_hundred_racing_requests_for_ten_slots(env, spread):
+    """Funds for exactly 10 VMs; 200 requests at once, across two wallet instances. By key,
+    one instance takes them in order; spread over every partition, both instances'
+    transactions compete for the wallet's row."""
+    async with running_wallet(env.settings) as (first, wallet), \
+            running_wallet(env.settings) as (second, _), \
             KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
         org, w = await wallet.open(balance=10 * 15_000)
         racing = [request(org, w, 15_000) for _ in range(200)]
-        await kafka.publish_many(env.topic(PROVISIONING_REQUESTS.name),
-                                 [(w, r) for r in racing])
+        topic = env.topic(PROVISIONING_REQUESTS.name)
+        if spread:
+            await wait_assigned([first, second], [PROVISIONING_REQUESTS])
+            await kafka.publish_spread(topic, w, racing)
+        else:
+            await kafka.publish_many(topic, [(w, r) for r in racing])
         decided = await decisions_for(kafka, env, racing)
         reserved = [d for d in decided.values() if d["type"] == "wallet.funds_reserved"]
         assert len(reserved) == 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import httpx
 from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.settings import Settings
+from shared.topics import Topic
 
 
 @dataclass
@@ -70,6 +72,23 @@ class WalletClient:
         check = (await self.http.get(f"/wallets/{wallet_id}/reconciliation")).json()
         assert check["consistent"], check
         return dict(check)
+
+
+async def wait_assigned(services: list[WalletService], topics: list[Topic],
+                        timeout: float = 60.0) -> None:
+    """Until every instance has partitions of each of `topics` (the group has rebalanced
+    to all of them), so none sits out what the test sends next."""
+
+    def assigned(service: WalletService) -> bool:
+        wanted = [sub for sub in service.broker.subscribers
+                  if any(name.endswith(f".{topic.name}") for name in sub.topic_names
+                         for topic in topics)]
+        assert len(wanted) == len(topics)
+        return all(sub.consumer is not None and sub.consumer.assignment() for sub in wanted)
+
+    async with asyncio.timeout(timeout):
+        while not all(assigned(s) for s in services):
+            await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
