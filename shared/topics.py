@@ -54,7 +54,7 @@ VCENTER_EVENTS = Topic(
 )
 CLOCK_TICKS = Topic(
     "clock.ticks", "none (one partition)", 1, 30 * DAY_MS,
-    ("clock",), ("wallet", "provisioning", "billing"),
+    ("clock",), ("wallet", "provisioning"),
     "Event-time clock: hold expiry, saga timeouts and month ends follow it, not the wall clock.",
 )
 METERING_USAGE = Topic(

@@ -19,10 +19,29 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from shared.db import drop_database, ensure_database, migrate, with_database
 from shared.kafka_admin import create_topics, delete_topics
 from shared.settings import Settings
+
+# Property tests: no per-example deadline. On a shared 2-core machine an example can take
+# longer than Hypothesis's 200 ms for reasons that have nothing to do with the code (and the
+# flaky-deadline error then hides the real outcome); speed is measured by bench/, not here.
+# `@settings(...)` on a test changes only what it names and keeps this profile's deadline.
+hypothesis_settings.register_profile("cloudwallet", deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cloudwallet"))
+
+# Which servers a test needs follows from where it lives, so a new module cannot forget
+# its marker: `-m "not integration and not e2e"` runs the unit tests alone.
+MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        if folder in MARKER_OF_FOLDER:
+            item.add_marker(MARKER_OF_FOLDER[folder])
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,16 @@ from services.billing.gateway import SimulatedGateway
 from services.billing.handlers import attempt_id_for
 from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import WalletOpened
-from shared.topics import BILLING_EVENTS, METERING_USAGE, WALLET_EVENTS
+from shared.topics import (
+    BILLING_DEBITS,
+    BILLING_EVENTS,
+    METERING_USAGE,
+    WALLET_EVENTS,
+    WALLET_TOPUPS,
+)
 from tests.integration.test_billing_support import JAN, running_billing, usage
 from tests.integration.wallet_fixtures import running_wallet
-from tests.kafka_helpers import KafkaProbe
+from tests.kafka_helpers import KafkaProbe, settled
 
 BIG = VmSpec(vcpu=128, ram_gb=2048, disk_gb=50)  # R97.29 an hour
 
@@ -63,8 +69,12 @@ async def test_auto_topup_succeeds_declines_and_times_out_once_each(env, db: asy
                 100_000 - 6 * 9729
 
         # each low-balance event was charged once, under an id derived from it
-        low = await kafka.read_count(settings.topic(WALLET_EVENTS.name), 3,
-                                     where=lambda m: m["type"] == "wallet.low_balance")
+        await settled(kafka, settings, "wallet", [BILLING_DEBITS, WALLET_TOPUPS],
+                      database_url=env.database_url)
+        await settled(kafka, settings, "billing", [WALLET_EVENTS], database_url=env.database_url)
+        low = [m for m in await kafka.read_to_end(settings.topic(WALLET_EVENTS.name))
+               if m["type"] == "wallet.low_balance"]
+        assert len(low) == 3
         assert sorted(a for a, _, _ in gateway.calls) == sorted(
             attempt_id_for(UUID(m["event_id"])) for m in low)
         assert topped[0]["payment_id"] == str(next(
@@ -163,7 +173,12 @@ async def test_turning_auto_topup_on_while_already_low_tops_up_once(env):
             settings.topic(WALLET_EVENTS.name), 1, timeout=30,
             where=lambda m: m["type"] == "wallet.topped_up" and m["wallet_id"] == str(wallet_id)
             and m["amount"]["amount_minor"] == 100_000)
-        await asyncio.sleep(1)  # a second top-up, if one were coming, would be on its way
+        # the wallet's events went to billing, its top-up back to the wallet, and the
+        # wallet's answer to billing again: a second top-up would have been asked for by now
+        await settled(kafka, settings, "wallet", [], database_url=env.database_url)
+        await settled(kafka, settings, "billing", [WALLET_EVENTS], database_url=env.database_url)
+        await settled(kafka, settings, "wallet", [WALLET_TOPUPS], database_url=env.database_url)
+        await settled(kafka, settings, "billing", [WALLET_EVENTS], database_url=env.database_url)
         assert (await wallet.status(wallet_id))["balance_minor"] == 105_000
         assert len(gateway.calls) == 1
         await wallet.assert_consistent(wallet_id)

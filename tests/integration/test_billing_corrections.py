@@ -26,7 +26,7 @@ from tests.integration.test_billing_support import (
     usage,
 )
 from tests.integration.wallet_fixtures import running_wallet
-from tests.kafka_helpers import KafkaProbe
+from tests.kafka_helpers import KafkaProbe, settled
 
 MEDIUM = VmSpec.of_tier("medium")
 MAR = FEB + timedelta(days=28)
@@ -162,7 +162,9 @@ async def test_charges_lost_between_commit_and_publish_are_sent_again(env, db):
             if await db.fetchval(booked) >= 5:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)  # a second booking of any charge would show by now
+        # billing has sent every charge (again, after the failure), the wallet booked them
+        await settled(kafka, settings, "billing", [METERING_USAGE])
+        await settled(kafka, settings, "wallet", [BILLING_DEBITS])
         assert lost, "no charge went through the failing publication"
         assert await db.fetchval("SELECT count(*) FROM billing.lines") == 5
         debits = await db.fetch(
@@ -237,7 +239,7 @@ async def test_what_the_wallet_booked_is_confirmed_and_differences_become_issues
             if await db.fetchval("SELECT count(*) FROM billing.issues") >= 2:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await settled(kafka, settings, "billing", [WALLET_EVENTS])  # the replay too
     confirmed = await db.fetch("SELECT entry_id FROM billing.usage_entries WHERE confirmed")
     assert {r["entry_id"] for r in confirmed} == set(entries)
     issues = sorted(r["detail"] for r in await db.fetch(

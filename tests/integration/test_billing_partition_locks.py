@@ -18,6 +18,21 @@ T = TypeVar("T")
 PARTITION = 3
 
 
+async def waiting_for_a_lock(env: Any, pid: int, task: asyncio.Task[Any],
+                             timeout: float = 10.0) -> None:
+    """Until the backend `pid` waits for a lock (what PostgreSQL says, not a pause)."""
+    observer = await asyncpg.connect(env.database_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await observer.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid) != "Lock":
+            assert not task.done(), "the second transaction did not wait for the lock"
+            assert asyncio.get_running_loop().time() < deadline, "no lock wait seen"
+            await asyncio.sleep(0.01)
+    finally:
+        await observer.close()
+
+
 async def after_holder_commits(env: Any, hold: Callable[[asyncpg.Connection], Awaitable[None]],
                                wait: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """Run `hold` in a transaction left open, start `wait` in another one (it must block on
@@ -34,8 +49,7 @@ async def after_holder_commits(env: Any, hold: Callable[[asyncpg.Connection], Aw
                 return await wait(waiter)
 
         task = asyncio.create_task(waiting())
-        await asyncio.sleep(0.3)
-        assert not task.done(), "the second transaction did not wait for the lock"
+        await waiting_for_a_lock(env, waiter.get_server_pid(), task)
         await held.commit()
         return await asyncio.wait_for(task, 10)
     finally:

@@ -3,7 +3,6 @@ and the vCenter simulator in-process, driven through their HTTP APIs and Kafka t
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
@@ -38,9 +37,9 @@ async def test_success_holds_a_month_creates_the_vm_and_keeps_the_hold(platform:
     assert done["hold_id"] is not None
     vm = await platform.wait_vm(done["vm_id"], lambda v: v["power_state"] == "running")
     assert vm["spec"]["tier"] == "medium" and vm["created_request_id"] == done["request_id"]
-    outcomes = await platform.messages(PROVISIONING_OUTCOMES.name, 1)
+    outcomes = await platform.all_messages(PROVISIONING_OUTCOMES.name)
     assert [o["type"] for o in outcomes] == ["provisioning.succeeded"]
-    wallet = await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] > 0)
+    wallet = await platform.wallet_status(org["wallet_id"])
     assert wallet["held_minor"] == MEDIUM_MONTHLY
     assert wallet["available_minor"] == 100_000 - MEDIUM_MONTHLY
 
@@ -54,7 +53,7 @@ async def test_rejected_for_insufficient_funds_sends_nothing_to_vcenter(platform
     # A request that passes afterwards proves vcenter.commands was readable all along.
     ok = await platform.request_vm(org["organisation_id"], tier="small")
     await platform.wait_request(ok.json()["request_id"], {"succeeded"})
-    commands = await platform.messages(VCENTER_COMMANDS.name, 1)
+    commands = await platform.all_messages(VCENTER_COMMANDS.name)
     assert [c["vm_id"] for c in commands] == [ok.json()["vm_id"]]
     wallet = await platform.wallet_status(org["wallet_id"])
     assert wallet["held_minor"] == 15_000
@@ -65,8 +64,8 @@ async def test_vcenter_failure_fails_the_request_and_releases_the_funds(platform
     r = await platform.request_vm(org["organisation_id"], "fail-db", tier="medium")
     failed = await platform.wait_request(r.json()["request_id"], {"failed"})
     assert failed["reason"].startswith("vcenter: simulated failure")
-    outcomes = await platform.messages(PROVISIONING_OUTCOMES.name, 1)
-    assert outcomes[0]["type"] == "provisioning.failed"
+    outcomes = await platform.all_messages(PROVISIONING_OUTCOMES.name)
+    assert [o["type"] for o in outcomes] == ["provisioning.failed"]
     wallet = await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] == 0,
                                         "the hold to be released")
     assert wallet["available_minor"] == 100_000
@@ -83,7 +82,7 @@ async def test_no_vcenter_answer_times_out_in_event_time_and_releases(platform: 
     assert deadline - datetime.fromisoformat(waiting["updated_at"]) == timedelta(seconds=timeout)
 
     await platform.tick(deadline - timedelta(seconds=1))
-    await asyncio.sleep(0.5)  # a tick before the deadline must not end the request
+    await platform.settled()  # a tick before the deadline must not end the request
     assert (await platform.request(waiting["request_id"]))["status"] == "awaiting_vcenter"
 
     await platform.tick(deadline)
@@ -106,7 +105,7 @@ async def test_cancel_before_vcenter_answers_releases_and_late_vm_is_deleted(
     assert again.status_code == 200  # cancelling twice is harmless
     await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] == 0,
                                "the hold to be released")
-    outcomes = await platform.messages(PROVISIONING_OUTCOMES.name, 1)
+    outcomes = await platform.all_messages(PROVISIONING_OUTCOMES.name)
     assert [o["type"] for o in outcomes] == ["provisioning.cancelled"]
 
     # vCenter creates it after all: the VM is deleted again and nothing is held for it.
@@ -116,8 +115,9 @@ async def test_cancel_before_vcenter_answers_releases_and_late_vm_is_deleted(
     await platform.kafka.publish(platform.topic(VCENTER_EVENTS.name), late.vm_id, late)
     vm = await platform.wait_vm(str(late.vm_id), lambda v: v["power_state"] == "deleted")
     assert vm["created_request_id"] == request_id
-    decommissioned = await platform.messages(
-        PROVISIONING_OUTCOMES.name, 1, lambda m: m["type"] == "provisioning.vm_decommissioned")
+    decommissioned = await platform.all_messages(
+        PROVISIONING_OUTCOMES.name, lambda m: m["type"] == "provisioning.vm_decommissioned")
+    assert len(decommissioned) == 1
     assert decommissioned[0]["vm_id"] == str(late.vm_id)
     assert (await platform.request(request_id))["status"] == "cancelled"
     assert (await platform.wallet_status(org["wallet_id"]))["held_minor"] == 0
@@ -138,7 +138,7 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     request_id = r.json()["request_id"]
     # Down right after the request was committed: the wallet decides while it is away.
     await platform.provisioning.stop()
-    decisions = await platform.messages(WALLET_DECISIONS.name, 1)
+    decisions = await platform.messages(WALLET_DECISIONS.name, 1)  # provisioning is down
     assert decisions[0]["type"] == "wallet.funds_reserved"
     assert (await platform.status_in_db(request_id)) == "awaiting_funds"
 
@@ -150,13 +150,13 @@ async def test_provisioning_crash_mid_saga_resumes_where_it_stopped(platform: Pl
     await eventually(lambda: _hold_status_in_db(platform, request_id), lambda s: s == "active",
                      what="the wallet to confirm the hold")
     await platform.tick(datetime.fromisoformat(done["updated_at"]) + timedelta(hours=2))
-    await asyncio.sleep(0.5)  # a later tick must not time out a finished request
+    await platform.settled()  # a later tick must not time out a finished request
     assert (await platform.request(request_id))["status"] == "succeeded"
-    commands = await platform.messages(VCENTER_COMMANDS.name, 1)
+    commands = await platform.all_messages(VCENTER_COMMANDS.name)
     assert [c["type"] for c in commands] == ["vcenter.create_vm"]
-    outcomes = await platform.messages(PROVISIONING_OUTCOMES.name, 1)
+    outcomes = await platform.all_messages(PROVISIONING_OUTCOMES.name)
     assert [o["type"] for o in outcomes] == ["provisioning.succeeded"]
-    wallet = await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] > 0)
+    wallet = await platform.wallet_status(org["wallet_id"])
     assert wallet["held_minor"] == MEDIUM_MONTHLY
 
 

@@ -27,7 +27,7 @@ from services.vcenter_simulator.domain import SimulatorConfig
 from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.clock import publish_tick
-from tests.kafka_helpers import KafkaProbe
+from tests.kafka_helpers import KafkaProbe, quiesce
 
 T = TypeVar("T")
 
@@ -129,6 +129,21 @@ class Platform:
                        where: Callable[[dict[str, Any]], bool] = lambda m: True,
                        timeout: float = 20.0) -> list[dict[str, Any]]:
         return await self.kafka.read_count(self.topic(topic), count, timeout, where)
+
+    async def settled(self) -> None:
+        """Barrier: the wallet, provisioning and the simulator have handled everything sent
+        so far and everything that caused (see `quiesce`)."""
+        await quiesce(self.kafka, self.running(), self.env.database_url)
+
+    def running(self) -> list[Any]:
+        return [s for s in (self.wallet, self.provisioning, self.simulator) if s._started]
+
+    async def all_messages(self, topic: str,
+                           where: Callable[[dict[str, Any]], bool] = lambda m: True
+                           ) -> list[dict[str, Any]]:
+        """Every message on the topic once the platform has settled: an exact count."""
+        await self.settled()
+        return [m for m in await self.kafka.read_to_end(self.topic(topic)) if where(m)]
 
     async def status_in_db(self, request_id: str) -> str:
         """The request's status as stored, read without the (possibly stopped) service."""

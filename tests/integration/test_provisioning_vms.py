@@ -60,7 +60,7 @@ async def test_resize_within_and_beyond_funds(platform: Platform):
     same = await platform.http.post(f"/vms/{vm_id}/resize", json={"tier": "small"})
     assert same.status_code == 422 and "already has this size" in same.json()["detail"]
 
-    commands = await platform.messages(VCENTER_COMMANDS.name, 3)
+    commands = await platform.all_messages(VCENTER_COMMANDS.name)
     resizes = [c["spec"]["tier"] for c in commands if c["type"] == "vcenter.resize_vm"]
     assert resizes == ["medium", "small"]  # never enterprise
     assert (await platform.wallet_status(org["wallet_id"]))["held_minor"] == MEDIUM_MONTHLY
@@ -110,7 +110,7 @@ async def test_depleted_wallet_suspends_running_vms_and_top_up_resumes_them(
         on = await platform.wait_vm(str(vm["vm_id"]), lambda v: v["power_state"] == "running",
                                     "resume")
         assert on["suspended_for_funds"] is False
-    commands = await platform.messages(VCENTER_COMMANDS.name, 7)
+    commands = await platform.all_messages(VCENTER_COMMANDS.name)
     power = [(c["type"], c["vm_id"]) for c in commands if "power" in c["type"]]
     assert sorted(power) == sorted([
         ("vcenter.power_off_vm", str(first["vm_id"])),
@@ -128,9 +128,9 @@ async def test_deleting_a_vm_decommissions_it_and_releases_its_hold(platform: Pl
     deleting = await platform.http.delete(f"/vms/{vm['vm_id']}")
     assert deleting.status_code == 202 and deleting.json()["power_state"] == "deleting"
     await platform.wait_vm(str(vm["vm_id"]), lambda v: v["power_state"] == "deleted")
-    outcomes = await platform.messages(
-        PROVISIONING_OUTCOMES.name, 1, lambda m: m["type"] == "provisioning.vm_decommissioned")
-    assert outcomes[0]["vm_id"] == vm["vm_id"]
+    outcomes = await platform.all_messages(
+        PROVISIONING_OUTCOMES.name, lambda m: m["type"] == "provisioning.vm_decommissioned")
+    assert [o["vm_id"] for o in outcomes] == [vm["vm_id"]]
     await platform.wait_wallet(org["wallet_id"], lambda w: w["held_minor"] == 0,
                                "the hold to be released")
     gone = await platform.http.post(f"/vms/{vm['vm_id']}/resize", json={"tier": "large"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import httpx
 from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.settings import Settings
+from shared.topics import Topic
 
 
 @dataclass
@@ -45,6 +47,22 @@ class WalletClient:
         return await self.http.post("/webhooks/payments", content=body,
                                     headers={"X-Signature": signature})
 
+    async def refund(self, wallet_id: UUID, charge_entry_id: int, amount: int,
+                     refund_id: UUID | None = None) -> httpx.Response:
+        return await self.http.post(f"/wallets/{wallet_id}/refunds", json={
+            "refund_id": str(refund_id or uuid4()), "charge_entry_id": charge_entry_id,
+            "amount_minor": amount})
+
+    async def set_status(self, wallet_id: UUID, status: str) -> httpx.Response:
+        return await self.http.put(f"/wallets/{wallet_id}/status", json={"status": status})
+
+    async def set_auto_topup(self, wallet_id: UUID, *, enabled: bool, threshold: int = 0,
+                             amount: int = 0, card_token: str = "tok_visa_ok"
+                             ) -> httpx.Response:
+        return await self.http.put(f"/wallets/{wallet_id}/auto-topup", json={
+            "enabled": enabled, "threshold_minor": threshold, "amount_minor": amount,
+            "card_token": card_token})
+
     async def status(self, wallet_id: UUID) -> dict[str, Any]:
         response = await self.http.get(f"/wallets/{wallet_id}")
         assert response.status_code == 200, response.text
@@ -54,6 +72,23 @@ class WalletClient:
         check = (await self.http.get(f"/wallets/{wallet_id}/reconciliation")).json()
         assert check["consistent"], check
         return dict(check)
+
+
+async def wait_assigned(services: list[WalletService], topics: list[Topic],
+                        timeout: float = 60.0) -> None:
+    """Until every instance has partitions of each of `topics` (the group has rebalanced
+    to all of them), so none sits out what the test sends next."""
+
+    def assigned(service: WalletService) -> bool:
+        wanted = [sub for sub in service.broker.subscribers
+                  if any(name.endswith(f".{topic.name}") for name in sub.topic_names
+                         for topic in topics)]
+        assert len(wanted) == len(topics)
+        return all(sub.consumer is not None and sub.consumer.assignment() for sub in wanted)
+
+    async with asyncio.timeout(timeout):
+        while not all(assigned(s) for s in services):
+            await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
