@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     low_balance_threshold_minor: int = Field(default=10_000, ge=0)
     # Shared secret of the payment gateway's signed top-up webhook.
     payment_webhook_secret: str = "dev-webhook-secret-change-me"
+
+    # Requests per second each API key may make on average, and in a burst (then 429).
+    api_rate_per_s: float = Field(default=100, gt=0)
+    api_rate_burst: int = Field(default=200, ge=1)
+    # Larger request bodies are refused with 413 before they are read.
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_topup_minor: int = Field(default=100_000_000, ge=1)
 
     # No answer from vCenter by then: the provisioning request fails and funds are released.

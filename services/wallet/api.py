@@ -1,7 +1,10 @@
 """The wallet's HTTP API for the portal and the payment gateway (FastAPI).
 
-Errors are 4xx with a `detail` that says why. Mutations take the wallet's row lock and
-write their events to the outbox in the same transaction as the ledger.
+Every route but the payment webhook (signed by the gateway instead) needs an API key; a
+wallet the caller's key may not see is a 404, exactly like one that does not exist. Errors
+are problem documents whose `detail` says why. Mutations take the wallet's row lock and
+write their events to the outbox, and the key that asked to the wallet's key actions, in the
+same transaction as the ledger.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncpg
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.wallet import audit
 from services.wallet import repository as repo
 from services.wallet.domain import (
     AutoTopUp,
@@ -30,9 +34,11 @@ from services.wallet.domain import (
     ledger_key,
 )
 from services.wallet.handlers import Events
+from shared.api_keys import register_organisation
 from shared.consumer import validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
+from shared.http import ActorKey, OperatorKey, ReaderKey
 from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
@@ -135,14 +141,18 @@ def register_routes(service: WalletService) -> None:
     router = APIRouter(tags=["wallet"])
     settings = service.settings
 
-    async def locked_wallet(conn: asyncpg.Connection, wallet_id: UUID) -> Wallet:
+    def no_wallet(wallet_id: UUID) -> HTTPException:
+        return HTTPException(404, f"no wallet {wallet_id}")
+
+    async def locked_wallet(conn: asyncpg.Connection, wallet_id: UUID,
+                            visible: bool = True) -> Wallet:
         wallet = (await repo.lock_wallets(conn, [wallet_id])).get(wallet_id)
-        if wallet is None:
-            raise HTTPException(404, f"no wallet {wallet_id}")
+        if wallet is None or not visible:
+            raise no_wallet(wallet_id)
         return wallet
 
     @router.post("/organisations", status_code=201)
-    async def open_wallet(body: OpenWallet) -> dict[str, UUID]:
+    async def open_wallet(body: OpenWallet, by: OperatorKey) -> dict[str, UUID]:
         """Open an organisation (customer or reseller) with its one wallet."""
         if body.billing_mode is BillingMode.PAYG and body.credit_limit_minor:
             raise HTTPException(422, "a PAYG wallet cannot have a credit limit")
@@ -164,6 +174,8 @@ def register_routes(service: WalletService) -> None:
                     reseller_id=body.reseller_id, wallet=wallet)
             except asyncpg.UniqueViolationError:  # opened at the same moment by another call
                 raise exists from None
+            await register_organisation(conn, body.organisation_id, body.reseller_id)
+            await audit.record(conn, by, wallet.wallet_id, "opened")
             opened = WalletOpened(
                 wallet_id=wallet.wallet_id, organisation_id=body.organisation_id,
                 organisation_name=body.name, organisation_kind=body.kind,
@@ -175,27 +187,27 @@ def register_routes(service: WalletService) -> None:
         return {"organisation_id": body.organisation_id, "wallet_id": wallet.wallet_id}
 
     @router.get("/wallets/{wallet_id}")
-    async def wallet_status(wallet_id: UUID) -> WalletStatus:
+    async def wallet_status(wallet_id: UUID, by: ReaderKey) -> WalletStatus:
         """Balance, held and available funds, low-balance flag, burn rate and runway."""
         async with service.pool.acquire() as conn:
             wallet = await repo.get_wallet(conn, wallet_id)
-            if wallet is None:
-                raise HTTPException(404, f"no wallet {wallet_id}")
+            if wallet is None or not by.may_read(wallet.organisation_id):
+                raise no_wallet(wallet_id)
             # Event time, not the wall clock: simulated months report their own burn rate.
             usage = await repo.usage_last_24h(conn, wallet_id)
         return _status(wallet, usage)
 
     @router.get("/organisations/{organisation_id}/wallet")
-    async def organisation_wallet(organisation_id: UUID) -> WalletStatus:
+    async def organisation_wallet(organisation_id: UUID, by: ReaderKey) -> WalletStatus:
         async with service.pool.acquire() as conn:
             wallet_id = await repo.wallet_of_organisation(conn, organisation_id)
-        if wallet_id is None:
+        if wallet_id is None or not by.may_read(organisation_id):
             raise HTTPException(404, f"no organisation {organisation_id}")
-        return await wallet_status(wallet_id)
+        return await wallet_status(wallet_id, by)
 
     @router.get("/wallets/{wallet_id}/statement")
     async def statement(wallet_id: UUID, start: Annotated[UtcDatetime, Query(alias="from")],
-                        end: Annotated[UtcDatetime, Query(alias="to")],
+                        end: Annotated[UtcDatetime, Query(alias="to")], by: ReaderKey,
                         format: Literal["json", "csv"] = "json") -> Response:
         """Opening balance, entries and closing balance for [from, to) (times with an offset,
         e.g. 2026-01-01T00:00:00Z)."""
@@ -203,16 +215,19 @@ def register_routes(service: WalletService) -> None:
             raise HTTPException(422, "to must be after from")
         async with service.pool.acquire() as conn:
             wallet = await repo.get_wallet(conn, wallet_id)
-            if wallet is None:
-                raise HTTPException(404, f"no wallet {wallet_id}")
+            if wallet is None or not by.may_read(wallet.organisation_id):
+                raise no_wallet(wallet_id)
             opening = await repo.balance_before(conn, wallet_id, start)
             rows = await repo.entries_between(conn, wallet_id, start, end)
+            actions = await audit.between(conn, wallet_id, start, end)
+            keys = await audit.keys_of_entries(conn, [r["entry_id"] for r in rows])
         closing = opening + sum(r["amount"] for r in rows)
         entries = [{
             "entry_id": r["entry_id"], "occurred_at": r["occurred_at"].isoformat(),
             "kind": r["kind"], "amount_minor": r["amount"], "description": r["description"],
             "vm_id": str(r["vm_id"]) if r["vm_id"] else None,
             "refunds_entry_id": r["refunds_entry_id"],
+            "key_id": keys.get(r["entry_id"]),
         } for r in rows]
         if format == "csv":
             buffer = io.StringIO()
@@ -231,7 +246,7 @@ def register_routes(service: WalletService) -> None:
             content=json.dumps({"wallet_id": str(wallet_id), "currency": wallet.currency,
                            "from": start.isoformat(), "to": end.isoformat(),
                            "opening_balance_minor": opening, "closing_balance_minor": closing,
-                           "entries": entries}),
+                           "entries": entries, "key_actions": actions}),
             media_type="application/json")
 
     @router.post("/webhooks/payments")
@@ -265,7 +280,7 @@ def register_routes(service: WalletService) -> None:
         return {"applied": applied, "payment_id": payment.payment_id}
 
     @router.post("/wallets/{wallet_id}/refunds", status_code=201)
-    async def refund(wallet_id: UUID, body: RefundRequest) -> dict[str, object]:
+    async def refund(wallet_id: UUID, body: RefundRequest, by: OperatorKey) -> dict[str, object]:
         """Refund part of a charge: at most 95% of it, counting earlier refunds."""
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
@@ -292,6 +307,8 @@ def register_routes(service: WalletService) -> None:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())
             (entry_id,) = await repo.insert_entries(conn, wallet.entries)
+            await audit.record(conn, by, wallet_id, "refund", entry_id=entry_id,
+                               detail=body.reason)
             await repo.save_wallets(conn, [wallet])
             await enqueue(conn, repo.SCHEMA, events.out)
         service.relay.notify()
@@ -299,14 +316,18 @@ def register_routes(service: WalletService) -> None:
                 "balance_minor": wallet.balance}
 
     @router.put("/wallets/{wallet_id}/auto-topup")
-    async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest) -> dict[str, object]:
+    async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest, by: ActorKey
+                         ) -> dict[str, object]:
         """PAYG wallets only: top up `amount` when available funds fall below `threshold`."""
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
-            wallet = await locked_wallet(conn, wallet_id)
+            owner = await repo.get_wallet(conn, wallet_id)
+            wallet = await locked_wallet(
+                conn, wallet_id, owner is not None and by.may_act_for(owner.organisation_id))
             if not body.enabled:
                 wallet.set_auto_topup(None)
                 await repo.set_auto_topup(conn, wallet_id, None)
+                await audit.record(conn, by, wallet_id, "auto_topup_off")
                 return {"wallet_id": wallet_id, "enabled": False}
             if wallet.billing_mode is not BillingMode.PAYG:
                 raise HTTPException(422, "auto top-up is for PAYG wallets")
@@ -317,6 +338,8 @@ def register_routes(service: WalletService) -> None:
             auto = AutoTopUp(body.threshold_minor, body.amount_minor, body.card_token)
             wallet.set_auto_topup(auto)
             await repo.set_auto_topup(conn, wallet_id, auto)
+            await audit.record(conn, by, wallet_id, "auto_topup_on",
+                               detail=f"below {body.threshold_minor} add {body.amount_minor}")
             events.emit(wallet, None, wallet.take_facts())  # a low balance now: top up
             await repo.save_wallets(conn, [wallet])
             await enqueue(conn, repo.SCHEMA, events.out)
@@ -325,21 +348,26 @@ def register_routes(service: WalletService) -> None:
                 "amount_minor": body.amount_minor}
 
     @router.put("/wallets/{wallet_id}/status")
-    async def change_status(wallet_id: UUID, body: StatusChange) -> dict[str, object]:
+    async def change_status(wallet_id: UUID, body: StatusChange, by: OperatorKey
+                            ) -> dict[str, object]:
         """An operator suspends a wallet (no new reservations) or makes it active again.
         Usage keeps being booked while suspended: it happened."""
         async with service.pool.acquire() as conn, conn.transaction():
             await locked_wallet(conn, wallet_id)
             await repo.set_status(conn, wallet_id, body.status == "suspended")
+            await audit.record(conn, by, wallet_id,
+                               "suspended" if body.status == "suspended" else "resumed",
+                               detail=body.reason)
         return {"wallet_id": wallet_id, "status": body.status}
 
     @router.get("/wallets/{wallet_id}/reconciliation")
-    async def reconciliation(wallet_id: UUID) -> dict[str, object]:
+    async def reconciliation(wallet_id: UUID, by: ReaderKey) -> dict[str, object]:
         """balance == sum(ledger) and held == sum(open holds), checked live."""
         async with service.pool.acquire() as conn:
+            owner = await repo.get_wallet(conn, wallet_id)
             totals = await repo.reconciliation(conn, wallet_id)
-        if totals is None:
-            raise HTTPException(404, f"no wallet {wallet_id}")
+        if totals is None or owner is None or not by.may_read(owner.organisation_id):
+            raise no_wallet(wallet_id)
         balance, ledger, held, holds = totals
         return {"wallet_id": wallet_id, "balance_minor": balance, "ledger_sum_minor": ledger,
                 "held_minor": held, "open_holds_minor": holds,

@@ -28,6 +28,7 @@ from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.clock import publish_tick
 from tests.kafka_helpers import KafkaProbe
+from tests.keys import KeyRing, key_ring
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ class Platform:
     http: httpx.AsyncClient
     kafka: KafkaProbe
     ticks: AIOKafkaProducer
+    keys: KeyRing
 
     def topic(self, name: str) -> str:
         return str(self.env.topic(name))
@@ -71,6 +73,7 @@ class Platform:
             "credit_limit_minor": credit_limit_minor})
         assert r.status_code == 201, r.text
         opened = {k: str(v) for k, v in r.json().items()}
+        await self.keys.opened(opened["organisation_id"])
         if balance_minor:
             await self.top_up(opened["wallet_id"], balance_minor)
         await eventually(lambda: self.http.get(f"/organisations/{opened['organisation_id']}"),
@@ -146,11 +149,12 @@ class Platform:
         await self.http.aclose()
         self.provisioning = ProvisioningService(self.env.settings)
         await self.provisioning.start()
-        self.http = _client(self.provisioning.http, "provisioning")
+        self.http = _client(self.provisioning.http, "provisioning", self.keys)
 
 
-def _client(app: Any, host: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+def _client(app: Any, host: str, keys: KeyRing) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}",
+                             auth=keys)
 
 
 @pytest.fixture(name="platform")
@@ -164,9 +168,11 @@ async def platform_fixture(env: Any) -> AsyncIterator[Platform]:
         for service in (wallet, provisioning, simulator, ticks):
             await service.start()
             started.append(service)
+        keys = await key_ring(wallet.pool)
         async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-            p = Platform(env, wallet, provisioning, simulator, _client(wallet.http, "wallet"),
-                         _client(provisioning.http, "provisioning"), kafka, ticks)
+            p = Platform(env, wallet, provisioning, simulator,
+                         _client(wallet.http, "wallet", keys),
+                         _client(provisioning.http, "provisioning", keys), kafka, ticks, keys)
             try:
                 yield p
             finally:

@@ -14,12 +14,14 @@ import httpx
 from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.settings import Settings
+from tests.keys import KeyRing, key_ring
 
 
 @dataclass
 class WalletClient:
     http: httpx.AsyncClient
     settings: Settings
+    keys: KeyRing
 
     async def open(self, *, billing_mode: str = "PAYG", credit_limit: int = 0,
                    currency: str = "ZAR", threshold: int | None = None,
@@ -31,6 +33,7 @@ class WalletClient:
         response = await self.http.post("/organisations", json=body)
         assert response.status_code == 201, response.text
         opened = response.json()
+        await self.keys.opened(opened["organisation_id"])
         wallet_id = UUID(opened["wallet_id"])
         if balance:
             await self.top_up(wallet_id, balance, currency=currency)
@@ -61,8 +64,9 @@ async def running_wallet(settings: Settings) -> AsyncIterator[tuple[WalletServic
     service = WalletService(settings)
     await service.start()
     try:
+        keys = await key_ring(service.pool)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                     base_url="http://wallet") as http:
-            yield service, WalletClient(http, settings)
+                                     base_url="http://wallet", auth=keys) as http:
+            yield service, WalletClient(http, settings, keys)
     finally:
         await service.stop()

@@ -1,0 +1,12 @@
+-- Which API key did what to a wallet: opened it, suspended or resumed it, booked a refund
+-- (with the ledger row it wrote), changed its auto top-up. Statements show these.
+CREATE TABLE wallet.key_actions (
+    action_id bigserial PRIMARY KEY,
+    wallet_id uuid NOT NULL REFERENCES wallet.organisation_wallets (wallet_id),
+    key_id text NOT NULL,
+    action text NOT NULL,
+    entry_id bigint REFERENCES wallet.wallet_transactions (entry_id),
+    detail text NOT NULL DEFAULT '',
+    at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX key_actions_by_wallet ON wallet.key_actions (wallet_id, at);
