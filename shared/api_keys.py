@@ -48,6 +48,20 @@ async def issue_key(conn: asyncpg.Connection | asyncpg.Pool, *, name: str, role:
     return IssuedKey(new.key_id, new.token, role, organisation_id, expires_at)
 
 
+async def issue_key_at(database_url: str, *, name: str, role: Role | str,
+                       organisation_id: UUID | None = None,
+                       valid_for: timedelta | None = None) -> str:
+    """`issue_key` on its own connection, returning the key: for the demo and benchmarks,
+    which drive the services from outside."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        issued = await issue_key(conn, name=name, role=role, organisation_id=organisation_id,
+                                 valid_for=valid_for)
+    finally:
+        await conn.close()
+    return issued.token
+
+
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""SELECT key_id, name, role, organisation_id, created_at, expires_at, revoked_at
@@ -89,5 +103,5 @@ async def register_organisation(conn: asyncpg.Connection, organisation_id: UUID,
             ON CONFLICT (organisation_id) DO NOTHING""", organisation_id, reseller_id)
 
 
-__all__ = ["InvalidKey", "IssuedKey", "authenticate", "issue_key", "list_keys",
+__all__ = ["InvalidKey", "IssuedKey", "authenticate", "issue_key", "issue_key_at", "list_keys",
            "register_organisation", "revoke_key"]

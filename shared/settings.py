@@ -37,8 +37,10 @@ class Settings(BaseSettings):
     # A reservation with no provisioning outcome by then expires and its funds return.
     hold_ttl_seconds: int = Field(default=3600, ge=1)
     low_balance_threshold_minor: int = Field(default=10_000, ge=0)
-    # Shared secret of the payment gateway's signed top-up webhook.
-    payment_webhook_secret: str = "dev-webhook-secret-change-me"
+    # The payment gateway's webhook secret (Standard Webhooks, `whsec_<base64>`), and the
+    # one before it while a rotation is under way (both are accepted; empty: none).
+    payment_webhook_secret: str = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZSE="
+    payment_webhook_previous_secret: str = ""
 
     # Requests per second each API key may make on average, and in a burst (then 429).
     api_rate_per_s: float = Field(default=100, gt=0)

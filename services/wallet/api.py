@@ -10,8 +10,6 @@ same transaction as the ledger.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import json
 from datetime import UTC, datetime
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.wallet import audit
@@ -42,11 +40,10 @@ from shared.http import ActorKey, OperatorKey, ReaderKey
 from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
+from shared.webhooks import WebhookVerificationError, verified_message_id
 
 if TYPE_CHECKING:
     from services.wallet.app import WalletService
-
-SIGNATURE_HEADER = "X-Signature"
 
 
 class OpenWallet(BaseModel):
@@ -116,10 +113,6 @@ class AutoTopUpRequest(BaseModel):
     threshold_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
     amount_minor: int = Field(default=0, ge=0, le=MAX_AMOUNT_MINOR)
     card_token: StorableText = Field(default="", max_length=100)
-
-
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _status(wallet: Wallet, usage_24h: int) -> WalletStatus:
@@ -250,15 +243,24 @@ def register_routes(service: WalletService) -> None:
             media_type="application/json")
 
     @router.post("/webhooks/payments")
-    async def payment_webhook(
-        request: Request,
-        signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
-    ) -> dict[str, object]:
-        """Top-up from the payment gateway, signed with HMAC-SHA256 over the raw body."""
+    async def payment_webhook(request: Request) -> dict[str, object]:
+        """Top-up from the payment gateway, signed the Standard Webhooks way (webhook-id,
+        webhook-timestamp, webhook-signature over the raw body); no API key. A message id
+        seen before is answered without effect."""
         body = await request.body()
-        if signature is None or not hmac.compare_digest(
-                signature, sign(settings.payment_webhook_secret, body)):
-            raise HTTPException(401, "missing or invalid payment signature")
+        try:
+            message_id = verified_message_id(
+                [settings.payment_webhook_secret, settings.payment_webhook_previous_secret],
+                body, request.headers)
+        except WebhookVerificationError:
+            raise HTTPException(401, "missing or invalid payment signature, or a timestamp "
+                                     "more than 5 minutes from now") from None
+        if not 1 <= len(message_id) <= 200:
+            raise HTTPException(400, "webhook-id must be 1 to 200 characters")
+        async with service.pool.acquire() as conn:
+            seen = await audit.webhook_message_payment(conn, message_id)
+        if seen is not None:
+            return {"applied": False, "duplicate_message": True, "payment_id": seen}
         try:
             payment = PaymentWebhook.model_validate_json(body)
         except ValidationError as error:
@@ -276,6 +278,10 @@ def register_routes(service: WalletService) -> None:
             raise HTTPException(404, str(error)) from None
         except WalletError as error:
             raise HTTPException(422, str(error)) from None
+        # After the top-up (idempotent by its payment id): a crash in between only lets the
+        # message be applied, without effect, once more.
+        async with service.pool.acquire() as conn:
+            await audit.record_webhook_message(conn, message_id, payment.payment_id)
         service.relay.notify()
         return {"applied": applied, "payment_id": payment.payment_id}
 

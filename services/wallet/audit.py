@@ -1,6 +1,6 @@
-"""The wallet's record of which API key did what (wallet.key_actions): every operator
-action and every money movement asked for over HTTP, written in the transaction of the
-change itself."""
+"""The wallet's record of who did what over HTTP: which API key (wallet.key_actions: every
+operator action and every money movement asked for with a key, written in the transaction
+of the change itself), and which payment webhook messages were applied."""
 
 from __future__ import annotations
 
@@ -36,3 +36,17 @@ async def keys_of_entries(conn: asyncpg.Connection, entry_ids: list[int]) -> dic
         f"""SELECT entry_id, key_id FROM {SCHEMA}.key_actions
             WHERE entry_id = ANY($1::bigint[])""", entry_ids)
     return {r["entry_id"]: r["key_id"] for r in rows}
+
+
+async def webhook_message_payment(conn: asyncpg.Connection, message_id: str) -> str | None:
+    """The payment an already applied webhook message carried, if it was applied."""
+    payment_id: str | None = await conn.fetchval(
+        f"SELECT payment_id FROM {SCHEMA}.webhook_messages WHERE message_id = $1", message_id)
+    return payment_id
+
+
+async def record_webhook_message(conn: asyncpg.Connection, message_id: str,
+                                 payment_id: str) -> None:
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.webhook_messages (message_id, payment_id) VALUES ($1, $2)
+            ON CONFLICT (message_id) DO NOTHING""", message_id, payment_id)

@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaProducer
 from services.provisioning.app import ProvisioningService
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
-from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.clock import publish_tick
+from shared.webhooks import webhook_headers
 from tests.kafka_helpers import KafkaProbe
 from tests.keys import KeyRing, key_ring
 
@@ -83,8 +83,8 @@ class Platform:
     async def top_up(self, wallet_id: str, amount_minor: int) -> None:
         body = json.dumps({"payment_id": f"pay-{uuid4().hex}", "wallet_id": wallet_id,
                            "amount_minor": amount_minor, "status": "succeeded"}).encode()
-        r = await self.wallet_http.post("/webhooks/payments", content=body, headers={
-            "X-Signature": sign(self.env.settings.payment_webhook_secret, body)})
+        signed = webhook_headers(self.env.settings.payment_webhook_secret, body)
+        r = await self.wallet_http.post("/webhooks/payments", content=body, headers=signed)
         assert r.status_code == 200 and r.json()["applied"], r.text
 
     async def wallet_status(self, wallet_id: str) -> dict[str, Any]:

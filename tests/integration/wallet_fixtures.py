@@ -11,9 +11,9 @@ from uuid import UUID, uuid4
 
 import httpx
 
-from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.settings import Settings
+from shared.webhooks import webhook_headers
 from tests.keys import KeyRing, key_ring
 
 
@@ -44,9 +44,8 @@ class WalletClient:
         body = json.dumps({"payment_id": payment_id or uuid4().hex, "wallet_id": str(wallet_id),
                            "amount_minor": amount, "currency": currency,
                            "status": "succeeded"}).encode()
-        signature = sign(secret or self.settings.payment_webhook_secret, body)
-        return await self.http.post("/webhooks/payments", content=body,
-                                    headers={"X-Signature": signature})
+        headers = webhook_headers(secret or self.settings.payment_webhook_secret, body)
+        return await self.http.post("/webhooks/payments", content=body, headers=headers)
 
     async def status(self, wallet_id: UUID) -> dict[str, Any]:
         response = await self.http.get(f"/wallets/{wallet_id}")

@@ -10,3 +10,11 @@ CREATE TABLE wallet.key_actions (
     at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX key_actions_by_wallet ON wallet.key_actions (wallet_id, at);
+
+-- Payment webhook messages already applied, by their webhook-id: a message delivered again
+-- is answered without effect (the top-up is also idempotent by its payment id).
+CREATE TABLE wallet.webhook_messages (
+    message_id text PRIMARY KEY,
+    payment_id text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
