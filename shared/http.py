@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -80,6 +81,63 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def ours(request: Request, error: Exception) -> JSONResponse:
         log.error("request failed", path=request.url.path, error=type(error).__name__)
         return problem(500, "the service failed to answer; the request may be retried")
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem", "type": "object", "required": ["type", "title", "status", "detail"],
+    "description": "An RFC 9457 problem document.",
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {"type": "array", "description": "Where the request is invalid (422)",
+                   "items": {"type": "object"}},
+    },
+}
+_REFUSALS = (400, 404, 405, 409, 413, 422)
+_KEY_REFUSALS = (401, 403, 429)
+
+
+def document_problems(app: FastAPI) -> None:
+    """The app's OpenAPI document states every error answer as a problem document (FastAPI's
+    own 422 body is not what these services send), and the key refusals of routes that need
+    a key."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes,
+                               description=app.description)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for fastapi_own in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(fastapi_own, None)
+        schemas["Problem"] = PROBLEM_SCHEMA
+        for path, operations in document.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                codes = [] if path == "/health" else list(_REFUSALS)
+                if operation.get("security"):
+                    codes += _KEY_REFUSALS
+                codes += [int(c) for c in responses if c.startswith("4") and int(c) not in codes]
+                for code in sorted(codes):
+                    responses[str(code)] = _problem_response(code)
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _problem_response(code: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": HTTPStatus(code).phrase,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    if code == 429:
+        response["headers"] = {"Retry-After": {
+            "description": "Seconds until the key may call again",
+            "schema": {"type": "integer", "minimum": 1}}}
+    if code == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return response
 
 
 class BodySizeLimit:

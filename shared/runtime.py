@@ -17,7 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.consumer import BackgroundCommits, BatchHandler, Records, subscribe_batches
 from shared.db import create_pool
-from shared.http import BodySizeLimit, Guard, MachineKey, install_problem_handlers
+from shared.http import (
+    BodySizeLimit,
+    Guard,
+    MachineKey,
+    document_problems,
+    install_problem_handlers,
+)
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.topics import Topic
@@ -38,6 +44,7 @@ class ServiceRuntime:
         self.http = FastAPI(title=f"cloudwallet {name}", version="1", lifespan=self._lifespan)
         self.http.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
         install_problem_handlers(self.http)
+        document_problems(self.http)
         self.http.state.guard = Guard(lambda: self._auth_pool or self.pool,
                                       settings.api_rate_per_s, settings.api_rate_burst)
         self._pool: asyncpg.Pool | None = None
@@ -161,6 +168,8 @@ class ServiceRuntime:
             response.status_code = 200 if healthy else 503
             return {"service": self.name, "status": "ok" if healthy else "unavailable", **checks}
 
-        @self.http.get("/metrics", tags=["operations"])
+        @self.http.get("/metrics", tags=["operations"], response_class=Response, responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                  "description": "Prometheus text format"}})
         async def metrics(by: MachineKey) -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

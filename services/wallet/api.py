@@ -89,6 +89,19 @@ class PaymentWebhook(BaseModel):
     occurred_at: UtcDatetime | None = None
 
 
+# The webhook reads its raw body (the signature covers its exact bytes), so its document
+# names the body and the Standard Webhooks headers itself.
+WEBHOOK_OPENAPI = {
+    "parameters": [{"in": "header", "name": name, "required": True, "schema": {"type": "string"},
+                    "description": text} for name, text in (
+        ("webhook-id", "The message id; a repeated one is answered without effect"),
+        ("webhook-timestamp", "Seconds since the epoch; refused beyond 5 minutes from now"),
+        ("webhook-signature", "v1,<base64 HMAC-SHA256 of id.timestamp.body>, space separated"))],
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": PaymentWebhook.model_json_schema()}}},
+}
+
+
 class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -242,7 +255,9 @@ def register_routes(service: WalletService) -> None:
                            "entries": entries, "key_actions": actions}),
             media_type="application/json")
 
-    @router.post("/webhooks/payments")
+    @router.post("/webhooks/payments", responses={
+        401: {"description": "No valid signature, or a timestamp over 5 minutes away"}},
+        openapi_extra=WEBHOOK_OPENAPI)
     async def payment_webhook(request: Request) -> dict[str, object]:
         """Top-up from the payment gateway, signed the Standard Webhooks way (webhook-id,
         webhook-timestamp, webhook-signature over the raw body); no API key. A message id
