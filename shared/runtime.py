@@ -24,6 +24,7 @@ from shared.http import (
     document_problems,
     install_problem_handlers,
 )
+from shared.kafka_security import broker_security, client_options
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.topics import Topic
@@ -40,7 +41,7 @@ class ServiceRuntime:
         self.schema = schema
         self.settings = settings
         self.broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name,
-                                  logger=None)
+                                  logger=None, security=broker_security(settings))
         self.http = FastAPI(title=f"cloudwallet {name}", version="1", lifespan=self._lifespan)
         self.http.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
         install_problem_handlers(self.http)
@@ -105,6 +106,7 @@ class ServiceRuntime:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
             linger_ms=0, max_batch_size=1_000_000, max_request_size=4_000_000,
+            **client_options(self.settings),
         )
         await self._producer.start()
         if self.schema is not None:

@@ -10,6 +10,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    # The service's Kafka user (SASL/SCRAM-SHA-512; shared/kafka_security.py). Empty: the
+    # broker is plaintext, as the shared development broker is.
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:15432/cloudwallet"
     # Prepended to every topic name: lets tests and parallel environments share one broker.
     topic_prefix: str = ""
