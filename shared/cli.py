@@ -68,9 +68,11 @@ def setup() -> None:
 def topics() -> None:
     """Create every topic of the topic map that does not exist yet."""
     from shared.kafka_admin import create_topics
+    from shared.kafka_security import client_options
 
     settings = get_settings()
-    names = asyncio.run(create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
+    names = asyncio.run(create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix,
+                                      security=client_options(settings)))
     typer.echo("\n".join(names))
 
 
@@ -140,15 +142,20 @@ USE_EXISTING = typer.Option(
 
 
 @app.command()
-def stack(use_existing: bool = USE_EXISTING) -> None:
+def stack(use_existing: bool = USE_EXISTING,
+          secure_kafka: bool = typer.Option(
+              False, help="Kafka requires SASL/SCRAM, each service its own user and ACLs")
+          ) -> None:
     """Start Kafka, PostgreSQL and every service, and keep them up until Ctrl-C."""
     import signal
 
     from deploy.launcher import start_system
 
     configure_logging("INFO", json=False)
-    system = start_system(get_settings(), use_existing=use_existing)
+    system = start_system(get_settings(), use_existing=use_existing, secure_kafka=secure_kafka)
     typer.echo(f"kafka: {system.settings.kafka_bootstrap_servers}")
+    if system.stack is not None and secure_kafka:
+        typer.echo(f"kafka users: {system.stack.root / 'kafka' / 'credentials.json'}")
     typer.echo(f"database: {system.settings.database_url}")
     for name in system.processes:
         typer.echo(f"{name}: {system.url(name)} (health: {system.url(name)}/health)")
