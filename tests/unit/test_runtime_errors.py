@@ -61,3 +61,13 @@ async def test_validation_errors_do_not_repeat_the_input():
     assert problem["errors"][0]["loc"] == ["body", "name"]
     assert problem["status"] == 422 and "body.name" in problem["detail"]
     assert "ud800" not in response.text and "\ud800" not in response.text
+
+
+async def test_unknown_routes_and_methods_are_problem_documents():
+    async with client() as http:
+        missing = await http.get("/nowhere")
+        wrong_method = await http.get("/text")
+    assert missing.status_code == 404 and missing.json()["title"] == "Not Found"
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["status"] == 405
