@@ -1,3 +1,4 @@
+-- depends: wallet_0001_init auth_0001_api_keys
 -- Which API key did what to a wallet: opened it, suspended or resumed it, booked a refund
 -- (with the ledger row it wrote), changed its auto top-up. Statements show these.
 CREATE TABLE wallet.key_actions (
@@ -18,3 +19,8 @@ CREATE TABLE wallet.webhook_messages (
     payment_id text NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- Organisations opened before API keys existed, in the directory reseller keys read.
+INSERT INTO auth.organisations (organisation_id, reseller_id)
+    SELECT organisation_id, reseller_id FROM wallet.organisations
+    ON CONFLICT (organisation_id) DO NOTHING;
