@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import httpx
 import uvloop
@@ -39,9 +39,12 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.infra import ServiceProcesses, bench_settings
 from deploy.processes import tail
-from services.wallet.api import sign
+from shared.api_client import client as api_client
+from shared.api_keys import issue_key_at
+from shared.auth import Role
 from shared.settings import Settings
 from shared.topics import PROVISIONING_REQUESTS, WALLET_DECISIONS
+from shared.webhooks import webhook_headers
 
 SERVICES = ("wallet", "provisioning", "vcenter-simulator")
 VMS_PER_FUNDED_ORGANISATION = 1_000
@@ -68,10 +71,11 @@ async def healthy(client: httpx.AsyncClient, url: str, timeout: float = 60) -> N
 
 
 async def open_organisations(client: httpx.AsyncClient, wallet: str, provisioning: str,
-                             settings: Settings, count: int) -> list[str]:
-    """Every tenth organisation gets no money, so some requests are rejected."""
+                             settings: Settings, count: int) -> list[tuple[str, str]]:
+    """(organisation id, its API key); every tenth organisation gets no money, so some
+    requests are rejected."""
 
-    async def open_one(n: int) -> str:
+    async def open_one(n: int) -> tuple[str, str]:
         r = await client.post(f"{wallet}/organisations", json={"name": f"bench-{n}"})
         r.raise_for_status()
         opened = r.json()
@@ -80,15 +84,18 @@ async def open_organisations(client: httpx.AsyncClient, wallet: str, provisionin
                                "wallet_id": opened["wallet_id"],
                                "amount_minor": VMS_PER_FUNDED_ORGANISATION * MEDIUM_MONTHLY,
                                "status": "succeeded"}).encode()
-            r = await client.post(f"{wallet}/webhooks/payments", content=body, headers={
-                "X-Signature": sign(settings.payment_webhook_secret, body)})
+            r = await client.post(f"{wallet}/webhooks/payments", content=body,
+                                  headers=webhook_headers(settings.payment_webhook_secret, body))
             r.raise_for_status()
-        return str(opened["organisation_id"])
+        key = await issue_key_at(settings.database_url, name=f"bench-{n}",
+                                 role=Role.ORGANISATION,
+                                 organisation_id=UUID(opened["organisation_id"]))
+        return str(opened["organisation_id"]), key
 
-    orgs: list[str] = []
+    orgs: list[tuple[str, str]] = []
     for start in range(0, count, 25):
         orgs += await asyncio.gather(*[open_one(n) for n in range(start, min(start + 25, count))])
-    for org in orgs:  # provisioning learns of them from WalletOpened on Kafka
+    for org, _ in orgs:  # provisioning learns of them from WalletOpened on Kafka
         while (await client.get(f"{provisioning}/organisations/{org}")).status_code != 200:
             await asyncio.sleep(0.05)
     return orgs
@@ -191,19 +198,21 @@ class DecisionWatcher:
         await self.consumer.stop()
 
 
-async def run_load(client: LoadClient, orgs: list[str], count: int, rate: float, tag: str
-                   ) -> tuple[dict[str, float], list[float], float]:
+async def run_load(client: LoadClient, orgs: list[tuple[str, str]], count: int, rate: float,
+                   tag: str) -> tuple[dict[str, float], list[float], float]:
     """POST `count` requests at `rate`/s; returns send times by request id, HTTP latencies
     and the time the sending took."""
     sent: dict[str, float] = {}
     http_latency: list[float] = []
 
     async def one(n: int) -> None:
-        body = json.dumps({"organisation_id": orgs[n % len(orgs)], "name": f"vm-{n}",
+        organisation, key = orgs[n % len(orgs)]
+        body = json.dumps({"organisation_id": organisation, "name": f"vm-{n}",
                            "tier": "medium"}).encode()
         started = time.time()
         status, answer = await client.post("/vm-requests", body,
-                                           {"Idempotency-Key": f"{tag}-{n}"})
+                                           {"Idempotency-Key": f"{tag}-{n}",
+                                            "Authorization": f"Bearer {key}"})
         http_latency.append(time.time() - started)
         if status != 202:
             raise RuntimeError(f"request {n}: {status} {answer!r}")
@@ -244,7 +253,9 @@ async def one_run(args: argparse.Namespace) -> tuple[float, float, float]:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         try:
             servers.start()
-            async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            operator = await issue_key_at(settings.database_url, name="bench operator",
+                                          role=Role.OPERATOR)
+            async with api_client(operator, timeout=30, limits=limits) as client:
                 for name in SERVICES:
                     await healthy(client, servers.url(name))
                 wallet, provisioning = servers.url("wallet"), servers.url("provisioning")

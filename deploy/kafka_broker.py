@@ -1,4 +1,8 @@
-"""A single-node Apache Kafka broker (KRaft), its jars resolved from Maven Central."""
+"""A single-node Apache Kafka broker (KRaft), its jars resolved from Maven Central.
+
+Plaintext by default. With `scram_users`, clients must authenticate with SASL/SCRAM-SHA-512
+(the users' credentials are written when the storage is formatted), and the StandardAuthorizer
+lets each user do only what its ACLs grant (`grant`); the `admin` user is a super user."""
 
 from __future__ import annotations
 
@@ -56,6 +60,38 @@ group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=9223372036854775807
 """
 
+# Clients and the broker itself speak SASL/SCRAM on the client listener. The controller
+# listener stays plaintext on the loopback interface: KRaft keeps SCRAM credentials in the
+# metadata the controller serves, so the controller cannot use them itself, and its
+# requests arrive as ANONYMOUS, which must therefore be a super user. A production cluster
+# gives the controller listener SASL/PLAIN or mutual TLS (docs/security.md).
+SASL_PROPERTIES = """\
+listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required \
+username="{admin}" password="{admin_password}";
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{admin};User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
+"""
+
+
+def sasl_properties(port: int, controller_port: int, log_dirs: Path, admin: str,
+                    admin_password: str) -> str:
+    plain = SERVER_PROPERTIES.format(port=port, controller_port=controller_port,
+                                     log_dirs=log_dirs)
+    kept = [line for line in plain.splitlines() if not line.startswith((
+        "listeners=", "advertised.listeners=", "listener.security.protocol.map=",
+        "inter.broker.listener.name="))]
+    return "\n".join(kept) + "\n" + SASL_PROPERTIES.format(
+        port=port, controller_port=controller_port, admin=admin,
+        admin_password=admin_password)
+
 
 def cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
@@ -69,6 +105,9 @@ class KafkaBroker:
     controller_port: int
     cache: Path = DEFAULT_CACHE
     heap: str = "768m"
+    # user -> password; among them `admin`, the super user. None: plaintext, no ACLs.
+    scram_users: dict[str, str] | None = None
+    admin: str = "admin"
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -96,17 +135,34 @@ class KafkaBroker:
         libs = resolve_jars(self.cache)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(SERVER_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port,
-            log_dirs=self.data_dir / "logs"))
-        if not (self.data_dir / "logs" / "meta.properties").exists():
+        logs = self.data_dir / "logs"
+        if self.scram_users is None:
+            config.write_text(SERVER_PROPERTIES.format(
+                port=self.port, controller_port=self.controller_port, log_dirs=logs))
+        else:
+            config.write_text(sasl_properties(self.port, self.controller_port, logs,
+                                              self.admin, self.scram_users[self.admin]))
+        if not (logs / "meta.properties").exists():
+            scram = [f"--add-scram=SCRAM-SHA-512=[name={user},password={password}]"
+                     for user, password in (self.scram_users or {}).items()]
             subprocess.run(
                 self._java(libs, "kafka.tools.StorageTool", "format",
-                           f"--cluster-id={cluster_id()}", "-c", str(config)),
+                           f"--cluster-id={cluster_id()}", "-c", str(config), *scram),
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         self.process = spawn(self._java(libs, "kafka.Kafka", str(config)), self.log_file)
         wait_for_port(self.port, self.process, self.log_file, timeout)
+
+    def grant(self, rules: list[str]) -> None:
+        """Create ACLs (lines of `shared.kafka_security.Acl.line()`) as the admin user."""
+        assert self.scram_users is not None, "a plaintext broker has no ACLs"
+        libs = resolve_jars(self.cache)
+        stdin = "\n".join([self.scram_users[self.admin], *rules]) + "\n"
+        subprocess.run(
+            ["java", "-XX:TieredStopAtLevel=1", "-cp", f"{libs}/*",
+             str(ASSETS / "AclSetup.java"), self.bootstrap_servers, self.admin],
+            input=stdin.encode(), check=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, timeout=120)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 import httpx
 
@@ -18,6 +19,7 @@ from deploy.stack import LocalStack
 from shared.cli import SERVICES
 from shared.db import migrate, with_database
 from shared.kafka_admin import create_topics
+from shared.kafka_security import client_options
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,14 +45,22 @@ class RunningSystem:
             self.stack.stop()
 
 
+# The Kafka user each service process runs as on a secure broker (the topic map's names).
+KAFKA_USERS = {"wallet": "wallet", "provisioning": "provisioning", "metering": "metering",
+               "billing": "billing", "vcenter-simulator": "vcenter-hooks"}
+
+
 def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
-                 use_existing: bool = False) -> RunningSystem:
+                 use_existing: bool = False, secure_kafka: bool = False) -> RunningSystem:
     """Start (or, with `use_existing`, connect to the configured) Kafka and PostgreSQL, then
-    create topics, migrate and start each service process, waiting until each is healthy."""
+    create topics, migrate and start each service process, waiting until each is healthy.
+    `secure_kafka`: the local broker requires SASL/SCRAM, and each service runs as its own
+    Kafka user within its ACLs."""
     stack = None
     if not use_existing:
         stack = LocalStack(data_dir, kafka_port=_port(settings.kafka_bootstrap_servers),
-                           postgres_port=_port_of_url(settings.database_url), durable=True)
+                           postgres_port=_port_of_url(settings.database_url), durable=True,
+                           secure_kafka=secure_kafka)
         stack.start()
         settings = settings.model_copy(update={
             "kafka_bootstrap_servers": stack.bootstrap_servers,
@@ -58,16 +68,24 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
         })
     system = RunningSystem(settings, stack)
     try:
-        asyncio.run(_prepare(settings))
+        admin = stack.kafka_options() if stack is not None else {}
+        asyncio.run(_prepare(settings, admin))
+        if stack is not None:
+            stack.grant_acls(settings.topic_prefix, settings.group_prefix)
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                "DATABASE_URL": settings.database_url, "TOPIC_PREFIX": settings.topic_prefix,
                "GROUP_PREFIX": settings.group_prefix}
         for name, (_module, port_setting) in SERVICES.items():
             port = getattr(settings, port_setting)
             system.ports[name] = port
+            kafka_user = stack.kafka_options(KAFKA_USERS[name]) if secure_kafka and stack \
+                else {}
             system.processes[name] = spawn(
                 [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
-                data_dir / "logs" / f"{name}.log", env=env, cwd=REPO_ROOT)
+                data_dir / "logs" / f"{name}.log", cwd=REPO_ROOT, env={
+                    **env, **({"KAFKA_SASL_USERNAME": kafka_user["sasl_plain_username"],
+                               "KAFKA_SASL_PASSWORD": kafka_user["sasl_plain_password"]}
+                              if kafka_user else {})})
         for name in system.processes:
             _wait_healthy(name, system, data_dir)
     except BaseException:
@@ -76,9 +94,10 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
     return system
 
 
-async def _prepare(settings: Settings) -> None:
+async def _prepare(settings: Settings, kafka_admin: dict[str, Any]) -> None:
     await migrate(settings.database_url)
-    await create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)
+    await create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix,
+                        security=kafka_admin or client_options(settings))
 
 
 def _wait_healthy(name: str, system: RunningSystem, data_dir: Path, timeout: float = 60) -> None:

@@ -16,16 +16,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-import httpx
 from aiokafka import AIOKafkaProducer
 
-from services.wallet.api import sign
+from shared.api_client import client as api_client
+from shared.api_keys import issue_key_at
+from shared.auth import Role
 from shared.clock import publish_tick
 from shared.contracts.base import deterministic_id
 from shared.contracts.vcenter import VmPoweredOff, VmPoweredOn
 from shared.money import Money
 from shared.settings import Settings
 from shared.topics import VCENTER_EVENTS
+from shared.webhooks import webhook_headers
 
 
 def business_hours(start: int, end: int, weekdays_only: bool = False):  # type: ignore[no-untyped-def]
@@ -108,13 +110,16 @@ class Simulation:
                                      if k not in ("requests",)}) for c in COMPANIES]
         self.power: dict[UUID, bool] = {}
         self.vm_company: dict[UUID, Company] = {}
+        self.keys: dict[str, str] = {}  # each company's API key
 
     async def run(self) -> bool:
         self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                          enable_idempotence=True, linger_ms=5)
         await self.producer.start()
         try:
-            async with httpx.AsyncClient(timeout=20) as self.http:
+            operator = await issue_key_at(self.settings.database_url, name="demo operator",
+                                          role=Role.OPERATOR)
+            async with api_client(operator) as self.http:
                 await publish_tick(self.producer, self.settings, self.start)
                 await self.open_wallets()
                 await self.request_vms()
@@ -139,6 +144,11 @@ class Simulation:
             opened = response.json()
             company.organisation_id = UUID(opened["organisation_id"])
             company.wallet_id = UUID(opened["wallet_id"])
+            # The company's portal acts for it with a key of its own.
+            self.keys[company.name] = await issue_key_at(
+                self.settings.database_url, name=f"portal of {company.name}",
+                role=Role.RESELLER if company.kind == "reseller" else Role.ORGANISATION,
+                organisation_id=company.organisation_id)
             if company.top_up_minor:
                 body = json.dumps({
                     "payment_id": f"sim-{uuid4().hex[:10]}", "wallet_id": str(company.wallet_id),
@@ -146,7 +156,7 @@ class Simulation:
                     "occurred_at": self.start.isoformat()}).encode()
                 paid = await self.http.post(
                     self.url("wallet", "/webhooks/payments"), content=body,
-                    headers={"X-Signature": sign(self.settings.payment_webhook_secret, body)})
+                    headers=webhook_headers(self.settings.payment_webhook_secret, body))
                 paid.raise_for_status()
         print(f"opened {len(self.companies)} wallets; simulated time starts "
               f"{self.start:%Y-%m-%d %H:%M} UTC and runs {self.days} days")
@@ -162,7 +172,8 @@ class Simulation:
                     self.url("provisioning", "/vm-requests"),
                     json={"organisation_id": str(company.organisation_id), "name": name,
                           "tier": tier},
-                    headers={"Idempotency-Key": f"sim-{company.wallet_id}-{n}"})
+                    headers={"Idempotency-Key": f"sim-{company.wallet_id}-{n}",
+                             "Authorization": f"Bearer {self.keys[company.name]}"})
                 response.raise_for_status()
                 company.requests[name] = response.json()
         for company in self.companies:

@@ -1,10 +1,13 @@
-"""`cloudwallet` command line: run a service, migrate, create topics, run the local stack."""
+"""`cloudwallet` command line: run a service, migrate, create topics, manage API keys, run
+the local stack."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import shutil
+from datetime import timedelta
+from uuid import UUID
 
 import typer
 import uvicorn
@@ -13,6 +16,8 @@ from shared.logs import configure_logging
 from shared.settings import get_settings
 
 app = typer.Typer(help="cloudwallet: wallet, metering and billing services", no_args_is_help=True)
+keys = typer.Typer(help="API keys: create (shown once), list, revoke", no_args_is_help=True)
+app.add_typer(keys, name="keys")
 
 SERVICES = {
     "wallet": ("services.wallet.app", "wallet_http_port"),
@@ -63,10 +68,69 @@ def setup() -> None:
 def topics() -> None:
     """Create every topic of the topic map that does not exist yet."""
     from shared.kafka_admin import create_topics
+    from shared.kafka_security import client_options
 
     settings = get_settings()
-    names = asyncio.run(create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
+    names = asyncio.run(create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix,
+                                      security=client_options(settings)))
     typer.echo("\n".join(names))
+
+
+async def _with_database(work):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    conn = await asyncpg.connect(get_settings().database_url)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@keys.command("create")
+def create_key(role: str = typer.Argument(..., help="organisation|reseller|operator|integration"),
+               name: str = typer.Option(..., help="Who or what uses the key"),
+               organisation: UUID | None = typer.Option(
+                   None, help="The organisation (organisation and reseller keys)"),
+               days: int | None = typer.Option(None, min=1, help="Expires after this many days"),
+               ) -> None:
+    """Create a key and print it: it is shown this once, only its hash is stored."""
+    from shared.api_keys import issue_key
+    from shared.auth import Role
+
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise typer.BadParameter(f"role is one of {', '.join(r.value for r in Role)}") from None
+    try:
+        issued = asyncio.run(_with_database(lambda conn: issue_key(
+            conn, name=name, role=parsed, organisation_id=organisation,
+            valid_for=timedelta(days=days) if days else None)))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    typer.echo(f"key id: {issued.key_id}", err=True)
+    typer.echo(issued.token)
+
+
+@keys.command("list")
+def list_api_keys() -> None:
+    """Every key: id, role, organisation, created, expires, revoked (never the key)."""
+    from shared.api_keys import list_keys
+
+    for row in asyncio.run(_with_database(list_keys)):
+        typer.echo("\t".join(str(row[c]) if row[c] is not None else "-" for c in (
+            "key_id", "role", "organisation_id", "name", "created_at", "expires_at",
+            "revoked_at")))
+
+
+@keys.command("revoke")
+def revoke(key_id: str = typer.Argument(..., help="The key id (the part after cw_)")) -> None:
+    """Revoke a key: every service refuses it from its next request on."""
+    from shared.api_keys import revoke_key
+
+    if not asyncio.run(_with_database(lambda conn: revoke_key(conn, key_id))):
+        typer.echo(f"no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
 
 
 if __name__ == "__main__":
@@ -78,15 +142,20 @@ USE_EXISTING = typer.Option(
 
 
 @app.command()
-def stack(use_existing: bool = USE_EXISTING) -> None:
+def stack(use_existing: bool = USE_EXISTING,
+          secure_kafka: bool = typer.Option(
+              False, help="Kafka requires SASL/SCRAM, each service its own user and ACLs")
+          ) -> None:
     """Start Kafka, PostgreSQL and every service, and keep them up until Ctrl-C."""
     import signal
 
     from deploy.launcher import start_system
 
     configure_logging("INFO", json=False)
-    system = start_system(get_settings(), use_existing=use_existing)
+    system = start_system(get_settings(), use_existing=use_existing, secure_kafka=secure_kafka)
     typer.echo(f"kafka: {system.settings.kafka_bootstrap_servers}")
+    if system.stack is not None and secure_kafka:
+        typer.echo(f"kafka users: {system.stack.root / 'kafka' / 'credentials.json'}")
     typer.echo(f"database: {system.settings.database_url}")
     for name in system.processes:
         typer.echo(f"{name}: {system.url(name)} (health: {system.url(name)}/health)")

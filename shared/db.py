@@ -13,12 +13,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+# Schemas every service shares (the API keys of shared/auth.py).
+SHARED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SERVICE_NAMES = ("wallet", "provisioning", "metering", "billing")
 
 
 def migration_dirs(services: tuple[str, ...] = SERVICE_NAMES) -> list[Path]:
-    return [SERVICES_DIR / name / "migrations" for name in services
-            if (SERVICES_DIR / name / "migrations").is_dir()]
+    return [SHARED_MIGRATIONS] + [SERVICES_DIR / name / "migrations" for name in services
+                                  if (SERVICES_DIR / name / "migrations").is_dir()]
 
 
 def with_database(url: str, database: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -11,14 +12,16 @@ from shared.topics import ALL_TOPICS, Topic
 
 
 async def create_topics(bootstrap_servers: str, prefix: str = "",
-                        topics: Iterable[Topic] = ALL_TOPICS) -> list[str]:
-    """Create missing topics; returns the full names of all requested topics."""
+                        topics: Iterable[Topic] = ALL_TOPICS,
+                        security: dict[str, Any] | None = None) -> list[str]:
+    """Create missing topics; returns the full names of all requested topics. `security`:
+    aiokafka's SASL options, for a broker that requires them (shared/kafka_security.py)."""
     wanted = [
         NewTopic(f"{prefix}{t.name}", num_partitions=t.partitions, replication_factor=1,
                  topic_configs={"retention.ms": str(t.retention_ms)})
         for t in topics
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(security or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

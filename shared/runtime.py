@@ -11,14 +11,20 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.consumer import BackgroundCommits, BatchHandler, Records, subscribe_batches
 from shared.db import create_pool
+from shared.http import (
+    BodySizeLimit,
+    Guard,
+    MachineKey,
+    document_problems,
+    install_problem_handlers,
+)
+from shared.kafka_security import broker_security, client_options
 from shared.outbox import OutboxRelay
 from shared.settings import Settings
 from shared.topics import Topic
@@ -27,17 +33,23 @@ log = structlog.get_logger(__name__)
 
 
 class ServiceRuntime:
-    """`schema` None: a stateless service (no database, no outbox) that publishes with
-    `producer` directly."""
+    """`schema` None: a stateless service (no outbox) that publishes with `producer`
+    directly; it still reads the database for its callers' API keys."""
 
     def __init__(self, name: str, schema: str | None, settings: Settings) -> None:
         self.name = name
         self.schema = schema
         self.settings = settings
         self.broker = KafkaBroker(settings.kafka_bootstrap_servers, client_id=name,
-                                  logger=None)
-        self.http = FastAPI(title=f"cloudwallet {name}", lifespan=self._lifespan)
+                                  logger=None, security=broker_security(settings))
+        self.http = FastAPI(title=f"cloudwallet {name}", version="1", lifespan=self._lifespan)
+        self.http.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+        install_problem_handlers(self.http)
+        document_problems(self.http)
+        self.http.state.guard = Guard(lambda: self._auth_pool or self.pool,
+                                      settings.api_rate_per_s, settings.api_rate_burst)
         self._pool: asyncpg.Pool | None = None
+        self._auth_pool: asyncpg.Pool | None = None
         self._relay_pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
@@ -94,6 +106,7 @@ class ServiceRuntime:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             client_id=f"{self.name}-outbox", acks="all", enable_idempotence=True,
             linger_ms=0, max_batch_size=1_000_000, max_request_size=4_000_000,
+            **client_options(self.settings),
         )
         await self._producer.start()
         if self.schema is not None:
@@ -105,6 +118,8 @@ class ServiceRuntime:
                                       self.settings.outbox_batch_size,
                                       self.settings.outbox_poll_interval_s)
             self._relay.start()
+        else:
+            self._auth_pool = await create_pool(self.settings.database_url, 2)
         await self.broker.start()
         # What exists now lives as long as the process: keep it out of every GC pass, so
         # collections triggered by batch allocations stay cheap.
@@ -125,6 +140,8 @@ class ServiceRuntime:
             await self._pool.close()
         if self._relay_pool is not None:
             await self._relay_pool.close()
+        if self._auth_pool is not None:
+            await self._auth_pool.close()
         log.info("service stopped", service=self.name)
 
     @asynccontextmanager
@@ -136,28 +153,6 @@ class ServiceRuntime:
             await self.stop()
 
     def _add_operational_routes(self) -> None:
-        @self.http.exception_handler(RequestValidationError)
-        async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-            # What was wrong and where, without echoing the input back (it may be text that
-            # cannot even be encoded, such as a lone surrogate).
-            return JSONResponse(status_code=422, content={"detail": [
-                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                for e in error.errors()]})
-
-        async def unstorable(request: Request, error: Exception) -> JSONResponse:
-            # Text the request validation let through but PostgreSQL cannot hold: the
-            # caller's input (the models' own checks should catch it first). Other database
-            # errors stay 500s: they are ours.
-            log.warning("request text refused by the database", path=request.url.path,
-                        error=type(error).__name__)
-            return JSONResponse(status_code=422,
-                                content={"detail": "a text value cannot be stored"})
-
-        for refused in (asyncpg.CharacterNotInRepertoireError,
-                        asyncpg.UntranslatableCharacterError,
-                        asyncpg.StringDataRightTruncationError):
-            self.http.add_exception_handler(refused, unstorable)
-
         @self.http.get("/health", tags=["operations"])
         async def health(response: Response) -> dict[str, Any]:
             checks = {"kafka": False}
@@ -175,6 +170,8 @@ class ServiceRuntime:
             response.status_code = 200 if healthy else 503
             return {"service": self.name, "status": "ok" if healthy else "unavailable", **checks}
 
-        @self.http.get("/metrics", tags=["operations"])
-        async def metrics() -> Response:
+        @self.http.get("/metrics", tags=["operations"], response_class=Response, responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                  "description": "Prometheus text format"}})
+        async def metrics(by: MachineKey) -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

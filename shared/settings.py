@@ -10,6 +10,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    # The service's Kafka user (SASL/SCRAM-SHA-512; shared/kafka_security.py). Empty: the
+    # broker is plaintext, as the shared development broker is.
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:15432/cloudwallet"
     # Prepended to every topic name: lets tests and parallel environments share one broker.
     topic_prefix: str = ""
@@ -37,8 +41,16 @@ class Settings(BaseSettings):
     # A reservation with no provisioning outcome by then expires and its funds return.
     hold_ttl_seconds: int = Field(default=3600, ge=1)
     low_balance_threshold_minor: int = Field(default=10_000, ge=0)
-    # Shared secret of the payment gateway's signed top-up webhook.
-    payment_webhook_secret: str = "dev-webhook-secret-change-me"
+    # The payment gateway's webhook secret (Standard Webhooks, `whsec_<base64>`), and the
+    # one before it while a rotation is under way (both are accepted; empty: none).
+    payment_webhook_secret: str = "whsec_ZGV2LXdlYmhvb2stc2VjcmV0LWNoYW5nZS1tZSE="
+    payment_webhook_previous_secret: str = ""
+
+    # Requests per second each API key may make on average, and in a burst (then 429).
+    api_rate_per_s: float = Field(default=100, gt=0)
+    api_rate_burst: int = Field(default=200, ge=1)
+    # Larger request bodies are refused with 413 before they are read.
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_topup_minor: int = Field(default=100_000_000, ge=1)
 
     # No answer from vCenter by then: the provisioning request fails and funds are released.

@@ -1,4 +1,5 @@
-"""Billing's HTTP API: a wallet's closed monthly statements and invoices, as JSON or CSV."""
+"""Billing's HTTP API: a wallet's closed monthly statements and invoices, as JSON or CSV.
+Readers' keys only; a wallet of an organisation the key may not see is a 404."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fastapi import APIRouter, HTTPException, Response
 
 from services.billing import repository as repo
 from services.billing.domain import parse_month
+from shared.auth import Principal
+from shared.http import ReaderKey
 from shared.money import MINOR_UNITS
 
 if TYPE_CHECKING:
@@ -79,6 +82,12 @@ def invoice_csv(invoice: dict[str, Any]) -> str:
 def register_routes(service: BillingService) -> None:
     router = APIRouter(tags=["billing"])
 
+    async def check_visible(wallet_id: UUID, by: Principal) -> None:
+        async with service.pool.acquire() as conn:
+            owner = await repo.wallet_organisation(conn, wallet_id)
+        if owner is None or not by.may_read(owner):
+            raise HTTPException(404, f"billing knows no wallet {wallet_id}")
+
     def month_or_422(label: str) -> Any:
         try:
             return parse_month(label)
@@ -86,11 +95,12 @@ def register_routes(service: BillingService) -> None:
             raise HTTPException(422, str(error)) from None
 
     @router.get("/wallets/{wallet_id}/statements/{month}")
-    async def statement(wallet_id: UUID, month: str,
+    async def statement(wallet_id: UUID, month: str, by: ReaderKey,
                         format: Literal["json", "csv"] = "json") -> Response:
         """A closed month's statement: balances, charges, credits, refunds, per-VM hours
         metered and billed, and any mismatch between metered, rated and debited amounts."""
         first_day = month_or_422(month)
+        await check_visible(wallet_id, by)
         async with service.pool.acquire() as conn:
             row = await repo.statement(conn, wallet_id, first_day)
             known = row is not None or await repo.wallet_known(conn, wallet_id)
@@ -108,10 +118,11 @@ def register_routes(service: BillingService) -> None:
         return Response(json.dumps(document), media_type="application/json")
 
     @router.get("/wallets/{wallet_id}/invoices/{month}")
-    async def invoice(wallet_id: UUID, month: str,
+    async def invoice(wallet_id: UUID, month: str, by: ReaderKey,
                       format: Literal["json", "csv"] = "json") -> Response:
         """An invoice customer's monthly invoice; CSV in the accounting import layout."""
         first_day = month_or_422(month)
+        await check_visible(wallet_id, by)
         async with service.pool.acquire() as conn:
             document = await repo.invoice(conn, wallet_id, first_day)
             close = None if document else await repo.statement(conn, wallet_id, first_day)

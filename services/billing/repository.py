@@ -605,3 +605,12 @@ async def wallet_known(conn: asyncpg.Connection, wallet_id: UUID) -> bool:
     return bool(await conn.fetchval(
         f"""SELECT EXISTS (SELECT 1 FROM {SCHEMA}.wallets WHERE wallet_id = $1)
                OR EXISTS (SELECT 1 FROM {SCHEMA}.lines WHERE wallet_id = $1)""", wallet_id))
+
+
+async def wallet_organisation(conn: asyncpg.Connection, wallet_id: UUID) -> UUID | None:
+    """The organisation a wallet billing knows of belongs to (for its callers' keys)."""
+    organisation_id: UUID | None = await conn.fetchval(
+        f"""(SELECT organisation_id FROM {SCHEMA}.wallets WHERE wallet_id = $1)
+            UNION ALL (SELECT organisation_id FROM {SCHEMA}.lines WHERE wallet_id = $1 LIMIT 1)
+            LIMIT 1""", wallet_id)
+    return organisation_id

@@ -1,5 +1,7 @@
 """Metering's HTTP API: a VM's runtime state and usage, and the runtime validation that
-compares metered seconds with the runtime the raw vCenter events show."""
+compares metered seconds with the runtime the raw vCenter events show. A VM of an
+organisation the caller's key may not see is a 404; the check over every VM is the
+operator's."""
 
 from __future__ import annotations
 
@@ -8,10 +10,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel
 
 from services.metering import domain
 from services.metering import repository as repo
+from shared.auth import OPERATORS, Principal
+from shared.contracts.vm import VmSpec
+from shared.http import ReaderKey, require
 
 if TYPE_CHECKING:
     from services.metering.app import MeteringService
@@ -19,6 +25,22 @@ if TYPE_CHECKING:
 Month = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
                              description="YYYY-MM, in UTC")]
 PAGE = 500
+
+
+class VmState(BaseModel):
+    """What a VM's owner may know of its metering (not the partitions and cursors behind
+    it)."""
+
+    vm_id: UUID
+    organisation_id: UUID
+    wallet_id: UUID
+    spec: VmSpec
+    running: bool
+    state_since: datetime
+    created_at: datetime
+    deleted_at: datetime | None
+    # Every hour before this is closed (metered and published).
+    closed_until: datetime | None
 
 
 def _check_body(vm_id: UUID, month: str, check: domain.RuntimeCheck) -> dict[str, Any]:
@@ -38,45 +60,51 @@ def _bounds(month: str) -> tuple[datetime, datetime]:
 def register_routes(service: MeteringService) -> None:
     router = APIRouter(tags=["metering"])
 
+    def no_vm(vm_id: UUID) -> HTTPException:
+        return HTTPException(404, f"no VM {vm_id} has been created")
+
+    async def visible(conn: Any, vm_id: UUID, by: Principal) -> None:
+        owner = await repo.vm_organisation(conn, vm_id)
+        if owner is None or not by.may_read(owner):
+            raise no_vm(vm_id)
+
     @router.get("/vms/{vm_id}")
-    async def vm_state(vm_id: UUID) -> dict[str, Any]:
+    async def vm_state(vm_id: UUID, by: ReaderKey) -> VmState:
         """The VM's runtime state after all its events, and how far its hours are closed."""
         async with service.pool.acquire() as conn:
             row = await repo.vm_state(conn, vm_id)
-        if row is None:
-            raise HTTPException(404, f"no VM {vm_id} has been created")
-        body = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-        body.update(vm_id=str(vm_id), organisation_id=str(row["organisation_id"]),
-                    wallet_id=str(row["wallet_id"]), spec=json.loads(row["spec"]))
-        return body
+        if row is None or not by.may_read(row["organisation_id"]):
+            raise no_vm(vm_id)
+        return VmState(**{**{k: row[k] for k in VmState.model_fields if k != "spec"},
+                          "spec": json.loads(row["spec"])})
 
     @router.get("/vms/{vm_id}/usage")
-    async def vm_usage(vm_id: UUID, month: Month) -> dict[str, Any]:
+    async def vm_usage(vm_id: UUID, month: Month, by: ReaderKey) -> dict[str, Any]:
         """Every statement of every hour of the month (revisions included)."""
         start, end = _bounds(month)
         async with service.pool.acquire() as conn:
-            if await repo.vm_closed_until(conn, vm_id) is None:
-                raise HTTPException(404, f"no VM {vm_id} has been created")
+            await visible(conn, vm_id, by)
             rows = await repo.vm_usage(conn, vm_id, start, end)
         return {"vm_id": str(vm_id), "month": month, "hours": [
             {"hour_start": r["hour_start"].isoformat(), "revision": r["revision"],
              "seconds": r["seconds"], "segments": json.loads(r["segments"])} for r in rows]}
 
     @router.get("/vms/{vm_id}/runtime")
-    async def vm_runtime(vm_id: UUID, month: Month) -> dict[str, Any]:
+    async def vm_runtime(vm_id: UUID, month: Month, by: ReaderKey) -> dict[str, Any]:
         """Metered seconds (latest revisions) against the runtime from the raw events, over
         the month's closed hours. `within_actual` must always be true."""
         start, end = _bounds(month)
         async with service.pool.acquire() as conn:
+            await visible(conn, vm_id, by)
             closed_until = await repo.vm_closed_until(conn, vm_id)
             if closed_until is None:
-                raise HTTPException(404, f"no VM {vm_id} has been created")
+                raise no_vm(vm_id)
             metered = await repo.metered_seconds(conn, [vm_id], start, end)
             history = (await repo.histories(conn, [vm_id]))[vm_id]
         check = domain.check_runtime(history, metered.get(vm_id, 0), start, end, closed_until)
         return _check_body(vm_id, month, check)
 
-    @router.get("/runtime")
+    @router.get("/runtime", dependencies=[Depends(require(*OPERATORS))])
     async def runtime(month: Month) -> dict[str, Any]:
         """The same check for every VM that existed in the month; lists the VMs metered for
         more than they ran (there should be none)."""

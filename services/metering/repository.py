@@ -312,6 +312,12 @@ async def vm_state(conn: asyncpg.Connection, vm_id: UUID) -> asyncpg.Record | No
     return row
 
 
+async def vm_organisation(conn: asyncpg.Connection, vm_id: UUID) -> UUID | None:
+    organisation_id: UUID | None = await conn.fetchval(
+        f"SELECT organisation_id FROM {SCHEMA}.vms WHERE vm_id = $1", vm_id)
+    return organisation_id
+
+
 async def vm_usage(conn: asyncpg.Connection, vm_id: UUID, start: datetime, end: datetime
                    ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(

@@ -1,8 +1,9 @@
 """The portal's HTTP API for provisioning (FastAPI): requests, estimates, resize, cancel.
 
-Errors are 4xx with a `detail` that says why: 400 without an Idempotency-Key, 404 for an
-unknown organisation, request or VM, 409 for a clash with the current state, 422 for an
-invalid size or one the rate card cannot price.
+Every route needs an API key. Errors are problem documents whose `detail` says why: 400
+without an Idempotency-Key, 404 for an unknown organisation, request or VM (and for one the
+caller's key may not see), 409 for a clash with the current state, 422 for an invalid size
+or one the rate card cannot price.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.provisioning import repository as repo
@@ -24,8 +25,10 @@ from services.provisioning.domain import (
     spec_of,
 )
 from services.provisioning.handlers import Accepted, NotFound, Refused, Submission
+from shared.auth import READERS, Principal
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.vm import VmSpec
+from shared.http import ActorKey, ReaderKey, require
 from shared.money import Money
 from shared.pricing import RateCard
 
@@ -138,12 +141,34 @@ def register_routes(service: ProvisioningService) -> None:
     router = APIRouter(tags=["provisioning"])
     handlers = service.handlers
 
+    async def visible_request(request_id: UUID, by: Principal, acting: bool = False
+                              ) -> VmRequest:
+        async with service.pool.acquire() as conn:
+            request = (await repo.requests_by_id(conn, [request_id])).get(request_id)
+        if request is None or not (by.may_act_for(request.organisation_id) if acting
+                                   else by.may_read(request.organisation_id)):
+            raise HTTPException(404, f"no request {request_id}")
+        return request
+
+    async def visible_vm(vm_id: UUID, by: Principal, acting: bool = False) -> Vm:
+        async with service.pool.acquire() as conn:
+            vm = (await repo.vms_by_id(conn, [vm_id])).get(vm_id)
+        if vm is None or not (by.may_act_for(vm.organisation_id) if acting
+                              else by.may_read(vm.organisation_id)):
+            raise HTTPException(404, f"no VM {vm_id}")
+        return vm
+
+    def unknown_organisation(organisation_id: UUID) -> HTTPException:
+        return HTTPException(404, f"unknown organisation {organisation_id}")
+
     @router.post("/vm-requests", status_code=202, response_model=RequestView)
-    async def request_vm(body: NewVmRequest,
+    async def request_vm(body: NewVmRequest, by: ActorKey,
                          idempotency_key: Annotated[str | None,
                                                     Header(alias=IDEMPOTENCY_HEADER)] = None,
                          ) -> Response:
         """Price a VM and start its saga. The same key returns the same request (200)."""
+        if not by.may_act_for(body.organisation_id):
+            raise unknown_organisation(body.organisation_id)
         key = _key(idempotency_key, required=True)
         assert key is not None
         spec = body.spec()
@@ -157,16 +182,13 @@ def register_routes(service: ProvisioningService) -> None:
                         media_type="application/json")
 
     @router.get("/vm-requests/{request_id}")
-    async def get_request(request_id: UUID) -> RequestView:
-        async with service.pool.acquire() as conn:
-            request = (await repo.requests_by_id(conn, [request_id])).get(request_id)
-        if request is None:
-            raise HTTPException(404, f"no request {request_id}")
-        return request_view(request)
+    async def get_request(request_id: UUID, by: ReaderKey) -> RequestView:
+        return request_view(await visible_request(request_id, by))
 
     @router.post("/vm-requests/{request_id}/cancel")
-    async def cancel(request_id: UUID) -> RequestView:
+    async def cancel(request_id: UUID, by: ActorKey) -> RequestView:
         """Cancel a request before vCenter has answered; its funds are released."""
+        await visible_request(request_id, by, acting=True)
         try:
             request = await handlers.cancel(request_id)
         except NotFound as error:
@@ -177,7 +199,7 @@ def register_routes(service: ProvisioningService) -> None:
         return request_view(request)
 
     @router.post("/estimates")
-    async def estimate(body: EstimateRequest) -> dict[str, Any]:
+    async def estimate(body: EstimateRequest, by: ReaderKey) -> dict[str, Any]:
         """Hourly and monthly price of a size, from the rate card in effect at `at`."""
         spec = body.spec()
         async with service.pool.acquire() as conn:
@@ -186,8 +208,8 @@ def register_routes(service: ProvisioningService) -> None:
             if body.organisation_id is not None:
                 org = (await repo.organisations(conn, [body.organisation_id])
                        ).get(body.organisation_id)
-                if org is None:
-                    raise HTTPException(404, f"unknown organisation {body.organisation_id}")
+                if org is None or not by.may_read(org.organisation_id):
+                    raise unknown_organisation(body.organisation_id)
         try:
             card = handlers.book.at(at)
         except LookupError as error:
@@ -201,17 +223,18 @@ def register_routes(service: ProvisioningService) -> None:
                 "hourly_minor": quote.hourly.amount, "monthly_minor": quote.monthly.amount,
                 "hourly": quote.hourly.format(), "monthly": quote.monthly.format()}
 
-    @router.get("/rate-cards")
+    @router.get("/rate-cards", dependencies=[Depends(require(*READERS))])
     async def rate_cards() -> list[dict[str, Any]]:
         """Every rate card version with the moment it took effect; history never changes."""
         return [card_view(card) for card in handlers.book.cards]
 
     @router.post("/vms/{vm_id}/resize", status_code=202)
-    async def resize(vm_id: UUID, body: Size, response: Response,
+    async def resize(vm_id: UUID, body: Size, response: Response, by: ActorKey,
                      idempotency_key: Annotated[str | None,
                                                 Header(alias=IDEMPOTENCY_HEADER)] = None,
                      ) -> RequestView:
         """Hold the monthly price increase (if any), then resize in vCenter."""
+        await visible_vm(vm_id, by, acting=True)
         key = _key(idempotency_key, required=False)
         try:
             result: Accepted = await handlers.resize(vm_id, body.spec(), key)
@@ -229,16 +252,13 @@ def register_routes(service: ProvisioningService) -> None:
         return request_view(result.request)
 
     @router.get("/vms/{vm_id}")
-    async def get_vm(vm_id: UUID) -> VmView:
-        async with service.pool.acquire() as conn:
-            vm = (await repo.vms_by_id(conn, [vm_id])).get(vm_id)
-        if vm is None:
-            raise HTTPException(404, f"no VM {vm_id}")
-        return vm_view(vm)
+    async def get_vm(vm_id: UUID, by: ReaderKey) -> VmView:
+        return vm_view(await visible_vm(vm_id, by))
 
     @router.delete("/vms/{vm_id}", status_code=202)
-    async def delete_vm(vm_id: UUID) -> VmView:
+    async def delete_vm(vm_id: UUID, by: ActorKey) -> VmView:
         """Delete the VM in vCenter; once it is gone, whatever is held for it returns."""
+        await visible_vm(vm_id, by, acting=True)
         try:
             vm = await handlers.delete_vm(vm_id)
         except NotFound as error:
@@ -247,12 +267,12 @@ def register_routes(service: ProvisioningService) -> None:
         return vm_view(vm)
 
     @router.get("/organisations/{organisation_id}")
-    async def organisation(organisation_id: UUID) -> dict[str, Any]:
+    async def organisation(organisation_id: UUID, by: ReaderKey) -> dict[str, Any]:
         """What provisioning knows of an organisation (from the wallet's WalletOpened)."""
         async with service.pool.acquire() as conn:
             org = (await repo.organisations(conn, [organisation_id])).get(organisation_id)
-        if org is None:
-            raise HTTPException(404, f"unknown organisation {organisation_id}")
+        if org is None or not by.may_read(organisation_id):
+            raise unknown_organisation(organisation_id)
         return {"organisation_id": org.organisation_id, "wallet_id": org.wallet_id,
                 "currency": org.currency, "billing_mode": org.billing_mode,
                 "suspended": org.suspended}

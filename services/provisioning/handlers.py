@@ -276,8 +276,9 @@ class ProvisioningHandlers:
     def _repeat(prior: VmRequest, s: Submission) -> Accepted | Refused:
         if prior.same_intent(s.name, s.spec):
             return Accepted(prior, False)
-        return Refused(409, f"idempotency key {s.idempotency_key!r} was already used for "
-                            f"a different request ({prior.request_id})")
+        # The key is not repeated back: answers never echo the caller's input.
+        return Refused(409, "this Idempotency-Key was already used for a different request "
+                            f"({prior.request_id})")
 
     async def on_portal_requests(self, records: Records) -> None:
         good, bad = parse_records(records, PORTAL)
@@ -479,8 +480,8 @@ class ProvisioningHandlers:
             prior = await repo.requests_by_id(conn, [request_id])
             if request_id in prior:
                 if prior[request_id].spec != spec:
-                    raise Conflict(f"idempotency key {idempotency_key!r} was already used "
-                                   "for a different resize")
+                    raise Conflict("this Idempotency-Key was already used for a different "
+                                   "resize")
                 return Accepted(prior[request_id], False)
             org = (await repo.organisations(conn, [vm.organisation_id])).get(vm.organisation_id)
             if org is None:

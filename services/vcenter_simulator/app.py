@@ -13,12 +13,15 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
+from fastapi import Depends
 from pydantic import TypeAdapter
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.vcenter_simulator.domain import SimulatorConfig, respond
+from shared.auth import MACHINES
 from shared.consumer import Records, dead_letters, parse_records
 from shared.contracts.vcenter import VcenterCommand
+from shared.http import require
 from shared.outbox import Outgoing, outgoing
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
@@ -54,7 +57,8 @@ class VcenterSimulator(ServiceRuntime):
         self.config = config
         self.consume(VCENTER_COMMANDS, CONSUMER, self.on_commands)
 
-        @self.http.get("/config", tags=["simulator"])
+        @self.http.get("/config", tags=["simulator"],
+                       dependencies=[Depends(require(*MACHINES))])
         async def current_config() -> dict[str, Any]:
             return asdict(self.config)
 

@@ -1,14 +1,15 @@
 """The wallet's HTTP API for the portal and the payment gateway (FastAPI).
 
-Errors are 4xx with a `detail` that says why. Mutations take the wallet's row lock and
-write their events to the outbox in the same transaction as the ledger.
+Every route but the payment webhook (signed by the gateway instead) needs an API key; a
+wallet the caller's key may not see is a 404, exactly like one that does not exist. Errors
+are problem documents whose `detail` says why. Mutations take the wallet's row lock and
+write their events to the outbox, and the key that asked to the wallet's key actions, in the
+same transaction as the ledger.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import json
 from datetime import UTC, datetime
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.wallet import audit
 from services.wallet import repository as repo
 from services.wallet.domain import (
     AutoTopUp,
@@ -30,17 +32,18 @@ from services.wallet.domain import (
     ledger_key,
 )
 from services.wallet.handlers import Events
+from shared.api_keys import register_organisation
 from shared.consumer import validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
+from shared.http import ActorKey, OperatorKey, ReaderKey
 from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
+from shared.webhooks import WebhookVerificationError, verified_message_id
 
 if TYPE_CHECKING:
     from services.wallet.app import WalletService
-
-SIGNATURE_HEADER = "X-Signature"
 
 
 class OpenWallet(BaseModel):
@@ -86,6 +89,19 @@ class PaymentWebhook(BaseModel):
     occurred_at: UtcDatetime | None = None
 
 
+# The webhook reads its raw body (the signature covers its exact bytes), so its document
+# names the body and the Standard Webhooks headers itself.
+WEBHOOK_OPENAPI = {
+    "parameters": [{"in": "header", "name": name, "required": True, "schema": {"type": "string"},
+                    "description": text} for name, text in (
+        ("webhook-id", "The message id; a repeated one is answered without effect"),
+        ("webhook-timestamp", "Seconds since the epoch; refused beyond 5 minutes from now"),
+        ("webhook-signature", "v1,<base64 HMAC-SHA256 of id.timestamp.body>, space separated"))],
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": PaymentWebhook.model_json_schema()}}},
+}
+
+
 class RefundRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -114,10 +130,6 @@ class AutoTopUpRequest(BaseModel):
     card_token: StorableText = Field(default="", max_length=100)
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def _status(wallet: Wallet, usage_24h: int) -> WalletStatus:
     burn = burn_rate(usage_24h, wallet.available)
     return WalletStatus(
@@ -137,14 +149,18 @@ def register_routes(service: WalletService) -> None:
     router = APIRouter(tags=["wallet"])
     settings = service.settings
 
-    async def locked_wallet(conn: asyncpg.Connection, wallet_id: UUID) -> Wallet:
+    def no_wallet(wallet_id: UUID) -> HTTPException:
+        return HTTPException(404, f"no wallet {wallet_id}")
+
+    async def locked_wallet(conn: asyncpg.Connection, wallet_id: UUID,
+                            visible: bool = True) -> Wallet:
         wallet = (await repo.lock_wallets(conn, [wallet_id])).get(wallet_id)
-        if wallet is None:
-            raise HTTPException(404, f"no wallet {wallet_id}")
+        if wallet is None or not visible:
+            raise no_wallet(wallet_id)
         return wallet
 
     @router.post("/organisations", status_code=201)
-    async def open_wallet(body: OpenWallet) -> dict[str, UUID]:
+    async def open_wallet(body: OpenWallet, by: OperatorKey) -> dict[str, UUID]:
         """Open an organisation (customer or reseller) with its one wallet."""
         if body.billing_mode is BillingMode.PAYG and body.credit_limit_minor:
             raise HTTPException(422, "a PAYG wallet cannot have a credit limit")
@@ -166,6 +182,8 @@ def register_routes(service: WalletService) -> None:
                     reseller_id=body.reseller_id, wallet=wallet)
             except asyncpg.UniqueViolationError:  # opened at the same moment by another call
                 raise exists from None
+            await register_organisation(conn, body.organisation_id, body.reseller_id)
+            await audit.record(conn, by, wallet.wallet_id, "opened")
             opened = WalletOpened(
                 wallet_id=wallet.wallet_id, organisation_id=body.organisation_id,
                 organisation_name=body.name, organisation_kind=body.kind,
@@ -177,27 +195,27 @@ def register_routes(service: WalletService) -> None:
         return {"organisation_id": body.organisation_id, "wallet_id": wallet.wallet_id}
 
     @router.get("/wallets/{wallet_id}")
-    async def wallet_status(wallet_id: UUID) -> WalletStatus:
+    async def wallet_status(wallet_id: UUID, by: ReaderKey) -> WalletStatus:
         """Balance, held and available funds, low-balance flag, burn rate and runway."""
         async with service.pool.acquire() as conn:
             wallet = await repo.get_wallet(conn, wallet_id)
-            if wallet is None:
-                raise HTTPException(404, f"no wallet {wallet_id}")
+            if wallet is None or not by.may_read(wallet.organisation_id):
+                raise no_wallet(wallet_id)
             # Event time, not the wall clock: simulated months report their own burn rate.
             usage = await repo.usage_last_24h(conn, wallet_id)
         return _status(wallet, usage)
 
     @router.get("/organisations/{organisation_id}/wallet")
-    async def organisation_wallet(organisation_id: UUID) -> WalletStatus:
+    async def organisation_wallet(organisation_id: UUID, by: ReaderKey) -> WalletStatus:
         async with service.pool.acquire() as conn:
             wallet_id = await repo.wallet_of_organisation(conn, organisation_id)
-        if wallet_id is None:
+        if wallet_id is None or not by.may_read(organisation_id):
             raise HTTPException(404, f"no organisation {organisation_id}")
-        return await wallet_status(wallet_id)
+        return await wallet_status(wallet_id, by)
 
     @router.get("/wallets/{wallet_id}/statement")
     async def statement(wallet_id: UUID, start: Annotated[UtcDatetime, Query(alias="from")],
-                        end: Annotated[UtcDatetime, Query(alias="to")],
+                        end: Annotated[UtcDatetime, Query(alias="to")], by: ReaderKey,
                         format: Literal["json", "csv"] = "json",
                         detail: Literal["vm"] | None = None) -> Response:
         """Opening balance, entries and closing balance for [from, to) (times with an offset,
@@ -207,12 +225,14 @@ def register_routes(service: WalletService) -> None:
             raise HTTPException(422, "to must be after from")
         async with service.pool.acquire() as conn:
             wallet = await repo.get_wallet(conn, wallet_id)
-            if wallet is None:
-                raise HTTPException(404, f"no wallet {wallet_id}")
+            if wallet is None or not by.may_read(wallet.organisation_id):
+                raise no_wallet(wallet_id)
             opening = await repo.balance_before(conn, wallet_id, start)
             rows = await repo.entries_between(conn, wallet_id, start, end)
+            actions = await audit.between(conn, wallet_id, start, end)
+            keys = await audit.keys_of_entries(conn, [r["entry_id"] for r in rows])
         closing = opening + sum(r["amount"] for r in rows)
-        entries = [statement_entry(r, detail == "vm") for r in rows]
+        entries = [statement_entry(r, detail == "vm", keys.get(r["entry_id"])) for r in rows]
         if format == "csv":
             return Response(statement_csv(entries, wallet.currency, start, end, opening,
                                           closing), media_type="text/csv")
@@ -220,19 +240,30 @@ def register_routes(service: WalletService) -> None:
             content=json.dumps({"wallet_id": str(wallet_id), "currency": wallet.currency,
                            "from": start.isoformat(), "to": end.isoformat(),
                            "opening_balance_minor": opening, "closing_balance_minor": closing,
-                           "entries": entries}),
+                           "entries": entries, "key_actions": actions}),
             media_type="application/json")
 
-    @router.post("/webhooks/payments")
-    async def payment_webhook(
-        request: Request,
-        signature: Annotated[str | None, Header(alias=SIGNATURE_HEADER)] = None,
-    ) -> dict[str, object]:
-        """Top-up from the payment gateway, signed with HMAC-SHA256 over the raw body."""
+    @router.post("/webhooks/payments", responses={
+        401: {"description": "No valid signature, or a timestamp over 5 minutes away"}},
+        openapi_extra=WEBHOOK_OPENAPI)
+    async def payment_webhook(request: Request) -> dict[str, object]:
+        """Top-up from the payment gateway, signed the Standard Webhooks way (webhook-id,
+        webhook-timestamp, webhook-signature over the raw body); no API key. A message id
+        seen before is answered without effect."""
         body = await request.body()
-        if signature is None or not hmac.compare_digest(
-                signature, sign(settings.payment_webhook_secret, body)):
-            raise HTTPException(401, "missing or invalid payment signature")
+        try:
+            message_id = verified_message_id(
+                [settings.payment_webhook_secret, settings.payment_webhook_previous_secret],
+                body, request.headers)
+        except WebhookVerificationError:
+            raise HTTPException(401, "missing or invalid payment signature, or a timestamp "
+                                     "more than 5 minutes from now") from None
+        if not 1 <= len(message_id) <= 200:
+            raise HTTPException(400, "webhook-id must be 1 to 200 characters")
+        async with service.pool.acquire() as conn:
+            seen = await audit.webhook_message_payment(conn, message_id)
+        if seen is not None:
+            return {"applied": False, "duplicate_message": True, "payment_id": seen}
         try:
             payment = PaymentWebhook.model_validate_json(body)
         except ValidationError as error:
@@ -250,11 +281,15 @@ def register_routes(service: WalletService) -> None:
             raise HTTPException(404, str(error)) from None
         except WalletError as error:
             raise HTTPException(422, str(error)) from None
+        # After the top-up (idempotent by its payment id): a crash in between only lets the
+        # message be applied, without effect, once more.
+        async with service.pool.acquire() as conn:
+            await audit.record_webhook_message(conn, message_id, payment.payment_id)
         service.relay.notify()
         return {"applied": applied, "payment_id": payment.payment_id}
 
     @router.post("/wallets/{wallet_id}/refunds", status_code=201)
-    async def refund(wallet_id: UUID, body: RefundRequest) -> dict[str, object]:
+    async def refund(wallet_id: UUID, body: RefundRequest, by: OperatorKey) -> dict[str, object]:
         """Refund part of a charge, or of one VM's part of a usage entry (`vm_id`): at most
         95% of what it still costs after its corrections, counting earlier refunds."""
         events = Events(settings)
@@ -281,6 +316,8 @@ def register_routes(service: WalletService) -> None:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())
             (entry_id,) = await repo.insert_entries(conn, wallet.entries)
+            await audit.record(conn, by, wallet_id, "refund", entry_id=entry_id,
+                               detail=body.reason)
             await repo.save_wallets(conn, [wallet])
             await enqueue(conn, repo.SCHEMA, events.out)
         service.relay.notify()
@@ -288,14 +325,18 @@ def register_routes(service: WalletService) -> None:
                 "balance_minor": wallet.balance}
 
     @router.put("/wallets/{wallet_id}/auto-topup")
-    async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest) -> dict[str, object]:
+    async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest, by: ActorKey
+                         ) -> dict[str, object]:
         """PAYG wallets only: top up `amount` when available funds fall below `threshold`."""
         events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
-            wallet = await locked_wallet(conn, wallet_id)
+            owner = await repo.get_wallet(conn, wallet_id)
+            wallet = await locked_wallet(
+                conn, wallet_id, owner is not None and by.may_act_for(owner.organisation_id))
             if not body.enabled:
                 wallet.set_auto_topup(None)
                 await repo.set_auto_topup(conn, wallet_id, None)
+                await audit.record(conn, by, wallet_id, "auto_topup_off")
                 return {"wallet_id": wallet_id, "enabled": False}
             if wallet.billing_mode is not BillingMode.PAYG:
                 raise HTTPException(422, "auto top-up is for PAYG wallets")
@@ -306,6 +347,8 @@ def register_routes(service: WalletService) -> None:
             auto = AutoTopUp(body.threshold_minor, body.amount_minor, body.card_token)
             wallet.set_auto_topup(auto)
             await repo.set_auto_topup(conn, wallet_id, auto)
+            await audit.record(conn, by, wallet_id, "auto_topup_on",
+                               detail=f"below {body.threshold_minor} add {body.amount_minor}")
             events.emit(wallet, None, wallet.take_facts())  # a low balance now: top up
             await repo.save_wallets(conn, [wallet])
             await enqueue(conn, repo.SCHEMA, events.out)
@@ -314,21 +357,26 @@ def register_routes(service: WalletService) -> None:
                 "amount_minor": body.amount_minor}
 
     @router.put("/wallets/{wallet_id}/status")
-    async def change_status(wallet_id: UUID, body: StatusChange) -> dict[str, object]:
+    async def change_status(wallet_id: UUID, body: StatusChange, by: OperatorKey
+                            ) -> dict[str, object]:
         """An operator suspends a wallet (no new reservations) or makes it active again.
         Usage keeps being booked while suspended: it happened."""
         async with service.pool.acquire() as conn, conn.transaction():
             await locked_wallet(conn, wallet_id)
             await repo.set_status(conn, wallet_id, body.status == "suspended")
+            await audit.record(conn, by, wallet_id,
+                               "suspended" if body.status == "suspended" else "resumed",
+                               detail=body.reason)
         return {"wallet_id": wallet_id, "status": body.status}
 
     @router.get("/wallets/{wallet_id}/reconciliation")
-    async def reconciliation(wallet_id: UUID) -> dict[str, object]:
+    async def reconciliation(wallet_id: UUID, by: ReaderKey) -> dict[str, object]:
         """balance == sum(ledger) and held == sum(open holds), checked live."""
         async with service.pool.acquire() as conn:
+            owner = await repo.get_wallet(conn, wallet_id)
             totals = await repo.reconciliation(conn, wallet_id)
-        if totals is None:
-            raise HTTPException(404, f"no wallet {wallet_id}")
+        if totals is None or owner is None or not by.may_read(owner.organisation_id):
+            raise no_wallet(wallet_id)
         balance, ledger, held, holds = totals
         return {"wallet_id": wallet_id, "balance_minor": balance, "ledger_sum_minor": ledger,
                 "held_minor": held, "open_holds_minor": holds,
@@ -341,7 +389,8 @@ STATEMENT_CSV_COLUMNS = ["record", "entry_id", "occurred_at", "kind", "descripti
                          "vm_id", "line_id", "amount_minor", "currency"]
 
 
-def statement_entry(row: asyncpg.Record, with_vms: bool) -> dict[str, object]:
+def statement_entry(row: asyncpg.Record, with_vms: bool,
+                    key_id: str | None = None) -> dict[str, object]:
     """A ledger row as the statement shows it; with its VM parts (signed as the entry) when
     asked. A row booked per billing line is its one VM's part (its line id is in its key)."""
     sign = -1 if row["amount"] < 0 else 1
@@ -356,7 +405,7 @@ def statement_entry(row: asyncpg.Record, with_vms: bool) -> dict[str, object]:
         "entry_id": row["entry_id"], "occurred_at": row["occurred_at"].isoformat(),
         "kind": row["kind"], "amount_minor": row["amount"], "description": row["description"],
         "vm_id": str(row["vm_id"]) if row["vm_id"] else None, "vm_count": len(parts),
-        "refunds_entry_id": row["refunds_entry_id"],
+        "refunds_entry_id": row["refunds_entry_id"], "key_id": key_id,
     }
     if with_vms:
         entry["vms"] = [{"vm_id": vm, "line_id": line, "amount_minor": amount}

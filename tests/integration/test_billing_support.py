@@ -18,6 +18,7 @@ from shared.contracts.vm import VmSpec
 from shared.settings import Settings
 from shared.topics import BILLING_EVENTS, METERING_USAGE, VCENTER_EVENTS
 from tests.kafka_helpers import KafkaProbe
+from tests.keys import key_ring
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 FEB = datetime(2026, 2, 1, tzinfo=UTC)
@@ -93,7 +94,8 @@ async def running_billing(settings: Settings, **options: Any
     await service.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                     base_url="http://billing") as http:
+                                     base_url="http://billing",
+                                     auth=await key_ring(service.pool)) as http:
             yield service, http
     finally:
         await service.stop()

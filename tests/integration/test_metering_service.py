@@ -27,6 +27,7 @@ from shared.contracts.vcenter import (
 from shared.contracts.vm import VmSpec
 from shared.topics import METERING_USAGE, VCENTER_EVENTS
 from tests.kafka_helpers import KafkaProbe
+from tests.keys import key_ring
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 SMALL = VmSpec.of_tier("small")
@@ -146,7 +147,8 @@ def hour(h: int) -> str:
 
 async def runtime(service: MeteringService, vm: Vm, month: str = "2026-03") -> dict[str, Any]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                 base_url="http://metering") as http:
+                                 base_url="http://metering",
+                                 auth=await key_ring(service.pool)) as http:
         response = await http.get(f"/vms/{vm.vm_id}/runtime", params={"month": month})
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
@@ -256,14 +258,15 @@ async def test_month_wide_runtime_check_and_vm_state(env):
                         stopped.off(45))
         await m.closed(await m.tick(120))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                     base_url="http://metering") as http:
+                                     base_url="http://metering",
+                                     auth=await key_ring(service.pool)) as http:
             check = (await http.get("/runtime", params={"month": "2026-03"})).json()
             assert check == {"month": "2026-03", "vms_checked": 2,
                              "metered_seconds": 7200 + 2700, "actual_seconds": 7200 + 2700,
                              "over_metered": []}
             state = (await http.get(f"/vms/{stopped.vm_id}")).json()
             assert (state["running"], state["spec"]) == (False, SMALL_JSON)
-            assert state["closed_until"] == at(120).isoformat()
+            assert datetime.fromisoformat(state["closed_until"]) == at(120)
             assert (await http.get(f"/vms/{uuid4()}/runtime",
                                    params={"month": "2026-03"})).status_code == 404
             bad = await http.get(f"/vms/{running.vm_id}/runtime", params={"month": "2026-13"})

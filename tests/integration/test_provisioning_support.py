@@ -24,10 +24,11 @@ from aiokafka import AIOKafkaProducer
 from services.provisioning.app import ProvisioningService
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
-from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.clock import publish_tick
+from shared.webhooks import webhook_headers
 from tests.kafka_helpers import KafkaProbe, quiesce
+from tests.keys import KeyRing, key_ring
 
 T = TypeVar("T")
 
@@ -59,6 +60,7 @@ class Platform:
     http: httpx.AsyncClient
     kafka: KafkaProbe
     ticks: AIOKafkaProducer
+    keys: KeyRing
 
     def topic(self, name: str) -> str:
         return str(self.env.topic(name))
@@ -71,6 +73,7 @@ class Platform:
             "credit_limit_minor": credit_limit_minor})
         assert r.status_code == 201, r.text
         opened = {k: str(v) for k, v in r.json().items()}
+        await self.keys.opened(opened["organisation_id"])
         if balance_minor:
             await self.top_up(opened["wallet_id"], balance_minor)
         await eventually(lambda: self.http.get(f"/organisations/{opened['organisation_id']}"),
@@ -80,8 +83,8 @@ class Platform:
     async def top_up(self, wallet_id: str, amount_minor: int) -> None:
         body = json.dumps({"payment_id": f"pay-{uuid4().hex}", "wallet_id": wallet_id,
                            "amount_minor": amount_minor, "status": "succeeded"}).encode()
-        r = await self.wallet_http.post("/webhooks/payments", content=body, headers={
-            "X-Signature": sign(self.env.settings.payment_webhook_secret, body)})
+        signed = webhook_headers(self.env.settings.payment_webhook_secret, body)
+        r = await self.wallet_http.post("/webhooks/payments", content=body, headers=signed)
         assert r.status_code == 200 and r.json()["applied"], r.text
 
     async def wallet_status(self, wallet_id: str) -> dict[str, Any]:
@@ -161,11 +164,12 @@ class Platform:
         await self.http.aclose()
         self.provisioning = ProvisioningService(self.env.settings)
         await self.provisioning.start()
-        self.http = _client(self.provisioning.http, "provisioning")
+        self.http = _client(self.provisioning.http, "provisioning", self.keys)
 
 
-def _client(app: Any, host: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+def _client(app: Any, host: str, keys: KeyRing) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}",
+                             auth=keys)
 
 
 @pytest.fixture(name="platform")
@@ -179,9 +183,11 @@ async def platform_fixture(env: Any) -> AsyncIterator[Platform]:
         for service in (wallet, provisioning, simulator, ticks):
             await service.start()
             started.append(service)
+        keys = await key_ring(wallet.pool)
         async with KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
-            p = Platform(env, wallet, provisioning, simulator, _client(wallet.http, "wallet"),
-                         _client(provisioning.http, "provisioning"), kafka, ticks)
+            p = Platform(env, wallet, provisioning, simulator,
+                         _client(wallet.http, "wallet", keys),
+                         _client(provisioning.http, "provisioning", keys), kafka, ticks, keys)
             try:
                 yield p
             finally:

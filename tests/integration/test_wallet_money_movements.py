@@ -11,7 +11,6 @@ from uuid import uuid4
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from services.wallet.api import sign
 from shared.contracts.wallet import (
     ChargeWallet,
     CreditWallet,
@@ -31,6 +30,7 @@ from shared.topics import (
     WALLET_EVENTS,
     WALLET_TOPUPS,
 )
+from shared.webhooks import webhook_headers
 from tests.integration.wallet_fixtures import running_wallet
 from tests.kafka_helpers import KafkaProbe, settled
 
@@ -224,6 +224,7 @@ async def test_credits_and_kafka_top_ups(env):
 
 
 async def test_webhook_signature_and_idempotency(env):
+    secret = env.settings.payment_webhook_secret
     async with running_wallet(env.settings) as (_, wallet):
         _, w = await wallet.open()
         forged = await wallet.top_up(w, 5_000, secret="not-the-secret")
@@ -245,8 +246,8 @@ async def test_webhook_signature_and_idempotency(env):
         assert unknown.status_code == 404
         body = json.dumps({"payment_id": "pay-naive", "wallet_id": str(w), "amount_minor": 100,
                            "status": "succeeded", "occurred_at": "2026-01-01T10:00:00"}).encode()
-        naive = await wallet.http.post("/webhooks/payments", content=body, headers={
-            "X-Signature": sign(env.settings.payment_webhook_secret, body)})
+        naive = await wallet.http.post("/webhooks/payments", content=body,
+                                       headers=webhook_headers(secret, body))
         assert naive.status_code == 422 and "timezone" in naive.json()["detail"]
         assert (await wallet.status(w))["balance_minor"] == 5_000
         await wallet.assert_consistent(w)
@@ -447,8 +448,8 @@ async def test_values_the_database_cannot_hold_are_refused_with_422(env):
         assert response.status_code == 422
         payment = json.dumps({"payment_id": "p\u0000", "wallet_id": str(w),
                               "amount_minor": 100, "status": "succeeded"}).encode()
-        response = await wallet.http.post("/webhooks/payments", content=payment, headers={
-            "X-Signature": sign(env.settings.payment_webhook_secret, payment)})
+        signed = webhook_headers(env.settings.payment_webhook_secret, payment)
+        response = await wallet.http.post("/webhooks/payments", content=payment, headers=signed)
         assert response.status_code == 422
         assert (await wallet.status(w))["balance_minor"] == 1_000
         await wallet.assert_consistent(w)

@@ -12,16 +12,18 @@ from uuid import UUID, uuid4
 
 import httpx
 
-from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.settings import Settings
 from shared.topics import Topic
+from shared.webhooks import webhook_headers
+from tests.keys import KeyRing, key_ring
 
 
 @dataclass
 class WalletClient:
     http: httpx.AsyncClient
     settings: Settings
+    keys: KeyRing
 
     async def open(self, *, billing_mode: str = "PAYG", credit_limit: int = 0,
                    currency: str = "ZAR", threshold: int | None = None,
@@ -33,6 +35,7 @@ class WalletClient:
         response = await self.http.post("/organisations", json=body)
         assert response.status_code == 201, response.text
         opened = response.json()
+        await self.keys.opened(opened["organisation_id"])
         wallet_id = UUID(opened["wallet_id"])
         if balance:
             await self.top_up(wallet_id, balance, currency=currency)
@@ -43,9 +46,8 @@ class WalletClient:
         body = json.dumps({"payment_id": payment_id or uuid4().hex, "wallet_id": str(wallet_id),
                            "amount_minor": amount, "currency": currency,
                            "status": "succeeded"}).encode()
-        signature = sign(secret or self.settings.payment_webhook_secret, body)
-        return await self.http.post("/webhooks/payments", content=body,
-                                    headers={"X-Signature": signature})
+        headers = webhook_headers(secret or self.settings.payment_webhook_secret, body)
+        return await self.http.post("/webhooks/payments", content=body, headers=headers)
 
     async def refund(self, wallet_id: UUID, charge_entry_id: int, amount: int,
                      refund_id: UUID | None = None) -> httpx.Response:
@@ -96,8 +98,9 @@ async def running_wallet(settings: Settings) -> AsyncIterator[tuple[WalletServic
     service = WalletService(settings)
     await service.start()
     try:
+        keys = await key_ring(service.pool)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                     base_url="http://wallet") as http:
-            yield service, WalletClient(http, settings)
+                                     base_url="http://wallet", auth=keys) as http:
+            yield service, WalletClient(http, settings, keys)
     finally:
         await service.stop()

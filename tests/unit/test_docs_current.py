@@ -47,3 +47,28 @@ def test_readme_topic_map_lists_every_topic():
     readme = (ROOT / "README.md").read_text()
     for topic in ALL_TOPICS:
         assert f"`{topic.name}`" in readme, topic.name
+
+
+def test_openapi_documents_are_generated_from_the_current_apis():
+    from shared.openapi import DOCS
+    from shared.openapi import render as render_openapi
+
+    for service in SERVICES:
+        committed = (DOCS / f"{service}.json").read_text()
+        assert committed == render_openapi(service), \
+            f"regenerate: python -m shared.openapi ({service})"
+
+
+def test_every_route_but_health_and_the_signed_webhook_needs_a_key():
+    from shared.openapi import DOCS
+
+    for service in SERVICES:
+        document = json.loads((DOCS / f"{service}.json").read_text())
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                open_to_all = path == "/health" or path == "/webhooks/payments"
+                assert bool(operation.get("security")) != open_to_all, (service, method, path)
+                errors = {code for code in operation["responses"] if code.startswith("4")}
+                for code in errors:
+                    content = operation["responses"][code]["content"]
+                    assert list(content) == ["application/problem+json"], (path, code)
