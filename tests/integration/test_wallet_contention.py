@@ -67,6 +67,7 @@ async def test_http_changes_and_kafka_batches_on_one_wallet_keep_the_books(env, 
                                                                            two_wallets):
     a, b = two_wallets
     org, w = await a.open(balance=300_000)
+    await b.keys.opened(org)  # both instances' clients act for the organisation
     clients = (a, b)
     # charges booked before the race, to be refunded in it
     booked = [await _booked_charge(db, w, hour=100 + n, kafka_env=env) for n in range(8)]
