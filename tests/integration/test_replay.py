@@ -28,13 +28,18 @@ from services.metering.app import MeteringService
 from services.provisioning.app import ProvisioningService
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
-from services.wallet.api import sign
 from services.wallet.app import WalletService
 from shared.clock import publish_tick
 from shared.contracts.portal import RequestVm
 from shared.contracts.vcenter import VmCreated, VmResumed, VmSuspended
 from shared.contracts.vm import VmSpec
-from shared.contracts.wallet import CreditWallet, DebitWallet, TopUpWallet
+from shared.contracts.wallet import (
+    ChargeWallet,
+    CreditWallet,
+    DebitWallet,
+    TopUpWallet,
+    UsageCharge,
+)
 from shared.money import MoneyModel
 from shared.topics import (
     BILLING_DEBITS,
@@ -45,9 +50,11 @@ from shared.topics import (
     VCENTER_EVENTS,
     WALLET_TOPUPS,
 )
+from shared.webhooks import webhook_headers
 from tests.consumed_types import consumed_types
 from tests.integration.test_provisioning_support import eventually
 from tests.kafka_helpers import REPLAYED_HEADER, KafkaProbe, Offsets, quiesce, subscriptions
+from tests.keys import KeyRing, key_ring
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +73,7 @@ class System:
         self.services: list[Any] = []
         self.wallet_http: httpx.AsyncClient | None = None
         self.http: httpx.AsyncClient | None = None
+        self.keys: KeyRing | None = None  # kept over restarts: the keys live in the database
 
     async def start(self) -> None:
         settings = self.env.settings
@@ -79,8 +87,10 @@ class System:
                          self.billing]
         for service in self.services:
             await service.start()
-        self.wallet_http = _client(self.wallet.http, "wallet")
-        self.http = _client(self.provisioning.http, "provisioning")
+        if self.keys is None:
+            self.keys = await key_ring(self.wallet.pool)
+        self.wallet_http = _client(self.wallet.http, "wallet", self.keys)
+        self.http = _client(self.provisioning.http, "provisioning", self.keys)
 
     async def stop(self) -> None:
         for client in (self.wallet_http, self.http):
@@ -101,6 +111,8 @@ class System:
             "name": f"org-{uuid4().hex[:6]}", "billing_mode": "PAYG", **body})
         assert r.status_code == 201, r.text
         org = {k: str(v) for k, v in r.json().items()}
+        assert self.keys is not None
+        await self.keys.opened(org["organisation_id"])
         if balance:
             await self.top_up(org["wallet_id"], balance)
         http = self.http
@@ -108,12 +120,17 @@ class System:
                          lambda resp: resp.status_code == 200, what="provisioning knows the org")
         return org
 
+    def acting_for(self, org: dict[str, str]) -> dict[str, str]:
+        """Headers of a request the organisation makes whose body does not name it."""
+        assert self.keys is not None
+        return {"Authorization": f"Bearer {self.keys.organisations[org['organisation_id']]}"}
+
     async def top_up(self, wallet_id: str, amount: int) -> None:
         assert self.wallet_http is not None
         body = json.dumps({"payment_id": uuid4().hex, "wallet_id": wallet_id,
                            "amount_minor": amount, "status": "succeeded"}).encode()
-        r = await self.wallet_http.post("/webhooks/payments", content=body, headers={
-            "X-Signature": sign(self.env.settings.payment_webhook_secret, body)})
+        r = await self.wallet_http.post("/webhooks/payments", content=body, headers=(
+            webhook_headers(self.env.settings.payment_webhook_secret, body)))
         assert r.status_code == 200 and r.json()["applied"], r.text
 
     async def request_vm(self, org: dict[str, str], name: str, statuses: set[str],
@@ -142,8 +159,9 @@ class System:
                          what=f"VM {vm_id} {power_state}")
 
 
-def _client(app: Any, host: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}")
+def _client(app: Any, host: str, keys: KeyRing) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{host}",
+                             auth=keys)
 
 
 @pytest.fixture
@@ -171,16 +189,19 @@ async def run_scenario(s: System, ticks: AIOKafkaProducer) -> None:
     await s.wait_vm(web["vm_id"], "running")
     assert (await s.request_vm(rich, "fail-1", {"failed"}, tier="small"))["status"] == "failed"
     assert (await s.request_vm(poor, "tiny", {"rejected"}, tier="small"))["status"] == "rejected"
-    resized = await http.post(f"/vms/{web['vm_id']}/resize", json={"tier": "large"})
+    as_rich = s.acting_for(rich)
+    resized = await http.post(f"/vms/{web['vm_id']}/resize", json={"tier": "large"},
+                              headers=as_rich)
     assert resized.status_code == 202, resized.text
     await s.wait_request(resized.json()["request_id"], {"succeeded"})
-    too_big = await http.post(f"/vms/{web['vm_id']}/resize", json={"tier": "enterprise"})
+    too_big = await http.post(f"/vms/{web['vm_id']}/resize", json={"tier": "enterprise"},
+                              headers=as_rich)
     assert too_big.status_code == 202, too_big.text
     await s.wait_request(too_big.json()["request_id"], {"failed"})
 
     # cancelled while vCenter is silent; vCenter creates it late: deleted, decommissioned
     hang = await s.request_vm(rich, "hang-1", {"awaiting_vcenter"}, tier="small")
-    cancel = await http.post(f"/vm-requests/{hang['request_id']}/cancel")
+    cancel = await http.post(f"/vm-requests/{hang['request_id']}/cancel", headers=as_rich)
     assert cancel.status_code == 200, cancel.text
     late = VmCreated(vm_id=hang["vm_id"], request_id=hang["request_id"],
                      organisation_id=rich["organisation_id"], wallet_id=rich["wallet_id"],
@@ -196,7 +217,7 @@ async def run_scenario(s: System, ticks: AIOKafkaProducer) -> None:
     commands = await s.kafka.read_to_end(settings.topic(VCENTER_COMMANDS.name))
     web2 = next(c["vm_id"] for c in commands if c.get("name") == "web-2")
     await s.wait_vm(web2, "running")
-    assert (await http.delete(f"/vms/{web2}")).status_code == 202
+    assert (await http.delete(f"/vms/{web2}", headers=as_rich)).status_code == 202
     await s.wait_vm(web2, "deleted")
 
     # vCenter's own suspend and resume
@@ -218,6 +239,9 @@ async def run_scenario(s: System, ticks: AIOKafkaProducer) -> None:
     await s.wait_vm(dry_vm["vm_id"], "running")
     await s.kafka.publish(debits, wallet_id, CreditWallet(
         credit_id=uuid4(), wallet_id=wallet_id, amount=MoneyModel(amount_minor=500)))
+    await s.kafka.publish(debits, wallet_id, ChargeWallet(  # line charges, as billing once sent
+        wallet_id=wallet_id, currency="ZAR", charges=[UsageCharge(
+            line_id=uuid4(), kind="debit", amount_minor=300, period_start=now)]))
     await s.kafka.publish(settings.topic(WALLET_TOPUPS.name), wallet_id, TopUpWallet(
         payment_id=f"manual-{uuid4().hex[:8]}", wallet_id=wallet_id,
         amount=MoneyModel(amount_minor=700), source="manual"))
@@ -308,10 +332,12 @@ async def published_again(s: System, ends: dict[str, Offsets]) -> list[dict[str,
 
 def identities(message: dict[str, Any]) -> set[str]:
     """What makes a message the same one to its consumers: its id; for billing's charges,
-    each charge's line (re-sent charges may come grouped otherwise, under another id, and
-    the wallet books each line once, docs/billing.md)."""
+    each usage entry (or, in the older shape, each line): re-sent entries may come grouped
+    otherwise, under another id, and the wallet books each once (docs/billing.md)."""
     if message["type"] == "billing.charge_wallet":
         return {f'{c["line_id"]}:{c["kind"]}:{c["amount_minor"]}' for c in message["charges"]}
+    if message["type"] == "billing.charge_usage":
+        return {f'{e["entry_id"]}:{e["kind"]}:{e["amount_minor"]}' for e in message["entries"]}
     return {message["event_id"]}
 
 
