@@ -57,6 +57,7 @@ from shared.contracts.wallet import (
     RejectionReason,
     ReserveFunds,
     TopUpWallet,
+    UsageEntry,
     VmDecommissioned,
     WalletDepleted,
     WalletFundsRestored,
@@ -445,7 +446,7 @@ def charges_of(m: Any) -> list[Charge]:
             return [Charge(e.kind, e.entry_id, e.amount_minor, None, e.hour_start,
                            usage_description(e.kind, e.hour_start, e.revision, len(e.vm_ids),
                                              e.amount_minor, m.currency),
-                           ledger_key("usage", e.entry_id),
+                           usage_entry_key(e),
                            UsageParts(e.vm_ids, e.line_ids, e.vm_amounts)) for e in m.entries]
         case ChargeWallet():
             return [Charge(c.kind, c.line_id, c.amount_minor, c.vm_id, c.period_start,
@@ -459,6 +460,15 @@ def charges_of(m: Any) -> list[Charge]:
             assert isinstance(m, CreditWallet)
             return [Charge("credit", m.credit_id, m.amount.amount_minor, m.vm_id,
                            m.occurred_at, m.description, ledger_key("credit", m.credit_id))]
+
+
+def usage_entry_key(entry: UsageEntry) -> str:
+    """A usage entry's ledger key. A line billed before billing sent entries became an entry
+    of its own under its line id (billing_0003), and the wallet may have booked it already,
+    per line: sent again as an entry, it keeps that key, so it is not booked twice."""
+    if entry.line_ids == [entry.entry_id]:
+        return ledger_key(entry.kind, entry.entry_id)
+    return ledger_key("usage", entry.entry_id)
 
 
 def charge_refusal(m: Any, wallet: Wallet | None) -> str | None:

@@ -16,7 +16,14 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from shared.contracts.wallet import ChargeUsage, ProvisioningSucceeded, ReserveFunds, UsageEntry
+from shared.contracts.wallet import (
+    ChargeUsage,
+    ChargeWallet,
+    ProvisioningSucceeded,
+    ReserveFunds,
+    UsageCharge,
+    UsageEntry,
+)
 from shared.money import MoneyModel
 from shared.topics import (
     BILLING_DEBITS,
@@ -267,3 +274,29 @@ async def test_refunds_of_an_entry_and_of_a_vm_within_it_stay_within_95_percent(
                WHERE wallet_id = $1 AND kind = 'refund' ORDER BY entry_id""", w)
         assert [(r["vm_id"], r["refunds_entry_id"], r["amount"]) for r in refunds] == [
             (vms[0], first, 380), (None, first, 1_900), (vms[1], second, 950)]
+
+
+async def test_a_line_booked_before_entries_and_sent_again_as_an_entry_is_booked_once(env, db):
+    """billing_0003 made each line billed before usage entries an entry of its own, under its
+    line id: a redelivery across the upgrade sends it as an entry, which the wallet had
+    booked per line (`debit:<line id>`). It keeps that key."""
+    vm = uuid4()
+    async with running_wallet(env.settings) as (_, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        _, w = await wallet.open(balance=10_000)
+        line = uuid4()
+        topic = env.topic(BILLING_DEBITS.name)
+        await kafka.publish(topic, w, ChargeWallet(
+            wallet_id=w, currency="ZAR", occurred_at=T0, charges=[UsageCharge(
+                line_id=line, kind="debit", amount_minor=41, vm_id=vm, period_start=T0)]))
+        again = UsageEntry(entry_id=line, kind="debit", hour_start=T0, revision=0,
+                           amount_minor=41, vm_ids=[vm], line_ids=[line], vm_amounts=[41])
+        last = entry({vm: 7}, hour=T0 + timedelta(hours=1))
+        await kafka.publish(topic, w, charge(w, again))
+        await kafka.publish(topic, w, charge(w, last))
+        await wait_for(lambda: booked(db, w, last.entry_id))
+        rows = await usage_rows(db, w)
+        assert [(r["idempotency_key"], r["amount"]) for r in rows] == [
+            (f"debit:{line}", -41), (f"usage:{last.entry_id}", -7)]
+        assert (await wallet.status(w))["balance_minor"] == 10_000 - 48
+        await wallet.assert_consistent(w)
