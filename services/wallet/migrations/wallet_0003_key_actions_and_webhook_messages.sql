@@ -1,4 +1,4 @@
--- depends: wallet_0001_init auth_0001_api_keys
+-- depends: wallet_0002_usage_entries auth_0001_api_keys
 -- Which API key did what to a wallet: opened it, suspended or resumed it, booked a refund
 -- (with the ledger row it wrote), changed its auto top-up. Statements show these.
 CREATE TABLE wallet.key_actions (
