@@ -1,0 +1,31 @@
+// The live parts, in plain script: a price estimate as a size changes, and a confirmation
+// before destructive forms. Pages work without it (the server checks funds again).
+document.querySelectorAll("form[data-estimate]").forEach((form) => {
+  const size = form.querySelector("select[name=tier]");
+  const out = form.querySelector(".estimate");
+  if (!size || !out) return;
+  let asked = 0;
+  const show = async () => {
+    const mine = ++asked;
+    out.textContent = "Pricing…";
+    try {
+      const r = await fetch("/vms/estimate?tier=" + encodeURIComponent(size.value),
+                            { credentials: "same-origin" });
+      const e = await r.json();
+      if (mine !== asked) return;
+      if (!r.ok) { out.textContent = e.error || "No estimate."; return; }
+      out.textContent = `${e.hourly} an hour · ${e.monthly} a month` +
+        (e.insufficient ? ` — ${e.message}` : ` (${e.available} available)`);
+      out.classList.toggle("short", e.insufficient);
+    } catch (_) {
+      if (mine === asked) out.textContent = "The estimate is not available right now.";
+    }
+  };
+  size.addEventListener("change", show);
+  if (!form.closest("tr")) show();
+});
+document.querySelectorAll("form[data-confirm]").forEach((form) => {
+  form.addEventListener("submit", (event) => {
+    if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+  });
+});
