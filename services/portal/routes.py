@@ -27,10 +27,33 @@ class SignInRequired(Exception):
     pass
 
 
+def signed_in(request: Request) -> SignedIn:
+    """The signed-in user of this request, or off to the sign-in page."""
+    user = request.app.state.portal.sessions.get(request.session.get("sid"))
+    if user is None:
+        raise SignInRequired
+    return user
+
+
+async def checked_form(request: Request) -> None:
+    """Every form's POST: the CSRF token in the form must be the session's."""
+    form = await request.form()
+    sent = form.get("csrf")
+    if not csrf_matches(request.session.get("csrf"), sent if isinstance(sent, str) else None):
+        raise HTTPException(403, "the form's security token is missing or stale; "
+                                 "reload the page and try again")
+
+
+# Route parameters (module level, so FastAPI resolves them from string annotations).
+User = Annotated[SignedIn, Depends(signed_in)]
+Checked = Depends(checked_form)
+
+
 def register_routes(portal: PortalService) -> None:
     from services.portal.app import HERE
 
     app = portal.http
+    app.state.portal = portal
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(money=domain.money, kind_name=domain.kind_name)
 
@@ -43,24 +66,6 @@ def register_routes(portal: PortalService) -> None:
         if not token:
             token = request.session["csrf"] = new_csrf_token()
         return str(token)
-
-    def signed_in(request: Request) -> SignedIn:
-        user = portal.sessions.get(request.session.get("sid"))
-        if user is None:
-            raise SignInRequired
-        return user
-
-    async def checked_form(request: Request) -> None:
-        """Every form's POST: the CSRF token in the form must be the session's."""
-        form = await request.form()
-        sent = form.get("csrf")
-        if not csrf_matches(request.session.get("csrf"), sent if isinstance(sent, str)
-                            else None):
-            raise HTTPException(403, "the form's security token is missing or stale; "
-                                     "reload the page and try again")
-
-    User = Annotated[SignedIn, Depends(signed_in)]
-    Checked = Depends(checked_form)
 
     def client(user: SignedIn) -> UserClient:
         return portal.services.as_user(user.token)
@@ -277,4 +282,4 @@ def register_routes(portal: PortalService) -> None:
 
     from services.portal.staff_routes import register_staff_routes
 
-    register_staff_routes(portal, page, back, signed_in, checked_form, status_of, client)
+    register_staff_routes(portal, page, back, status_of, client)

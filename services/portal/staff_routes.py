@@ -8,11 +8,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, Form, Request
+from fastapi import Form, Request
 from fastapi.responses import Response
 
 from services.portal import domain
 from services.portal.clients import ServiceError
+from services.portal.routes import Checked, User
 
 if TYPE_CHECKING:
     from services.portal.app import PortalService
@@ -21,12 +22,9 @@ HISTORY_DAYS = 90
 
 
 def register_staff_routes(portal: PortalService, page: Callable[..., Any],
-                          back: Callable[..., Response], signed_in: Callable[..., Any],
-                          checked_form: Callable[..., Any], status_of: Callable[..., Any],
+                          back: Callable[..., Response], status_of: Callable[..., Any],
                           client: Callable[..., Any]) -> None:
     app = portal.http
-    User = Annotated[Any, Depends(signed_in)]
-    Checked = Depends(checked_form)
 
     @app.get("/topup")
     async def topup_page(request: Request, user: User) -> Response:
