@@ -146,7 +146,7 @@ def running_balance(opening_minor: int, entries: list[dict[str, Any]]) -> list[S
     return lines
 
 
-KIND_NAMES = {"topup": "top-up", "usage_debit": "usage", "usage_credit": "usage credit",
+KIND_NAMES = {"top_up": "top-up", "usage_debit": "usage", "usage_credit": "usage credit",
               "refund": "refund", "adjustment": "adjustment"}
 
 

@@ -35,7 +35,7 @@ def register_staff_routes(portal: PortalService, page: Callable[..., Any],
         found = await client(user).statement(user.wallet_id, end - timedelta(days=HISTORY_DAYS),
                                              end)
         topups = [e for e in domain.running_balance(found["opening_balance_minor"],
-                                                    found["entries"]) if e.kind == "topup"]
+                                                    found["entries"]) if e.kind == "top_up"]
         return page(request, "topup.html", user, status=status, topups=topups[::-1],
                     currency=status["currency"], history_days=HISTORY_DAYS)
 
