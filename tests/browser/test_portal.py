@@ -85,7 +85,9 @@ def test_a_vm_beyond_funds_is_refused_and_one_within_is_provisioned(
     expect(page.get_by_test_id("flash")).to_contain_text("Asked for web-1 (large)")
 
     vm_row = page.locator("[data-testid=vm-row]", has_text="web-1")
-    _reload_until(page, vm_row, "the VM to appear")
+    # Provisioning lists the VM from its request on; it runs once funds are held and
+    # vCenter created it.
+    _reload_until(page, vm_row.filter(has_text="running"), "the VM to run")
     page.click("[data-testid=wallet-status] summary")
     expect(page.get_by_test_id("status-held")).to_have_text("R600.00")
     expect(page.get_by_test_id("status-available")).to_have_text("R150.00")
