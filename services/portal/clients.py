@@ -99,6 +99,14 @@ class UserClient:
             "PUT", f"{self._services.urls.wallet}/wallets/{wallet_id}/status",
             json={"status": status, "reason": reason})
 
+    async def wallets(self, state: str) -> list[dict[str, Any]]:
+        return await self._json("GET", f"{self._services.urls.wallet}/wallets",
+                                params={"state": state})
+
+    async def refund(self, wallet_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json(
+            "POST", f"{self._services.urls.wallet}/wallets/{wallet_id}/refunds", json=body)
+
     # provisioning
     async def vms(self, organisation_id: str) -> list[dict[str, Any]]:
         return await self._json(

@@ -3,6 +3,7 @@ resume its wallet."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from services.portal.app import PortalService
 
 HISTORY_DAYS = 90
+WALLET_STATES = {"all": "all", "low_balance": "low balance", "depleted": "depleted",
+                 "near_credit_limit": "near credit limit", "suspended": "suspended"}
 
 
 def register_staff_routes(portal: PortalService, page: Callable[..., Any],
@@ -61,11 +64,30 @@ def register_staff_routes(portal: PortalService, page: Callable[..., Any],
         return back(request, "/topup", "Auto top-up is on." if enabled
                     else "Auto top-up is off.")
 
+    @app.get("/customers")
+    async def customers(request: Request, user: User) -> Response:
+        """A reseller's customers with their balances and warnings."""
+        if user.role != "reseller":
+            raise ServiceError(403, "this page is for resellers")
+        status = await status_of(user)
+        found = await asyncio.gather(*(client(user).organisation_wallet(c)
+                                       for c in user.customers))
+        for wallet in found:
+            wallet["warnings"] = domain.warnings(wallet)
+            wallet["runway"] = domain.runway_text(wallet["runway_hours"],
+                                                  wallet["burn_rate_per_hour_minor"])
+        return page(request, "customers.html", user, status=status, customers=found)
+
     @app.get("/operator")
-    async def operator(request: Request, user: User, organisation: str = "") -> Response:
+    async def operator(request: Request, user: User, organisation: str = "",
+                       state: str = "all") -> Response:
         if user.role != "operator":
             raise ServiceError(403, "these pages are for the provider's operators")
+        if state not in WALLET_STATES:
+            state = "all"
         wallet = None
+        entries: list[domain.StatementLine] = []
+        listed = [] if organisation.strip() else await client(user).wallets(state)
         if organisation.strip():
             try:
                 wallet = await client(user).organisation_wallet(
@@ -75,8 +97,33 @@ def register_staff_routes(portal: PortalService, page: Callable[..., Any],
             wallet["warnings"] = domain.warnings(wallet)
             wallet["runway"] = domain.runway_text(wallet["runway_hours"],
                                                   wallet["burn_rate_per_hour_minor"])
+            end = datetime.now(UTC) + timedelta(days=1)
+            found = await client(user).statement(wallet["wallet_id"],
+                                                 end - timedelta(days=HISTORY_DAYS), end)
+            entries = domain.running_balance(found["opening_balance_minor"], found["entries"])
         return page(request, "operator.html", user, status=None, wallet=wallet,
-                    organisation=organisation.strip())
+                    organisation=organisation.strip(), listed=listed, state=state,
+                    states=WALLET_STATES, entries=entries[::-1], history_days=HISTORY_DAYS)
+
+    @app.post("/operator/wallets/{wallet_id}/refunds", dependencies=[Checked])
+    async def refund(request: Request, wallet_id: uuid.UUID, user: User,
+                     organisation: Annotated[str, Form()], entry_id: Annotated[int, Form()],
+                     amount: Annotated[str, Form()],
+                     reason: Annotated[str, Form()] = "") -> Response:
+        to = f"/operator?organisation={uuid.UUID(organisation)}"
+        if not reason.strip():
+            return back(request, to, "Say why: the reason is kept with the refund.", "error")
+        try:
+            amount_minor = domain.parse_amount(amount)
+        except domain.InvalidAmount as error:
+            return back(request, to, str(error), "error")
+        try:
+            await client(user).refund(str(wallet_id), {
+                "refund_id": str(uuid.uuid4()), "charge_entry_id": entry_id,
+                "amount_minor": amount_minor, "reason": reason.strip()})
+        except ServiceError as error:
+            return back(request, to, f"Refund refused: {error.detail}", "error")
+        return back(request, to, f"Refunded {amount.strip()} on entry {entry_id}.")
 
     @app.post("/operator/wallets/{wallet_id}/status", dependencies=[Checked])
     async def change_status(request: Request, wallet_id: uuid.UUID, user: User,

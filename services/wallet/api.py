@@ -210,6 +210,23 @@ def register_routes(service: WalletService) -> None:
             usage = await repo.usage_last_24h(conn, wallet_id)
         return _status(wallet, usage)
 
+    @router.get("/wallets")
+    async def wallets(by: OperatorKey,
+                      state: Literal["all", "low_balance", "depleted", "near_credit_limit",
+                                     "suspended"] = "all",
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict[str, object]]:
+        """Operators: organisations' wallets by name, narrowed to low balance, depleted,
+        invoice customers at 80% or more of their credit limit, or suspended."""
+        async with service.pool.acquire() as conn:
+            found = await repo.list_wallets(conn, state, limit)
+        return [{"organisation_id": w.organisation_id, "wallet_id": w.wallet_id, "name": name,
+                 "kind": kind, "currency": w.currency, "billing_mode": w.billing_mode.value,
+                 "status": "suspended" if w.suspended else "active",
+                 "balance_minor": w.balance, "held_minor": w.held,
+                 "available_minor": w.available, "credit_limit_minor": w.credit_limit,
+                 "low_balance": w.low_balance, "depleted": w.depleted}
+                for name, kind, w in found]
+
     @router.get("/me")
     async def me(by: ReaderKey) -> dict[str, object]:
         """Who the key is: its role, its organisation and that organisation's wallet (none

@@ -63,15 +63,18 @@ class Portal:
                             headers={"Authorization": f"Bearer {key or self.operator_key}"})
 
     def open_organisation(self, balance_minor: int, *, billing_mode: str = "PAYG",
-                          credit_limit_minor: int = 0) -> Organisation:
+                          credit_limit_minor: int = 0, kind: str = "customer",
+                          reseller_id: str | None = None) -> Organisation:
         with self.api("wallet") as wallet:
             opened = wallet.post("/organisations", json={
-                "name": f"Acme {uuid.uuid4().hex[:4]}", "kind": "customer",
-                "billing_mode": billing_mode, "credit_limit_minor": credit_limit_minor})
+                "name": f"Acme {uuid.uuid4().hex[:4]}", "kind": kind,
+                "reseller_id": reseller_id, "billing_mode": billing_mode,
+                "credit_limit_minor": credit_limit_minor})
             assert opened.status_code == 201, opened.text
             ids = {k: str(v) for k, v in opened.json().items()}
         key = run_async(issue_key_at(
-            self.system.settings.database_url, name="portal test", role=Role.ORGANISATION,
+            self.system.settings.database_url, name="portal test",
+            role=Role.RESELLER if kind == "reseller" else Role.ORGANISATION,
             organisation_id=uuid.UUID(ids["organisation_id"])))
         if balance_minor:
             self.top_up(ids["wallet_id"], balance_minor)

@@ -204,3 +204,50 @@ def _reload_until(page: Any, locator: Any, what: str, attempts: int = 60) -> Non
         except AssertionError:
             page.reload()
     raise AssertionError(f"the page never showed {what}")
+
+
+def test_a_reseller_sees_its_customers_with_their_warnings(browser: Any,
+                                                           portal: Portal) -> None:
+    reseller = portal.open_organisation(10_000, kind="reseller")
+    healthy = portal.open_organisation(75_000, reseller_id=reseller.organisation_id)
+    low = portal.open_organisation(5_000, reseller_id=reseller.organisation_id)
+    stranger = portal.open_organisation(75_000)
+    page = sign_in(browser, portal, reseller.key)
+    page.click("text=Customers")
+    rows = page.get_by_test_id("customer")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("R750.00")
+    expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("none")
+    expect(rows.filter(has_text=low.organisation_id)).to_contain_text("Low balance")
+    expect(page.get_by_text(stranger.organisation_id)).to_have_count(0)
+    portal.shot(page, "reseller-customers")
+
+
+def test_an_operator_filters_wallets_and_a_refund_beyond_the_rules_is_refused(
+        browser: Any, portal: Portal) -> None:
+    low = portal.open_organisation(5_000)
+    page = sign_in(browser, portal, portal.operator_key)
+    page.select_option("[data-testid=wallet-filter]", "low_balance")
+    page.click("text=Filter")
+    listed = page.get_by_test_id("wallet-list")
+    expect(listed.locator("tbody tr")).not_to_have_count(0)
+    for status in listed.locator("tbody tr").all():
+        expect(status).to_contain_text("low balance")
+    with portal.api("wallet") as wallet:
+        names = {w["organisation_id"]: w["name"]
+                 for w in wallet.get("/wallets", params={"state": "low_balance"}).json()}
+    assert low.organisation_id in names
+    portal.shot(page, "operator-low-balance")
+
+    page.click(f"text={names[low.organisation_id]}")
+    expect(page.get_by_test_id("wallet-state")).to_have_text("active")
+    entry = page.get_by_test_id("operator-entries").locator("tbody tr").first
+    expect(entry).to_contain_text("top-up")
+    entry.locator("input[name=amount]").fill("10.00")
+    entry.locator("input[name=reason]").fill("goodwill")
+    entry.locator("text=Refund").click()
+    # A top-up is no charge: the wallet refuses, and the operator reads why.
+    expect(page.get_by_test_id("flash")).to_contain_text("Refund refused")
+    portal.shot(page, "operator-refund-refused")
+    with portal.api("wallet") as wallet:
+        assert wallet.get(f"/wallets/{low.wallet_id}").json()["balance_minor"] == 5_000
