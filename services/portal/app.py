@@ -16,6 +16,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from services.portal.clients import Services, ServiceUrls
 from services.portal.routes import register_routes
 from services.portal.sessions import SessionStore
+from services.portal.simulation import SimulationRunner
 from shared.settings import Settings, get_settings
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +37,12 @@ class PortalSettings(BaseSettings):
     wallet_url: str = ""
     provisioning_url: str = ""
     billing_url: str = ""
+    # The folder `cloudwallet demo` writes its report to (report.json and PNG plots).
+    simulation_report_dir: str = ".data/demo/report"
+    # Whether operators may start a small simulation run from the page (development only:
+    # the command starts a whole stack of its own, so never next to a real one).
+    simulation_runs: bool = False
+    simulation_command: str = "cloudwallet demo --days 3"
 
     def urls(self, settings: Settings) -> ServiceUrls:
         local = "http://127.0.0.1:{}".format
@@ -53,10 +60,13 @@ class PortalService:
         self.portal = portal
         self.services = Services(portal.urls(settings))
         self.sessions = SessionStore(portal.session_lifetime_s)
+        self.simulation: SimulationRunner | None = None
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
             yield
+            if self.simulation is not None:
+                self.simulation.stop()
             await self.services.aclose()
 
         self.http = FastAPI(title="cloudwallet portal", lifespan=lifespan, openapi_url=None,

@@ -283,3 +283,7 @@ def register_routes(portal: PortalService) -> None:
     from services.portal.staff_routes import register_staff_routes
 
     register_staff_routes(portal, page, back, status_of, client)
+
+    from services.portal.simulation import register_simulation_routes
+
+    register_simulation_routes(portal, page, back)

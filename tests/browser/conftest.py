@@ -10,7 +10,10 @@ import csv
 import io
 import json
 import os
+import struct
+import sys
 import uuid
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,6 +107,42 @@ class Portal:
         return path
 
 
+def write_report_fixture(folder: Path) -> Path:
+    """A small report folder in the layout `cloudwallet demo` writes (docs/simulation.md):
+    report.json and a plot."""
+    folder.mkdir(parents=True)
+    document = {
+        "scenario": {"seed": 14, "start": "2026-07-01T00:00:00+00:00",
+                     "end": "2026-09-01T00:00:00+00:00", "companies": 2,
+                     "months": ["2026-07", "2026-08"]},
+        "oracle": "exact", "differences": [], "usage_events": 12345,
+        "sectors": [{"sector": "bank", "month": "2026-07", "vms": 3, "vm_hours": 2232.0,
+                     "revenue_minor": 4_567_800, "refused_requests": 1,
+                     "top_ups_minor": 5_000_000, "depleted_wallets": 0},
+                    {"sector": "mining", "month": "2026-07", "vms": 5, "vm_hours": 1200.5,
+                     "revenue_minor": 1_234_500, "refused_requests": 4,
+                     "top_ups_minor": 1_000_000, "depleted_wallets": 1}],
+        "companies": [{"ticker": "FSR", "name": "FirstRand", "industry": "Banks",
+                       "sector": "bank", "profile": "bank", "billing_mode": "INVOICE",
+                       "kind": "customer", "reseller": None, "balance_minor": -2_000_000,
+                       "statements": [{"month": "2026-07"}]}],
+        "commodity_price": {}, "daily_balances": {}}
+    (folder / "report.json").write_text(json.dumps(document))
+    (folder / "balances.png").write_bytes(_png(160, 90))
+    return folder
+
+
+def _png(width: int, height: int) -> bytes:
+    """A plain grey PNG, made by hand (the plots' content is the simulation's business)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    rows = b"".join(b"\x00" + b"\xc8" * width * 3 for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def run_async(coroutine: Any) -> Any:
     """Runs a coroutine to its end on a thread of its own: Playwright's sync API keeps an
     event loop running on the test's thread, where asyncio.run is refused."""
@@ -144,7 +183,23 @@ def portal(infrastructure: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     screens = Path(os.environ.get("PORTAL_SCREENS_DIR") or data / "screens")
     screens.mkdir(parents=True, exist_ok=True)
     print(f"\nportal screenshots: {screens}")
-    system = start_system(settings, data, use_existing=True)
+    report = write_report_fixture(data / "report")
+    portal_env = {"PORTAL_SIMULATION_REPORT_DIR": str(report), "PORTAL_SIMULATION_RUNS": "true",
+                  # A stand-in for `cloudwallet demo`: the page's part is starting a command
+                  # and showing its output as it goes, not the demo itself.
+                  "PORTAL_SIMULATION_COMMAND": f"{sys.executable} -c \"import time; "
+                  "print('simulated day 1 of 2', flush=True); time.sleep(1); "
+                  "print('simulated day 2 of 2; oracle exact', flush=True)\""}
+    saved = {name: os.environ.get(name) for name in portal_env}
+    os.environ.update(portal_env)
+    try:
+        system = start_system(settings, data, use_existing=True)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         operator_key = run_async(issue_key_at(settings.database_url, name="portal operator",
                                                 role=Role.OPERATOR))

@@ -251,3 +251,26 @@ def test_an_operator_filters_wallets_and_a_refund_beyond_the_rules_is_refused(
     portal.shot(page, "operator-refund-refused")
     with portal.api("wallet") as wallet:
         assert wallet.get(f"/wallets/{low.wallet_id}").json()["balance_minor"] == 5_000
+
+
+def test_the_simulation_page_shows_the_report_and_a_run_started_from_it(
+        browser: Any, portal: Portal) -> None:
+    org = portal.open_organisation(10_000)
+    customer = sign_in(browser, portal, org.key)
+    customer.click("text=Simulation")
+    expect(customer.get_by_test_id("oracle")).to_have_text("exact")
+    expect(customer.get_by_test_id("sectors").locator("tbody tr")).to_have_count(2)
+    expect(customer.get_by_test_id("sectors")).to_contain_text("R45,678.00")
+    expect(customer.get_by_test_id("companies")).to_contain_text("FirstRand (FSR)")
+    plot = customer.locator("img[src='/simulation/plots/balances.png']")
+    expect(plot).to_be_visible()
+    assert customer.evaluate("document.querySelector('img').naturalWidth") == 160
+    expect(customer.locator("text=Start a small run")).to_have_count(0)  # operators only
+
+    page = sign_in(browser, portal, portal.operator_key)
+    page.click("text=Simulation")
+    page.click("text=Start a small run")
+    expect(page.get_by_test_id("flash")).to_have_text("A small simulation run started.")
+    expect(page.get_by_test_id("run-output")).to_contain_text("oracle exact")
+    expect(page.get_by_test_id("run-state")).to_contain_text("Finished (exit code 0)")
+    portal.shot(page, "simulation")

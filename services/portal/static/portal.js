@@ -29,3 +29,24 @@ document.querySelectorAll("form[data-confirm]").forEach((form) => {
     if (!window.confirm(form.dataset.confirm)) event.preventDefault();
   });
 });
+// A simulation run started from the page: poll its state and output until it ends.
+document.querySelectorAll("[data-run]").forEach((box) => {
+  const state = box.querySelector("[data-testid=run-state]");
+  const output = box.querySelector("[data-testid=run-output]");
+  const poll = async () => {
+    try {
+      const r = await fetch("/simulation/runs/current", { credentials: "same-origin" });
+      const run = await r.json();
+      output.textContent = run.output || "";
+      if (run.running) {
+        state.textContent = "Running…";
+        setTimeout(poll, 2000);
+      } else if (run.exit_code !== null && run.exit_code !== undefined) {
+        state.textContent = `Finished (exit code ${run.exit_code}). Reload for its report.`;
+        const button = box.querySelector("button");
+        if (button) button.disabled = false;
+      }
+    } catch (_) { setTimeout(poll, 5000); }
+  };
+  if (state.textContent.startsWith("Running")) poll();
+});
