@@ -176,3 +176,13 @@ def parse_amount(text: str) -> int:
         raise InvalidAmount(f"{text.strip() or 'an empty amount'} is not an amount "
                             "in rands and cents, e.g. 250.00")
     return int(whole) * 100 + int(cents.ljust(2, "0") or 0)
+
+
+def resize_increase(new_monthly_minor: int, current_monthly_minor: int) -> int:
+    """What a resize holds: the monthly price increase, nothing for a smaller size."""
+    return max(0, new_monthly_minor - current_monthly_minor)
+
+
+def resize_shortfall_message(increase_minor: int, available_minor: int, currency: str) -> str:
+    return (f"This resize needs {money(increase_minor, currency)} more a month; "
+            f"{money(max(available_minor, 0), currency)} is available.")

@@ -210,22 +210,44 @@ def register_routes(portal: PortalService) -> None:
         return page(request, "vms.html", user, status=status, vms=listed, requests=requests,
                     tiers=TIERS, pending=PENDING)
 
+    async def priced(user: SignedIn, tier: str, vm_id: uuid.UUID | None
+                     ) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """The tier's quote, the wallet's status, and what asking for it would hold: the
+        first month for a new VM, the monthly increase for a resize of `vm_id`."""
+        assert user.organisation_id is not None and user.wallet_id is not None
+        you = client(user)
+        if vm_id is None:
+            quote, status = await asyncio.gather(
+                you.estimate(user.organisation_id, {"tier": tier}), you.wallet(user.wallet_id))
+            return quote, status, quote["monthly_minor"]
+        vm = await you.vm(str(vm_id))
+        spec = vm["spec"]
+        current_size = ({"tier": spec["tier"]} if spec.get("tier") else
+                        {k: spec[k] for k in ("vcpu", "ram_gb", "disk_gb")})
+        quote, current, status = await asyncio.gather(
+            you.estimate(user.organisation_id, {"tier": tier}),
+            you.estimate(user.organisation_id, current_size), you.wallet(user.wallet_id))
+        return quote, status, domain.resize_increase(quote["monthly_minor"],
+                                                     current["monthly_minor"])
+
+    def shortfall(needed: int, status: dict[str, Any], resize: bool) -> str:
+        if resize:
+            return domain.resize_shortfall_message(needed, status["available_minor"],
+                                                   status["currency"])
+        return domain.shortfall_message(needed, status["available_minor"], status["currency"])
+
     @app.get("/vms/estimate")
-    async def estimate(user: User, tier: str) -> JSONResponse:
+    async def estimate(user: User, tier: str, vm: uuid.UUID | None = None) -> JSONResponse:
         """The live estimate the new-VM and resize forms show as the size changes."""
         if user.organisation_id is None or user.wallet_id is None or tier not in TIERS:
             return JSONResponse({"error": "choose a size"}, status_code=422)
-        quote, status = await asyncio.gather(
-            client(user).estimate(user.organisation_id, {"tier": tier}),
-            client(user).wallet(user.wallet_id))
-        short = domain.insufficient(quote["monthly_minor"], status["available_minor"])
+        quote, status, needed = await priced(user, tier, vm)
+        short = domain.insufficient(needed, status["available_minor"])
         return JSONResponse({
             "hourly": quote["hourly"], "monthly": quote["monthly"],
             "available": domain.money(status["available_minor"], status["currency"]),
             "insufficient": short,
-            "message": domain.shortfall_message(quote["monthly_minor"],
-                                                status["available_minor"],
-                                                status["currency"]) if short else ""})
+            "message": shortfall(needed, status, vm is not None) if short else ""})
 
     @app.post("/vms", dependencies=[Checked])
     async def new_vm(request: Request, user: User, name: Annotated[str, Form()],
@@ -234,14 +256,10 @@ def register_routes(portal: PortalService) -> None:
             raise ServiceError(403, "only an organisation's key may ask for VMs")
         if tier not in TIERS:
             return back(request, "/vms", "Choose one of the sizes offered.", "error")
-        quote, status = await asyncio.gather(
-            client(user).estimate(user.organisation_id, {"tier": tier}),
-            client(user).wallet(user.wallet_id))
+        quote, status, needed = await priced(user, tier, None)
         # The wallet decides for certain when it reserves; this refuses early, and in words.
-        if domain.insufficient(quote["monthly_minor"], status["available_minor"]):
-            return back(request, "/vms", domain.shortfall_message(
-                quote["monthly_minor"], status["available_minor"], status["currency"]),
-                "error")
+        if domain.insufficient(needed, status["available_minor"]):
+            return back(request, "/vms", shortfall(needed, status, False), "error")
         try:
             asked = await client(user).request_vm(user.organisation_id, name.strip(),
                                                   {"tier": tier}, str(uuid.uuid4()))
@@ -254,8 +272,11 @@ def register_routes(portal: PortalService) -> None:
     @app.post("/vms/{vm_id}/resize", dependencies=[Checked])
     async def resize(request: Request, vm_id: uuid.UUID, user: User,
                      tier: Annotated[str, Form()]) -> Response:
-        if tier not in TIERS:
+        if tier not in TIERS or user.organisation_id is None:
             return back(request, "/vms", "Choose one of the sizes offered.", "error")
+        _, status, needed = await priced(user, tier, vm_id)
+        if domain.insufficient(needed, status["available_minor"]):
+            return back(request, "/vms", shortfall(needed, status, True), "error")
         try:
             asked = await client(user).resize(str(vm_id), {"tier": tier})
         except ServiceError as error:

@@ -93,8 +93,15 @@ def test_a_vm_beyond_funds_is_refused_and_one_within_is_provisioned(
     expect(page.get_by_test_id("status-available")).to_have_text("R150.00")
     portal.shot(page, "vms")
 
+    vm_row.locator("select[name=tier]").select_option("enterprise")
+    expect(vm_row.locator(".estimate")).to_contain_text(
+        "This resize needs R600.00 more a month; R150.00 is available.")
+    vm_row.get_by_role("button", name="Resize").click()
+    expect(page.get_by_test_id("flash")).to_have_text(
+        "This resize needs R600.00 more a month; R150.00 is available.")
     vm_row.locator("select[name=tier]").select_option("medium")
-    vm_row.locator("text=Resize").click()
+    expect(vm_row.locator(".estimate")).to_contain_text("R300.00 a month")
+    vm_row.get_by_role("button", name="Resize").click()
     expect(page.get_by_test_id("flash")).to_contain_text("Resize to medium asked for")
     _reload_until(page, page.locator("[data-testid=vm-row]", has_text="medium"),
                   "the VM to be resized")

@@ -116,3 +116,10 @@ def test_amounts_typed_by_people(text, minor):
 def test_amounts_that_are_not_amounts(text):
     with pytest.raises(domain.InvalidAmount):
         domain.parse_amount(text)
+
+
+def test_a_resize_holds_only_the_increase():
+    assert domain.resize_increase(120_000, 60_000) == 60_000
+    assert domain.resize_increase(30_000, 60_000) == 0
+    assert domain.resize_shortfall_message(60_000, 15_000, "ZAR") == (
+        "This resize needs R600.00 more a month; R150.00 is available.")

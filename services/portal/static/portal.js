@@ -9,7 +9,8 @@ document.querySelectorAll("form[data-estimate]").forEach((form) => {
     const mine = ++asked;
     out.textContent = "Pricing…";
     try {
-      const r = await fetch("/vms/estimate?tier=" + encodeURIComponent(size.value),
+      const vm = form.dataset.vm ? "&vm=" + encodeURIComponent(form.dataset.vm) : "";
+      const r = await fetch("/vms/estimate?tier=" + encodeURIComponent(size.value) + vm,
                             { credentials: "same-origin" });
       const e = await r.json();
       if (mine !== asked) return;
