@@ -42,7 +42,8 @@ class PortalSettings(BaseSettings):
     # Whether operators may start a small simulation run from the page (development only:
     # the command starts a whole stack of its own, so never next to a real one).
     simulation_runs: bool = False
-    simulation_command: str = "cloudwallet demo --days 3"
+    # Empty: this Python's `cloudwallet demo --days 3`.
+    simulation_command: str = ""
 
     def urls(self, settings: Settings) -> ServiceUrls:
         local = "http://127.0.0.1:{}".format

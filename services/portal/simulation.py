@@ -11,6 +11,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -60,7 +61,8 @@ class SimulationRunner:
     """At most one run at a time, its output in a log file the page polls."""
 
     def __init__(self, command: str, log: Path) -> None:
-        self.command = shlex.split(command)
+        self.command = (shlex.split(command) if command.strip() else
+                        [sys.executable, "-m", "shared.cli", "demo", "--days", "3"])
         self.log_path = log
         self.run: Run | None = None
 
