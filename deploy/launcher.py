@@ -16,7 +16,7 @@ import httpx
 
 from deploy.processes import spawn, stop, tail
 from deploy.stack import LocalStack
-from shared.cli import SERVICES
+from shared.cli import RUNNABLE
 from shared.db import migrate, with_database
 from shared.kafka_admin import create_topics
 from shared.kafka_security import client_options
@@ -75,11 +75,16 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                "DATABASE_URL": settings.database_url, "TOPIC_PREFIX": settings.topic_prefix,
                "GROUP_PREFIX": settings.group_prefix}
-        for name, (_module, port_setting) in SERVICES.items():
+        local = "http://127.0.0.1:{}".format
+        # The portal finds the services at the ports this launch gave them.
+        env.update(PORTAL_WALLET_URL=local(settings.wallet_http_port),
+                   PORTAL_PROVISIONING_URL=local(settings.provisioning_http_port),
+                   PORTAL_BILLING_URL=local(settings.billing_http_port))
+        for name, (_module, port_setting) in RUNNABLE.items():
             port = getattr(settings, port_setting)
             system.ports[name] = port
-            kafka_user = stack.kafka_options(KAFKA_USERS[name]) if secure_kafka and stack \
-                else {}
+            kafka_user = stack.kafka_options(KAFKA_USERS[name]) \
+                if secure_kafka and stack and name in KAFKA_USERS else {}
             system.processes[name] = spawn(
                 [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
                 data_dir / "logs" / f"{name}.log", cwd=REPO_ROOT, env={

@@ -26,24 +26,30 @@ SERVICES = {
     "billing": ("services.billing.app", "billing_http_port"),
     "vcenter-simulator": ("services.vcenter_simulator.app", "vcenter_simulator_http_port"),
 }
+# Web pages for people, served like a service but with no Kafka, database or API of their
+# own (so no OpenAPI document): they call the services above over HTTP.
+PAGES = {
+    "portal": ("services.portal.app", "portal_http_port"),
+}
+RUNNABLE = {**SERVICES, **PAGES}
 
 
 def load_service(name: str):  # type: ignore[no-untyped-def]
-    module_name, _ = SERVICES[name]
+    module_name, _ = RUNNABLE[name]
     return importlib.import_module(module_name).create_service(get_settings())
 
 
 @app.command()
-def serve(name: str = typer.Argument(..., help="|".join(SERVICES)),
+def serve(name: str = typer.Argument(..., help="|".join(RUNNABLE)),
           port: int | None = typer.Option(None, help="HTTP port (default from settings)"),
           host: str = typer.Option("127.0.0.1", help="Interface to listen on")) -> None:
     """Run one service: its Kafka consumers, outbox relay and HTTP API (health, metrics)."""
-    if name not in SERVICES:
-        raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    if name not in RUNNABLE:
+        raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(RUNNABLE)}")
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     service = load_service(name)
-    http_port = port or getattr(settings, SERVICES[name][1])
+    http_port = port or getattr(settings, RUNNABLE[name][1])
     uvicorn.run(service.http, host=host, port=http_port, log_config=None,
                 access_log=False)
 

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     metering_http_port: int = 8103
     billing_http_port: int = 8104
     vcenter_simulator_http_port: int = 8105
+    portal_http_port: int = 8106
 
     default_currency: str = "ZAR"
     # A reservation with no provisioning outcome by then expires and its funds return.

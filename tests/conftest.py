@@ -34,7 +34,7 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cloudwall
 
 # Which servers a test needs follows from where it lives, so a new module cannot forget
 # its marker: `-m "not integration and not e2e"` runs the unit tests alone.
-MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e"}
+MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e", "browser": "e2e"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

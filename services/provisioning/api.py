@@ -277,4 +277,15 @@ def register_routes(service: ProvisioningService) -> None:
                 "currency": org.currency, "billing_mode": org.billing_mode,
                 "suspended": org.suspended}
 
+    @router.get("/organisations/{organisation_id}/vms")
+    async def organisation_vms(organisation_id: UUID, by: ReaderKey) -> list[VmView]:
+        """The organisation's VMs that are not deleted, with size, power state and whether
+        they are suspended for funds (the portal's VM list)."""
+        async with service.pool.acquire() as conn:
+            org = (await repo.organisations(conn, [organisation_id])).get(organisation_id)
+            if org is None or not by.may_read(organisation_id):
+                raise unknown_organisation(organisation_id)
+            vms = await repo.live_vms_of_organisations(conn, [organisation_id])
+        return [vm_view(vm) for vm in sorted(vms, key=lambda vm: (vm.created_at, vm.name))]
+
     service.http.include_router(router)

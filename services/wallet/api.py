@@ -76,6 +76,9 @@ class WalletStatus(BaseModel):
     runway_hours: float | None
     balance: str
     available: str
+    # Auto top-up, when on (the card token stays with the wallet).
+    auto_topup_threshold_minor: int | None = None
+    auto_topup_amount_minor: int | None = None
 
 
 class PaymentWebhook(BaseModel):
@@ -142,6 +145,8 @@ def _status(wallet: Wallet, usage_24h: int) -> WalletStatus:
         burn_rate_per_hour_minor=burn.per_hour, runway_hours=burn.runway_hours,
         balance=Money(wallet.balance, wallet.currency).format(),
         available=Money(wallet.available, wallet.currency).format(),
+        auto_topup_threshold_minor=wallet.auto_topup.threshold if wallet.auto_topup else None,
+        auto_topup_amount_minor=wallet.auto_topup.amount if wallet.auto_topup else None,
     )
 
 
@@ -204,6 +209,36 @@ def register_routes(service: WalletService) -> None:
             # Event time, not the wall clock: simulated months report their own burn rate.
             usage = await repo.usage_last_24h(conn, wallet_id)
         return _status(wallet, usage)
+
+    @router.get("/wallets")
+    async def wallets(by: OperatorKey,
+                      state: Literal["all", "low_balance", "depleted", "near_credit_limit",
+                                     "suspended"] = "all",
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[dict[str, object]]:
+        """Operators: organisations' wallets by name, narrowed to low balance, depleted,
+        invoice customers at 80% or more of their credit limit, or suspended."""
+        async with service.pool.acquire() as conn:
+            found = await repo.list_wallets(conn, state, limit)
+        return [{"organisation_id": w.organisation_id, "wallet_id": w.wallet_id, "name": name,
+                 "kind": kind, "currency": w.currency, "billing_mode": w.billing_mode.value,
+                 "status": "suspended" if w.suspended else "active",
+                 "balance_minor": w.balance, "held_minor": w.held,
+                 "available_minor": w.available, "credit_limit_minor": w.credit_limit,
+                 "low_balance": w.low_balance, "depleted": w.depleted}
+                for name, kind, w in found]
+
+    @router.get("/me")
+    async def me(by: ReaderKey) -> dict[str, object]:
+        """Who the key is: its role, its organisation and that organisation's wallet (none
+        for an operator), and the customers a reseller may read. A portal asks this once,
+        at sign-in."""
+        wallet_id = None
+        if by.organisation_id is not None:
+            async with service.pool.acquire() as conn:
+                wallet_id = await repo.wallet_of_organisation(conn, by.organisation_id)
+        return {"key_id": by.key_id, "role": by.role.value,
+                "organisation_id": by.organisation_id, "wallet_id": wallet_id,
+                "customers": sorted(str(c) for c in by.customers)}
 
     @router.get("/organisations/{organisation_id}/wallet")
     async def organisation_wallet(organisation_id: UUID, by: ReaderKey) -> WalletStatus:

@@ -404,3 +404,26 @@ async def reconciliation(conn: asyncpg.Connection, wallet_id: UUID
     if row is None:
         return None
     return row["balance"], int(row["ledger"]), row["held"], int(row["holds"])
+
+
+# What an operator's list of wallets may be narrowed to (SQL over organisation_wallets w).
+WALLET_FILTERS = {
+    "all": "true",
+    "low_balance": "w.low_balance AND NOT w.depleted",
+    "depleted": "w.depleted",
+    # Invoice customers that have used 80% or more of their credit limit.
+    "near_credit_limit": """w.billing_mode = 'INVOICE' AND w.credit_limit > 0
+        AND (greatest(-w.balance, 0) + w.held) * 100 >= w.credit_limit * 80""",
+    "suspended": "w.status = 'suspended'",
+}
+
+
+async def list_wallets(conn: asyncpg.Connection, state: str, limit: int
+                       ) -> list[tuple[str, str, Wallet]]:
+    """(organisation name, kind, wallet) for the operator's list, by name."""
+    rows = await conn.fetch(
+        f"""SELECT o.name, o.kind, {_WALLET_COLUMNS}
+            FROM {SCHEMA}.organisation_wallets w
+            JOIN {SCHEMA}.organisations o USING (organisation_id)
+            WHERE {WALLET_FILTERS[state]} ORDER BY o.name, w.wallet_id LIMIT $1""", limit)
+    return [(r["name"], r["kind"], _wallet(r)) for r in rows]
