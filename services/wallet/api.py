@@ -33,6 +33,7 @@ from services.wallet.handlers import Events
 from shared.consumer import validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
+from shared.event_time import event_time_now
 from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
 from shared.topics import WALLET_EVENTS
@@ -141,6 +142,14 @@ def register_routes(service: WalletService) -> None:
             raise HTTPException(404, f"no wallet {wallet_id}")
         return wallet
 
+    async def now(conn: asyncpg.Connection) -> datetime:
+        """Event time of an HTTP call: see shared/event_time.py."""
+        return event_time_now(await repo.clock_now(conn), datetime.now(UTC), settings.event_clock)
+
+    async def pooled_now() -> datetime:
+        async with service.pool.acquire() as conn:
+            return await now(conn)
+
     @router.post("/organisations", status_code=201)
     async def open_wallet(body: OpenWallet) -> dict[str, UUID]:
         """Open an organisation (customer or reseller) with its one wallet."""
@@ -165,7 +174,8 @@ def register_routes(service: WalletService) -> None:
             except asyncpg.UniqueViolationError:  # opened at the same moment by another call
                 raise exists from None
             opened = WalletOpened(
-                wallet_id=wallet.wallet_id, organisation_id=body.organisation_id,
+                occurred_at=await now(conn), wallet_id=wallet.wallet_id,
+                organisation_id=body.organisation_id,
                 organisation_name=body.name, organisation_kind=body.kind,
                 reseller_id=body.reseller_id, currency=wallet.currency,
                 billing_mode=wallet.billing_mode.value)
@@ -254,7 +264,7 @@ def register_routes(service: WalletService) -> None:
         message = TopUpWallet(
             payment_id=payment.payment_id, wallet_id=payment.wallet_id,
             amount=MoneyModel(amount_minor=payment.amount_minor, currency=payment.currency),
-            source="gateway_webhook", occurred_at=payment.occurred_at or datetime.now(UTC))
+            source="gateway_webhook", occurred_at=payment.occurred_at or await pooled_now())
         try:
             applied = await service.handlers.top_up(message)
         except UnknownWallet as error:
@@ -285,7 +295,7 @@ def register_routes(service: WalletService) -> None:
             try:
                 wallet.refund(refund_id=body.refund_id, charge_entry_id=body.charge_entry_id,
                               charge_amount=charge.amount, already_refunded=charge.refunded,
-                              amount=body.amount_minor, at=datetime.now(UTC), reason=body.reason,
+                              amount=body.amount_minor, at=await now(conn), reason=body.reason,
                               still_charged=charge.hour_still_charged,
                               hour_refunded=charge.hour_refunded or 0)
             except WalletError as error:

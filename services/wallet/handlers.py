@@ -384,6 +384,7 @@ class WalletHandlers:
             expired: list[Hold] = []
             if good:
                 latest = max(good, key=lambda i: i.message.at).message
+                await repo.advance_clock(conn, latest.at)
                 wallets, expired = await self._expire_holds(conn, latest.at, latest, events)
             committed = await self._commit(conn, wallets, [], expired, events)
         self.runtime.relay.push(committed)
