@@ -277,8 +277,8 @@ def register_routes(service: WalletService) -> None:
     @router.post("/wallets/{wallet_id}/refunds", status_code=201)
     async def refund(wallet_id: UUID, body: RefundRequest) -> dict[str, object]:
         """Refund part of a charge: at most 95% of it, counting earlier refunds."""
-        events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
+            events = Events(settings, at=await now(conn))
             wallet = await locked_wallet(conn, wallet_id)
             booked = await repo.booked_entry(conn, wallet_id, ledger_key("refund", body.refund_id))
             if booked is not None:
@@ -311,8 +311,8 @@ def register_routes(service: WalletService) -> None:
     @router.put("/wallets/{wallet_id}/auto-topup")
     async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest) -> dict[str, object]:
         """PAYG wallets only: top up `amount` when available funds fall below `threshold`."""
-        events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
+            events = Events(settings, at=await now(conn))
             wallet = await locked_wallet(conn, wallet_id)
             if not body.enabled:
                 wallet.set_auto_topup(None)

@@ -1,0 +1,380 @@
+"""Plays a scenario through the real services: HTTP calls to their APIs, VM power changes as
+vCenter hooks report them, and clock ticks. It never writes to a service's tables.
+
+Every sync point (a day): tick the clock to it, wait until the whole system is quiet (every
+consumer group has committed up to the end of its topic, twice in a row), then the
+companies act, then their VMs' power changes for the day go to `vcenter.events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy.sim.scenario import (
+    POWER_OFFSET,
+    SYNC,
+    Action,
+    Company,
+    Scenario,
+    running_wanted,
+    ticker_of,
+)
+from services.wallet.api import sign
+from shared.clock import publish_tick
+from shared.contracts.base import deterministic_id
+from shared.contracts.vcenter import VmPoweredOff, VmPoweredOn
+from shared.settings import Settings
+from shared.topics import ALL_TOPICS, VCENTER_EVENTS
+
+TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+
+
+class Portal:
+    """Every HTTP call of the simulation goes through here: one client, its headers (an API
+    key, when the services ask for one) set in one place."""
+
+    def __init__(self, urls: dict[str, str], headers: dict[str, str] | None = None,
+                 webhook_secret: str = "") -> None:
+        self.urls = urls
+        self.webhook_secret = webhook_secret
+        self.http = httpx.AsyncClient(timeout=30, headers=headers or {},
+                                      limits=httpx.Limits(max_connections=32))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, service: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
+
+    async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime) -> None:
+        """A payment through the gateway's signed webhook."""
+        body = json.dumps({"payment_id": payment_id, "wallet_id": str(wallet_id),
+                           "amount_minor": amount, "status": "succeeded",
+                           "occurred_at": at.isoformat()}).encode()
+        response = await self.call("POST", "wallet", "/webhooks/payments", content=body,
+                                   headers={"X-Signature": sign(self.webhook_secret, body)})
+        response.raise_for_status()
+
+    async def refund(self, wallet_id: UUID, vm_id: UUID, hour: datetime, percent: int,
+                     refund_id: UUID) -> tuple[str, int]:
+        """Refund `percent` of what the wallet charged for one VM hour. The one place that
+        knows how the ledger names a usage charge: today one entry per VM hour.
+        Returns (applied | refused | skipped, the charge)."""
+        entries = await self.call("GET", "wallet", f"/wallets/{wallet_id}/statement", params={
+            "from": hour.isoformat(), "to": (hour + timedelta(hours=1)).isoformat()})
+        entries.raise_for_status()
+        charges = [e for e in entries.json()["entries"]
+                   if e["vm_id"] == str(vm_id) and e["amount_minor"] < 0
+                   and e["kind"] == "usage_debit"]
+        charge = -sum(e["amount_minor"] for e in charges)
+        amount = charge * percent // 100
+        if not charges or amount <= 0:
+            return "skipped", charge
+        response = await self.call("POST", "wallet", f"/wallets/{wallet_id}/refunds", json={
+            "refund_id": str(refund_id), "charge_entry_id": charges[0]["entry_id"],
+            "amount_minor": amount, "reason": "incident credit"})
+        if response.status_code == 422:
+            return "refused", charge
+        response.raise_for_status()
+        return "applied", charge
+
+
+class Quiet:
+    """Waits until every consumer group of this system has committed up to the end of the
+    topic it reads, seen twice in a row a little apart (outbox rows a handler committed go
+    out just after its offsets)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                         enable_auto_commit=False)
+        self.partitions = [TopicPartition(settings.topic(t.name), p)
+                           for t in ALL_TOPICS for p in range(t.partitions)]
+
+    async def start(self) -> None:
+        await self.admin.start()
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def _groups(self) -> list[str]:
+        prefix = self.settings.group_prefix
+        known = {t.name for t in ALL_TOPICS}
+        return [g[0] for g in await self.admin.list_consumer_groups()
+                if g[0].startswith(prefix) and g[0][len(prefix):].partition(".")[2] in known]
+
+    async def _snapshot(self) -> tuple[dict[TopicPartition, int], bool]:
+        ends = await self.consumer.end_offsets(self.partitions)
+        lagging = False
+        for group in await self._groups():
+            topic = self.settings.topic(group[len(self.settings.group_prefix):].partition(".")[2])
+            committed = await self.admin.list_consumer_group_offsets(group)
+            for tp, end in ends.items():
+                if tp.topic == topic and end > 0:
+                    offset = committed.get(tp)
+                    if offset is None or offset.offset < end:
+                        lagging = True
+        return ends, lagging
+
+    async def wait(self, timeout: float = 300) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        previous: dict[TopicPartition, int] | None = None
+        while True:
+            ends, lagging = await self._snapshot()
+            if not lagging and ends == previous:
+                return
+            previous = None if lagging else ends
+            if loop.time() > deadline:
+                raise TimeoutError("the system did not settle")
+            await asyncio.sleep(0.05 if lagging else 0.12)
+
+
+@dataclass
+class Observed:
+    """What the services reported, for the comparison and the report."""
+
+    wallets: dict[str, UUID] = field(default_factory=dict)
+    organisations: dict[str, UUID] = field(default_factory=dict)
+    vms: dict[str, UUID] = field(default_factory=dict)  # scenario key -> vm id
+    requests: dict[tuple[datetime, str], str] = field(default_factory=dict)
+    request_reasons: dict[tuple[datetime, str], str] = field(default_factory=dict)
+    refunds: dict[tuple[datetime, str], str] = field(default_factory=dict)
+    suspended_since: dict[str, datetime] = field(default_factory=dict)
+    suspensions: list[tuple[str, datetime]] = field(default_factory=list)
+    daily_balance: dict[str, list[tuple[datetime, int]]] = field(default_factory=dict)
+    fleet: dict[tuple[str, datetime], int] = field(default_factory=dict)  # live VMs per day
+    gone: set[str] = field(default_factory=set)
+    refund_amounts: list[tuple[str, int, int]] = field(default_factory=list)  # ticker, charge,
+    #   amount refunded
+
+
+class Driver:
+    def __init__(self, scenario: Scenario, settings: Settings, portal: Portal,
+                 on_day: Callable[[datetime, int], None] | None = None) -> None:
+        self.s = scenario
+        self.settings = settings
+        self.portal = portal
+        self.quiet = Quiet(settings)
+        self.seen = Observed()
+        self.on_day = on_day or (lambda at, refused: None)
+
+    async def run(self) -> Observed:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                         enable_idempotence=True, linger_ms=5)
+        await self.producer.start()
+        await self.quiet.start()
+        try:
+            points = self.s.sync_points()
+            for index, at in enumerate(points):
+                await publish_tick(self.producer, self.settings, at)
+                await self.quiet.wait()
+                if index == len(points) - 1:
+                    break
+                if index == 0:
+                    await self.open_wallets(at)
+                await self.observe_suspensions(at)
+                await self.act(at, first=index == 0)
+                await self.quiet.wait()
+                await self.observe_suspensions(at)
+                await self.power(at)
+                await self.record_balances(at)
+                self.on_day(at, sum(1 for v in self.seen.requests.values() if v == "rejected"))
+            return self.seen
+        finally:
+            await self.quiet.stop()
+            await self.producer.stop()
+
+    # --- opening -----------------------------------------------------------------------------
+
+    async def open_wallets(self, at: datetime) -> None:
+        resellers_first = sorted(self.s.companies, key=lambda c: c.kind != "reseller")
+        for company in resellers_first:
+            reseller = self.seen.organisations.get(company.reseller or "")
+            response = await self.portal.call("POST", "wallet", "/organisations", json={
+                "name": company.name, "kind": company.kind,
+                "reseller_id": str(reseller) if reseller else None,
+                "billing_mode": company.billing_mode,
+                "credit_limit_minor": company.credit_limit, "low_balance_threshold_minor": 0})
+            response.raise_for_status()
+            opened = response.json()
+            self.seen.organisations[company.ticker] = UUID(opened["organisation_id"])
+            self.seen.wallets[company.ticker] = UUID(opened["wallet_id"])
+        await asyncio.gather(*(self.pay(c, at, c.opening_top_up, "opening")
+                               for c in self.s.companies if c.opening_top_up))
+        await self.quiet.wait()  # provisioning learns of every organisation
+
+    async def pay(self, company: Company, at: datetime, amount: int, why: str) -> None:
+        payment_id = f"sim-{self.s.seed}-{company.ticker}-{at:%Y%m%d}-{why.replace(' ', '-')}"
+        await self.portal.pay(self.seen.wallets[company.ticker], payment_id, amount, at)
+
+    # --- each sync point ---------------------------------------------------------------------
+
+    async def observe_suspensions(self, at: datetime) -> None:
+        async def one(company: Company) -> None:
+            response = await self.portal.call(
+                "GET", "provisioning", f"/organisations/{self.seen.organisations[company.ticker]}")
+            response.raise_for_status()
+            if response.json()["suspended"]:
+                if company.ticker not in self.seen.suspended_since:
+                    self.seen.suspended_since[company.ticker] = at
+                    self.seen.suspensions.append((company.ticker, at))
+            else:
+                self.seen.suspended_since.pop(company.ticker, None)
+
+        await asyncio.gather(*(one(c) for c in self.s.companies))
+
+    async def act(self, at: datetime, *, first: bool) -> None:
+        payments = []
+        for company in self.s.companies:
+            if company.pays_invoices and at.day == 3 and at - timedelta(days=3) >= self.s.start:
+                payments.append(self.pay_invoice(company, at))
+            since = self.seen.suspended_since.get(company.ticker)
+            if (company.late_top_up_after_days is not None and since is not None
+                    and at - since >= timedelta(days=company.late_top_up_after_days)):
+                payments.append(self.pay(company, at, company.late_top_up, "late top-up"))
+        await asyncio.gather(*payments)
+        actions = self.s.actions.get(at, [])
+        await asyncio.gather(*(self.refund(a) for a in actions if a.kind == "refund"))
+        await asyncio.gather(*(self.delete(a) for a in actions if a.kind == "delete"))
+        await self.quiet.wait()  # a deleted VM's hold is released before anyone asks again
+        by_company: dict[str, list[Action]] = {}
+        for action in actions:
+            if action.kind in ("resize", "request"):
+                by_company.setdefault(action.ticker, []).append(action)
+        await asyncio.gather(*(self.fleet(a) for a in by_company.values()))
+        if first:
+            await self.quiet.wait()
+            await asyncio.gather(*(self.enable_auto_top_up(c) for c in self.s.companies
+                                   if c.auto_top_up))
+
+    async def pay_invoice(self, company: Company, at: datetime) -> None:
+        month = (at - timedelta(days=3)).strftime("%Y-%m")
+        wallet_id = self.seen.wallets[company.ticker]
+        response = await self.portal.call("GET", "billing",
+                                          f"/wallets/{wallet_id}/statements/{month}")
+        response.raise_for_status()
+        owed = response.json()["charges"]["amount_minor"]
+        if owed > 0:
+            await self.pay(company, at, owed, "invoice payment")
+
+    async def enable_auto_top_up(self, company: Company) -> None:
+        assert company.auto_top_up is not None
+        auto = company.auto_top_up
+        response = await self.portal.call(
+            "PUT", "wallet", f"/wallets/{self.seen.wallets[company.ticker]}/auto-topup",
+            json={"enabled": True, "threshold_minor": auto.threshold,
+                  "amount_minor": auto.amount, "card_token": auto.card_token})
+        response.raise_for_status()
+
+    async def refund(self, action: Action) -> None:
+        assert action.hour is not None
+        vm_id = self.seen.vms.get(action.vm)
+        key = (action.at, action.vm)
+        if vm_id is None:
+            self.seen.refunds[key] = "skipped"
+            return
+        refund_id = deterministic_id("simulation.refund", self.s.seed, action.vm, action.at)
+        outcome, charge = await self.portal.refund(
+            self.seen.wallets[action.ticker], vm_id, action.hour, action.percent, refund_id)
+        self.seen.refunds[key] = outcome
+        if outcome == "applied":
+            self.seen.refund_amounts.append((action.ticker, charge,
+                                             charge * action.percent // 100))
+
+    async def delete(self, action: Action) -> None:
+        vm_id = self.seen.vms.get(action.vm)
+        if vm_id is None or action.vm in self.seen.gone:
+            return
+        response = await self.portal.call("DELETE", "provisioning", f"/vms/{vm_id}")
+        response.raise_for_status()
+        self.seen.gone.add(action.vm)
+
+    async def fleet(self, actions: list[Action]) -> None:
+        """One company's requests and resizes, one after the other: each decided before the
+        next asks for funds."""
+        for action in actions:
+            assert action.size is not None
+            key = (action.at, action.vm)
+            idempotency = {"Idempotency-Key": f"sim-{self.s.seed}-{action.vm}-{action.at:%Y%m%d}"}
+            if action.kind == "resize":
+                vm_id = self.seen.vms.get(action.vm)
+                if vm_id is None or action.vm in self.seen.gone:
+                    self.seen.requests[key] = "skipped"
+                    continue
+                response = await self.portal.call("POST", "provisioning",
+                                                  f"/vms/{vm_id}/resize",
+                                                  json=action.size.body(), headers=idempotency)
+            else:
+                response = await self.portal.call("POST", "provisioning", "/vm-requests", json={
+                    "organisation_id": str(self.seen.organisations[action.ticker]),
+                    "name": action.vm, **action.size.body()}, headers=idempotency)
+            response.raise_for_status()
+            view = await self._terminal(response.json()["request_id"])
+            self.seen.requests[key] = "succeeded" if view["status"] == "succeeded" else (
+                "rejected" if view["status"] == "rejected" else view["status"])
+            self.seen.request_reasons[key] = view.get("reason") or ""
+            if action.kind == "request" and view["status"] == "succeeded":
+                self.seen.vms[action.vm] = UUID(view["vm_id"])
+
+    async def _terminal(self, request_id: str, timeout: float = 120) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            response = await self.portal.call("GET", "provisioning", f"/vm-requests/{request_id}")
+            view: dict[str, Any] = response.json()
+            if view["status"] in TERMINAL:
+                return view
+            if loop.time() > deadline:
+                raise TimeoutError(f"request {request_id} still {view['status']}")
+            await asyncio.sleep(0.02)
+
+    async def power(self, at: datetime) -> None:
+        """The day's power changes of every live VM of an organisation not suspended, as
+        vCenter hooks report them (the same plan as the oracle's)."""
+        topic = self.settings.topic(VCENTER_EVENTS.name)
+        sends = []
+        for key, vm_id in self.seen.vms.items():
+            company = self.s.company(ticker_of(key))
+            if key in self.seen.gone or company.ticker in self.seen.suspended_since:
+                continue
+            previous = None
+            for hour in range(int(SYNC / timedelta(hours=1))):
+                start = at + timedelta(hours=hour)
+                wanted = running_wanted(company.profile, start)
+                if wanted != previous:
+                    when = start + POWER_OFFSET
+                    model = VmPoweredOn if wanted else VmPoweredOff
+                    event = model(event_id=deterministic_id("simulation", vm_id, when, wanted),
+                                  vm_id=vm_id, occurred_at=when)
+                    sends.append(await self.producer.send(
+                        topic, event.model_dump_json().encode(), key=str(vm_id).encode()))
+                previous = wanted
+        await asyncio.gather(*sends)
+
+    async def record_balances(self, at: datetime) -> None:
+        async def one(company: Company) -> None:
+            response = await self.portal.call(
+                "GET", "wallet", f"/wallets/{self.seen.wallets[company.ticker]}")
+            response.raise_for_status()
+            self.seen.daily_balance.setdefault(company.ticker, []).append(
+                (at, response.json()["balance_minor"]))
+
+        await asyncio.gather(*(one(c) for c in self.s.companies))
+        for company in self.s.companies:
+            self.seen.fleet[(company.ticker, at)] = sum(
+                1 for key in self.seen.vms
+                if key not in self.seen.gone and ticker_of(key) == company.ticker)
