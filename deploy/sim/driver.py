@@ -101,6 +101,7 @@ class Quiet:
                                          enable_auto_commit=False)
         self.partitions = [TopicPartition(settings.topic(t.name), p)
                            for t in ALL_TOPICS for p in range(t.partitions)]
+        self.groups: list[str] = []
 
     async def start(self) -> None:
         await self.admin.start()
@@ -116,18 +117,22 @@ class Quiet:
         return [g[0] for g in await self.admin.list_consumer_groups()
                 if g[0].startswith(prefix) and g[0][len(prefix):].partition(".")[2] in known]
 
+    async def _lagging(self, group: str, ends: dict[TopicPartition, int]) -> bool:
+        topic = self.settings.topic(group[len(self.settings.group_prefix):].partition(".")[2])
+        committed = await self.admin.list_consumer_group_offsets(group)
+        for tp, end in ends.items():
+            if tp.topic == topic and end > 0:
+                offset = committed.get(tp)
+                if offset is None or offset.offset < end:
+                    return True
+        return False
+
     async def _snapshot(self) -> tuple[dict[TopicPartition, int], bool]:
         ends = await self.consumer.end_offsets(self.partitions)
-        lagging = False
-        for group in await self._groups():
-            topic = self.settings.topic(group[len(self.settings.group_prefix):].partition(".")[2])
-            committed = await self.admin.list_consumer_group_offsets(group)
-            for tp, end in ends.items():
-                if tp.topic == topic and end > 0:
-                    offset = committed.get(tp)
-                    if offset is None or offset.offset < end:
-                        lagging = True
-        return ends, lagging
+        if not self.groups:  # every service's groups exist once it has started
+            self.groups = await self._groups()
+        lags = await asyncio.gather(*(self._lagging(g, ends) for g in self.groups))
+        return ends, any(lags)
 
     async def wait(self, timeout: float = 300) -> None:
         loop = asyncio.get_running_loop()
@@ -187,9 +192,9 @@ class Driver:
                 if index == 0:
                     await self.open_wallets(at)
                 await self.observe_suspensions(at)
-                await self.act(at, first=index == 0)
-                await self.quiet.wait()
-                await self.observe_suspensions(at)
+                if await self.act(at, first=index == 0):
+                    await self.quiet.wait()
+                    await self.observe_suspensions(at)  # a payment may have restored funds
                 await self.power(at)
                 await self.record_balances(at)
                 self.on_day(at, sum(1 for v in self.seen.requests.values() if v == "rejected"))
@@ -237,7 +242,8 @@ class Driver:
 
         await asyncio.gather(*(one(c) for c in self.s.companies))
 
-    async def act(self, at: datetime, *, first: bool) -> None:
+    async def act(self, at: datetime, *, first: bool) -> bool:
+        """The companies' actions at a sync point; whether there were any."""
         payments = []
         for company in self.s.companies:
             if company.pays_invoices and at.day == 3 and at - timedelta(days=3) >= self.s.start:
@@ -249,8 +255,10 @@ class Driver:
         await asyncio.gather(*payments)
         actions = self.s.actions.get(at, [])
         await asyncio.gather(*(self.refund(a) for a in actions if a.kind == "refund"))
-        await asyncio.gather(*(self.delete(a) for a in actions if a.kind == "delete"))
-        await self.quiet.wait()  # a deleted VM's hold is released before anyone asks again
+        deletes = [self.delete(a) for a in actions if a.kind == "delete"]
+        if deletes:
+            await asyncio.gather(*deletes)
+            await self.quiet.wait()  # a deleted VM's hold is released before anyone asks again
         by_company: dict[str, list[Action]] = {}
         for action in actions:
             if action.kind in ("resize", "request"):
@@ -260,6 +268,7 @@ class Driver:
             await self.quiet.wait()
             await asyncio.gather(*(self.enable_auto_top_up(c) for c in self.s.companies
                                    if c.auto_top_up))
+        return bool(payments or actions or first)
 
     async def pay_invoice(self, company: Company, at: datetime) -> None:
         month = (at - timedelta(days=3)).strftime("%Y-%m")

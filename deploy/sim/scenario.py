@@ -222,6 +222,8 @@ def pick(rows: list[tuple[str, str, str, str]], count: int) -> list[tuple[str, s
     by_profile: dict[str, list[tuple[str, str, str, str]]] = {}
     for row in rows:
         by_profile.setdefault(PROFILE_OF_SECTOR.get(row[3], DEFAULT_PROFILE), []).append(row)
+    for rows_of_profile in by_profile.values():
+        rows_of_profile.sort(key=lambda r: r[0] not in RESELLERS)  # stable: file order
     chosen: list[tuple[str, str, str, str]] = []
     while len(chosen) < min(count, len(rows)):
         for profile in PROFILES:
