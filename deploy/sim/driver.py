@@ -47,14 +47,24 @@ class Portal:
                  webhook_secret: str = "") -> None:
         self.urls = urls
         self.webhook_secret = webhook_secret
-        self.http = httpx.AsyncClient(timeout=30, headers=headers or {},
-                                      limits=httpx.Limits(max_connections=32))
+        # Idle connections are dropped before uvicorn's keep-alive (5 s) closes them.
+        self.http = httpx.AsyncClient(timeout=30, headers=headers or {}, limits=httpx.Limits(
+            max_connections=32, keepalive_expiry=2))
 
     async def close(self) -> None:
         await self.http.aclose()
 
     async def call(self, method: str, service: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
+        """Tried again on a connection error: every call of the simulation is idempotent
+        (payment, refund and request ids, idempotency keys)."""
+        for attempt in range(3):
+            try:
+                return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
 
     async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime) -> None:
         """A payment through the gateway's signed webhook."""
