@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 from services.billing import repository as billing_repo
 from shared.contracts.clock import ClockTick
 from shared.topics import CLOCK_TICKS
-from tests.integration.test_billing_support import month_closed, publish_watermarks, \
-    running_billing
+from tests.integration.test_billing_support import (
+    month_closed,
+    publish_watermarks,
+    running_billing,
+)
 from tests.integration.wallet_fixtures import running_wallet
 from tests.kafka_helpers import KafkaProbe
 
