@@ -197,11 +197,11 @@ class Driver:
             for index, at in enumerate(points):
                 await publish_tick(self.producer, self.settings, at)
                 await self.quiet.wait()
-                if index == len(points) - 1:
-                    break
                 if index == 0:
                     await self.open_wallets(at)
                 await self.observe_suspensions(at)
+                if index == len(points) - 1:
+                    break
                 if await self.act(at, first=index == 0):
                     await self.quiet.wait()
                     await self.observe_suspensions(at)  # a payment may have restored funds
