@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deploy.sim.compare import Difference, collect, compare
-from deploy.sim.driver import Driver, Portal
+from deploy.sim.driver import Driver, Portal, stop_within
 from deploy.sim.oracle import Oracle
 from deploy.sim.report import write_report
 from deploy.sim.scenario import Scenario, generate
@@ -47,6 +47,7 @@ class Outcome:
     usage_events: int
     wall_s: float
     report_dir: Path | None
+    timings: dict[str, float]
 
     @property
     def exact(self) -> bool:
@@ -81,11 +82,12 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
         reported = await collect(scenario, seen, portal)
     finally:
         bar.close()
-        await portal.close()
+        await stop_within(portal.close())
     differences = compare(scenario, expected, seen, reported)
     if report_dir is not None:
         write_report(report_dir, scenario, expected, seen, reported, differences)
-    return Outcome(scenario, differences, expected.usage_events, wall_s, report_dir)
+    return Outcome(scenario, differences, expected.usage_events, wall_s, report_dir,
+                   seen.timings)
 
 
 def print_outcome(outcome: Outcome, shown: int = 25) -> None:
@@ -93,6 +95,9 @@ def print_outcome(outcome: Outcome, shown: int = 25) -> None:
           f"{len(outcome.scenario.months())} closed months in {outcome.wall_s:.0f} s: "
           f"{outcome.usage_events:,} usage events, "
           f"{outcome.usage_events / max(outcome.wall_s, 1e-9):,.0f} per second")
+    print("where the time went: " + ", ".join(
+        f"{phase} {seconds:.0f} s" for phase, seconds in
+        sorted(outcome.timings.items(), key=lambda p: -p[1])))
     if outcome.report_dir is not None:
         print(f"report: {outcome.report_dir}/report.md (data: report.json, plots: *.png)")
     if outcome.exact:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from deploy.sim.scenario import (
     POWER_OFFSET,
@@ -37,6 +39,15 @@ from shared.settings import Settings
 from shared.topics import ALL_TOPICS, VCENTER_EVENTS
 
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
+T = TypeVar("T")
+
+
+async def stop_within(*stops: Awaitable[None], seconds: float = 3) -> None:
+    for stopping in stops:
+        try:
+            await asyncio.wait_for(stopping, seconds)
+        except (TimeoutError, KafkaError, OSError):
+            pass
 
 
 class Portal:
@@ -173,6 +184,7 @@ class Observed:
     daily_balance: dict[str, list[tuple[datetime, int]]] = field(default_factory=dict)
     fleet: dict[tuple[str, datetime], int] = field(default_factory=dict)  # live VMs per day
     gone: set[str] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     refund_amounts: list[tuple[str, int, int]] = field(default_factory=list)  # ticker, charge,
     #   amount refunded
 
@@ -185,6 +197,7 @@ class Driver:
         self.portal = portal
         self.quiet = Quiet(settings)
         self.seen = Observed()
+        self.paid: set[str] = set()  # companies that paid at the sync point
         self.on_day = on_day or (lambda at, refused: None)
 
     async def run(self) -> Observed:
@@ -194,24 +207,38 @@ class Driver:
         await self.quiet.start()
         try:
             points = self.s.sync_points()
+            timed = self.timed
             for index, at in enumerate(points):
-                await publish_tick(self.producer, self.settings, at)
-                await self.quiet.wait()
+                await timed("tick", publish_tick(self.producer, self.settings, at))
+                await timed("quiet after the tick", self.quiet.wait())
                 if index == 0:
-                    await self.open_wallets(at)
-                await self.observe_suspensions(at)
+                    await timed("opening", self.open_wallets(at))
+                await timed("reading wallets", self.observe(at, self.s.companies))
                 if index == len(points) - 1:
                     break
-                if await self.act(at, first=index == 0):
-                    await self.quiet.wait()
-                    await self.observe_suspensions(at)  # a payment may have restored funds
-                await self.power(at)
-                await self.record_balances(at)
+                if await timed("actions", self.act(at, first=index == 0)):
+                    await timed("quiet after actions", self.quiet.wait())
+                    # a payment may have restored funds
+                    await timed("reading wallets", self.observe(
+                        at, [c for c in self.s.companies if c.ticker in self.paid],
+                        balances=False))
+                await timed("power changes", self.power(at))
+                self.count_fleet(at)
                 self.on_day(at, sum(1 for v in self.seen.requests.values() if v == "rejected"))
             return self.seen
         finally:
-            await self.quiet.stop()
-            await self.producer.stop()
+            # Bounded: after Ctrl-C the broker may already be gone, and a client's goodbye
+            # would wait for it for its whole request timeout.
+            await stop_within(self.quiet.stop(), self.producer.stop())
+
+    async def timed(self, phase: str, step: Awaitable[T]) -> T:
+        """Runs a step, adding its wall time to the phase's (where a run's time goes)."""
+        started = time.monotonic()
+        try:
+            return await step
+        finally:
+            self.seen.timings[phase] = self.seen.timings.get(phase, 0.0) + (
+                time.monotonic() - started)
 
     # --- opening -----------------------------------------------------------------------------
 
@@ -233,13 +260,27 @@ class Driver:
         await self.quiet.wait()  # provisioning learns of every organisation
 
     async def pay(self, company: Company, at: datetime, amount: int, why: str) -> None:
+        self.paid.add(company.ticker)
         payment_id = f"sim-{self.s.seed}-{company.ticker}-{at:%Y%m%d}-{why.replace(' ', '-')}"
         await self.portal.pay(self.seen.wallets[company.ticker], payment_id, amount, at)
 
     # --- each sync point ---------------------------------------------------------------------
 
-    async def observe_suspensions(self, at: datetime) -> None:
+    async def observe(self, at: datetime, companies: list[Company], *,
+                      balances: bool = True) -> None:
+        """Each wallet's balance (for the report) and whether provisioning has suspended the
+        organisation for funds: asked of provisioning when the wallet says it is depleted,
+        or was suspended (after a quiet period the two agree)."""
         async def one(company: Company) -> None:
+            response = await self.portal.call(
+                "GET", "wallet", f"/wallets/{self.seen.wallets[company.ticker]}")
+            response.raise_for_status()
+            status = response.json()
+            if balances:
+                self.seen.daily_balance.setdefault(company.ticker, []).append(
+                    (at, status["balance_minor"]))
+            if not status["depleted"] and company.ticker not in self.seen.suspended_since:
+                return
             response = await self.portal.call(
                 "GET", "provisioning", f"/organisations/{self.seen.organisations[company.ticker]}")
             response.raise_for_status()
@@ -250,11 +291,12 @@ class Driver:
             else:
                 self.seen.suspended_since.pop(company.ticker, None)
 
-        await asyncio.gather(*(one(c) for c in self.s.companies))
+        await asyncio.gather(*(one(c) for c in companies))
 
     async def act(self, at: datetime, *, first: bool) -> bool:
         """The companies' actions at a sync point; whether there were any."""
         payments = []
+        self.paid = set()
         for company in self.s.companies:
             if company.pays_invoices and at.day == 3 and at - timedelta(days=3) >= self.s.start:
                 payments.append(self.pay_invoice(company, at))
@@ -384,15 +426,7 @@ class Driver:
                 previous = wanted
         await asyncio.gather(*sends)
 
-    async def record_balances(self, at: datetime) -> None:
-        async def one(company: Company) -> None:
-            response = await self.portal.call(
-                "GET", "wallet", f"/wallets/{self.seen.wallets[company.ticker]}")
-            response.raise_for_status()
-            self.seen.daily_balance.setdefault(company.ticker, []).append(
-                (at, response.json()["balance_minor"]))
-
-        await asyncio.gather(*(one(c) for c in self.s.companies))
+    def count_fleet(self, at: datetime) -> None:
         for company in self.s.companies:
             self.seen.fleet[(company.ticker, at)] = sum(
                 1 for key in self.seen.vms
