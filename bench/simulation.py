@@ -22,7 +22,13 @@ from bench.infra import REPO_ROOT, bench_settings
 from bench.pipeline import raw_run
 from deploy.launcher import start_system
 from deploy.processes import free_port
-from deploy.simulation import DEFAULT_START, SIZES, print_outcome, run_simulation
+from deploy.simulation import (
+    DEFAULT_START,
+    SIZES,
+    print_outcome,
+    run_simulation,
+    simulation_settings,
+)
 from shared.logs import configure_logging
 
 
@@ -36,10 +42,10 @@ def floor_figure(events: int) -> str:
 
 async def main(args: argparse.Namespace) -> None:
     configure_logging("WARNING", json=False)
-    async with bench_settings(event_clock="ticks", wallet_http_port=free_port(),
-                              provisioning_http_port=free_port(),
+    async with bench_settings(wallet_http_port=free_port(), provisioning_http_port=free_port(),
                               metering_http_port=free_port(), billing_http_port=free_port(),
-                              vcenter_simulator_http_port=free_port()) as settings:
+                              vcenter_simulator_http_port=free_port()) as plain:
+        settings = simulation_settings(plain, DEFAULT_START, args.days)
         folder = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-simulation-"))
         system = await asyncio.to_thread(start_system, settings, folder, use_existing=True)
         try:

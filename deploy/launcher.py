@@ -62,7 +62,8 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
         asyncio.run(_prepare(settings))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                "DATABASE_URL": settings.database_url, "TOPIC_PREFIX": settings.topic_prefix,
-               "GROUP_PREFIX": settings.group_prefix, "EVENT_CLOCK": settings.event_clock}
+               "GROUP_PREFIX": settings.group_prefix, "EVENT_CLOCK": settings.event_clock,
+               "RATE_CARDS": settings.rate_cards}
         for name, (_module, port_setting) in SERVICES.items():
             port = getattr(settings, port_setting)
             system.ports[name] = port

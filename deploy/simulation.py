@@ -11,6 +11,7 @@ through the real services, and proved to the cent by an independent oracle.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from deploy.sim.compare import Difference, collect, compare
 from deploy.sim.driver import Driver, Portal, stop_within
 from deploy.sim.oracle import Oracle
 from deploy.sim.report import write_report
-from deploy.sim.scenario import Scenario, generate
+from deploy.sim.scenario import Scenario, generate, rate_card_change
 from shared.settings import Settings
 
 
@@ -64,6 +65,7 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
           f"{scenario.end:%Y-%m-%d} ({days} days), seed {seed}; the oracle expects "
           f"{expected.usage_events:,} usage events")
     portal = Portal(urls, headers, settings.payment_webhook_secret)
+    await check_rate_cards(portal, scenario)
     bar = tqdm(total=days, unit="day", disable=not progress, dynamic_ncols=True)
     began = time.monotonic()
     usage_so_far = 0
@@ -88,6 +90,23 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
         write_report(report_dir, scenario, expected, seen, reported, differences)
     return Outcome(scenario, differences, expected.usage_events, wall_s, report_dir,
                    seen.timings)
+
+
+def simulation_settings(settings: Settings, start: datetime, days: int) -> Settings:
+    """What the services of a simulation run with: clock ticks as the one clock, and the
+    scenario's rate card change."""
+    return settings.model_copy(update={
+        "event_clock": "ticks", "rate_cards": json.dumps(rate_card_change(start, days))})
+
+
+async def check_rate_cards(portal: Portal, scenario: Scenario) -> None:
+    response = await portal.call("GET", "provisioning", "/rate-cards")
+    response.raise_for_status()
+    versions = {card["version"] for card in response.json()}
+    missing = [c["version"] for c in scenario.rate_cards if c["version"] not in versions]
+    if missing:
+        raise RuntimeError(f"the services were not started with the scenario's rate cards "
+                           f"{missing}: start them with simulation_settings(...)")
 
 
 def print_outcome(outcome: Outcome, shown: int = 25) -> None:

@@ -113,6 +113,7 @@ def demo(use_existing: bool = USE_EXISTING,
 
     from deploy.demo import run_demo
     from deploy.launcher import DATA_DIR, start_system
+    from deploy.simulation import SIZES, simulation_settings
 
     configure_logging("WARNING", json=False)
     first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
@@ -121,13 +122,14 @@ def demo(use_existing: bool = USE_EXISTING,
         # Every run simulates its months from scratch: the state an earlier run left (its
         # clocks months ahead) would make this run's hours look long closed.
         shutil.rmtree(data_dir, ignore_errors=True)
-    # The simulation drives time by clock ticks alone (shared/event_time.py).
-    settings = get_settings().model_copy(update={"event_clock": "ticks"})
+    size = SIZES["full" if full else "demo"]
+    days = days or size.days
+    # Clock ticks are the one clock, and the scenario's rate card change is in force.
+    settings = simulation_settings(get_settings(), first_day, days)
     system = start_system(settings, data_dir, use_existing=use_existing)
     try:
-        outcome = asyncio.run(run_demo(system, size="full" if full else "demo", days=days,
-                                       companies=companies, seed=seed, start=first_day,
-                                       report_dir=Path(report)))
+        outcome = asyncio.run(run_demo(system, days=days, companies=companies or size.companies,
+                                       seed=seed, start=first_day, report_dir=Path(report)))
     except KeyboardInterrupt:
         typer.echo("interrupted: stopping everything")
         raise typer.Exit(130) from None

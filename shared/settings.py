@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # "wall": ticks follow the wall clock (production). "ticks": a simulation drives time by
     # ticks alone, in the past or the future; see shared/event_time.py.
     event_clock: Literal["wall", "ticks"] = "wall"
+    # Rate card versions after the default one: a JSON list (shared.pricing.rate_card_of).
+    rate_cards: str = ""
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

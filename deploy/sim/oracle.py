@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
 
@@ -25,9 +25,21 @@ from deploy.sim.scenario import (
     running_wanted,
 )
 
+
 # --- the price list (docs/billing.md "Rating and rounding"; the seed's tiers) ---------------
-TIER_MONTHLY = {"small": 15_000, "medium": 30_000, "large": 60_000, "enterprise": 120_000}
-VCPU_HOUR, RAM_GB_HOUR, DISK_GB_HOUR = Fraction(12), Fraction(4), Fraction(1, 50)
+@dataclass(frozen=True)
+class Card:
+    version: str
+    effective_from: datetime
+    tier_monthly: tuple[tuple[str, int], ...]
+    vcpu_hour: Fraction
+    ram_gb_hour: Fraction
+    disk_gb_hour: Fraction
+
+
+DEFAULT_CARD = Card("2025-01", datetime(2025, 1, 1, tzinfo=UTC), (
+    ("small", 15_000), ("medium", 30_000), ("large", 60_000), ("enterprise", 120_000)),
+    Fraction(12), Fraction(4), Fraction(1, 50))
 HOURS_PER_MONTH = 730
 REFUND_CAP_PERCENT = 95
 VAT_PERCENT = 15
@@ -36,27 +48,41 @@ VAT_PERCENT = 15
 CREATE_S, POWER_ON_S, POWER_S, RESIZE_S, DELETE_S = 30, 5, 5, 10, 10
 
 
-def hourly_rate(size: Size) -> Fraction:
+def card_of(document: dict[str, object]) -> Card:
+    """A rate card version of the scenario (the JSON the services read too)."""
+    tiers = document["tier_monthly_minor"]
+    assert isinstance(tiers, dict)
+    return Card(str(document["version"]),
+                datetime.fromisoformat(str(document["effective_from"])),
+                tuple((str(k), int(v)) for k, v in tiers.items()),
+                Fraction(str(document["vcpu_hour"])), Fraction(str(document["ram_gb_hour"])),
+                Fraction(str(document["disk_gb_hour"])))
+
+
+def hourly_rate(size: Size, card: Card = DEFAULT_CARD) -> Fraction:
     if size.tier:
-        return Fraction(TIER_MONTHLY[size.tier], HOURS_PER_MONTH)
-    return size.vcpu * VCPU_HOUR + size.ram_gb * RAM_GB_HOUR + size.disk_gb * DISK_GB_HOUR
+        return Fraction(dict(card.tier_monthly)[size.tier], HOURS_PER_MONTH)
+    return size.vcpu * card.vcpu_hour + size.ram_gb * card.ram_gb_hour \
+        + size.disk_gb * card.disk_gb_hour
 
 
-def monthly_price(size: Size) -> Fraction:
-    return Fraction(TIER_MONTHLY[size.tier]) if size.tier else hourly_rate(size) * HOURS_PER_MONTH
+def monthly_price(size: Size, card: Card = DEFAULT_CARD) -> Fraction:
+    if size.tier:
+        return Fraction(dict(card.tier_monthly)[size.tier])
+    return hourly_rate(size, card) * HOURS_PER_MONTH
 
 
-def hold_for(size: Size) -> int:
-    """What must be available to provision: a month, rounded up."""
-    return math.ceil(monthly_price(size))
+def hold_for(size: Size, card: Card = DEFAULT_CARD) -> int:
+    """What must be available to provision: a month at the card in effect, rounded up."""
+    return math.ceil(monthly_price(size, card))
 
 
 @lru_cache(maxsize=100_000)
-def rate(ran: tuple[tuple[Size, int], ...]) -> tuple[int, int]:
+def rate(ran: tuple[tuple[Size, int], ...], card: Card = DEFAULT_CARD) -> tuple[int, int]:
     """An hour's charge (its segments' exact charges summed, rounded down once) and its cap
-    (the highest monthly price of the sizes that ran, rounded down)."""
-    exact = sum((hourly_rate(size) * Fraction(s, 3600) for size, s in ran), Fraction(0))
-    return math.floor(exact), math.floor(max(monthly_price(size) for size, _s in ran))
+    (the highest monthly price of the sizes that ran, rounded down), at the hour's card."""
+    exact = sum((hourly_rate(size, card) * Fraction(s, 3600) for size, s in ran), Fraction(0))
+    return math.floor(exact), math.floor(max(monthly_price(size, card) for size, _s in ran))
 
 
 def vat(net: int) -> int:
@@ -145,6 +171,8 @@ class Expected:
 class Oracle:
     def __init__(self, scenario: Scenario) -> None:
         self.s = scenario
+        later = sorted((card_of(c) for c in scenario.rate_cards), key=lambda c: c.effective_from)
+        self.cards = [DEFAULT_CARD, *later]
         self.wallets = {c.ticker: Wallet(c) for c in scenario.companies}
         self.vms: dict[str, Vm] = {}
         self.months: dict[tuple[str, date], MonthTotals] = {}
@@ -157,6 +185,10 @@ class Oracle:
         self.refunded: dict[tuple[str, datetime], int] = {}
         self.usage_events = 0
         self.usage_by_day: dict[date, int] = {}
+
+    def card(self, at: datetime) -> Card:
+        """The rate card in effect at `at`: the latest that took effect by then."""
+        return [c for c in self.cards if c.effective_from <= at][-1]
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -276,7 +308,7 @@ class Oracle:
     def request(self, action: Action) -> None:
         assert action.size is not None
         wallet = self.wallets[action.ticker]
-        amount = hold_for(action.size)
+        amount = hold_for(action.size, self.card(action.at))
         if wallet.available < amount:
             self.requests[(action.at, action.vm)] = "rejected"
             return
@@ -295,7 +327,8 @@ class Oracle:
             self.requests[(action.at, action.vm)] = "skipped"
             return
         wallet = self.wallets[action.ticker]
-        increase = max(hold_for(action.size) - hold_for(vm.size), 0)
+        card = self.card(action.at)
+        increase = max(hold_for(action.size, card) - hold_for(vm.size, card), 0)
         if increase and wallet.available < increase:
             self.requests[(action.at, action.vm)] = "rejected"
             return
@@ -438,7 +471,8 @@ class Oracle:
         """One line per hour: the segments' exact charges summed, rounded down once; the
         month's charges are min(sum of the hours, highest monthly price that ran)."""
         self.usage_events += 1
-        rated, hour_cap = rate(tuple(sorted(ran.items(), key=lambda i: repr(i[0]))))
+        rated, hour_cap = rate(tuple(sorted(ran.items(), key=lambda i: repr(i[0]))),
+                               self.card(hour))
         state = vm.months.setdefault(month_of(hour), [0, 0, 0])  # rated, cap, charged
         state[0] += rated
         state[1] = max(state[1], hour_cap)

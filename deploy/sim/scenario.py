@@ -124,6 +124,8 @@ class Scenario:
     companies: list[Company]
     actions: dict[datetime, list[Action]] = field(default_factory=dict)
     commodity: dict[date, float] = field(default_factory=dict)  # mining's price, per day
+    # rate card versions after the default one (the services load them from RATE_CARDS)
+    rate_cards: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def end(self) -> datetime:
@@ -142,6 +144,22 @@ class Scenario:
             months.append(month)
             month = next_month(month)
         return months
+
+
+def rate_card_change(start: datetime, days: int) -> list[dict[str, object]]:
+    """The rate card version that takes effect within the run: prices up by a tenth, from
+    the first month start after the middle of the run (or the middle itself, in a run that
+    starts no month). JSON as the services read it (`RATE_CARDS`, shared.pricing)."""
+    middle = start + timedelta(days=days / 2)
+    first = datetime(middle.year, middle.month, 1, tzinfo=UTC)
+    at = month_end(month_of(middle)) if first < middle else first
+    if not start < at < start + timedelta(days=days):
+        at = datetime(middle.year, middle.month, middle.day, tzinfo=UTC)
+    return [{"version": f"{at:%Y-%m}-sim", "effective_from": at.isoformat(),
+             "currency": "ZAR",
+             "tier_monthly_minor": {"small": 16_500, "medium": 33_000, "large": 66_000,
+                                    "enterprise": 132_000},
+             "vcpu_hour": "13", "ram_gb_hour": "9/2", "disk_gb_hour": "1/50"}]
 
 
 def ticker_of(vm_key: str) -> str:
@@ -240,6 +258,7 @@ def generate(seed: int, start: datetime, days: int, companies: int) -> Scenario:
     rows = pick(load_companies(), companies)
     scenario = Scenario(seed, start, days, [])
     scenario.commodity = commodity_series(rng, start.date(), days)
+    scenario.rate_cards = rate_card_change(start, days)
     resellers = [r[0] for r in rows if r[0] in RESELLERS]
     for index, (ticker, name, industry, sector) in enumerate(rows):
         profile = PROFILE_OF_SECTOR.get(sector, DEFAULT_PROFILE)

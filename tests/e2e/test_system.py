@@ -12,7 +12,7 @@ import pytest
 from deploy.demo import run_demo
 from deploy.launcher import start_system
 from deploy.processes import free_port
-from deploy.simulation import SIZES
+from deploy.simulation import DEFAULT_START, SIZES, simulation_settings
 from shared.cli import SERVICES
 from shared.db import drop_database, with_database
 from shared.kafka_admin import create_topics, delete_topics
@@ -31,8 +31,9 @@ def test_the_simulation_agrees_with_its_oracle_and_the_system_stops_cleanly(infr
         wallet_http_port=free_port(), provisioning_http_port=free_port(),
         metering_http_port=free_port(), billing_http_port=free_port(),
         vcenter_simulator_http_port=free_port(),
-        log_json=True, event_clock="ticks",
+        log_json=True,
     )
+    settings = simulation_settings(settings, DEFAULT_START, SIZES["test"].days)
     asyncio.run(create_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
     system = start_system(settings, tmp_path, use_existing=True)
     processes = list(system.processes.values())

@@ -16,6 +16,7 @@ from deploy.sim.scenario import (
     black_friday,
     generate,
     load_companies,
+    rate_card_change,
 )
 
 JULY = datetime(2026, 7, 1, tzinfo=UTC)
@@ -65,6 +66,23 @@ def test_a_vm_running_all_month_pays_its_monthly_price_and_draws_its_hold_down()
     assert expected.statements[("SBK", july)] == {
         "opening": 0, "charges": 30_000, "credits": 100_000, "refunds": 0, "closing": 70_000}
     assert expected.balances["SBK"] == 70_000
+
+
+def test_a_price_change_rates_each_hour_and_prices_each_request_at_its_card():
+    c = company(opening_top_up=500_000)
+    aug = datetime(2026, 8, 1, tzinfo=UTC)
+    s = scenario(c, [Action(JULY, "SBK", "request", "sbk-1", MEDIUM),
+                     Action(aug + timedelta(days=1), "SBK", "request", "sbk-2", MEDIUM)],
+                 days=62)
+    s.rate_cards = rate_card_change(JULY, 62)
+    assert s.rate_cards[0]["effective_from"] == aug.isoformat()
+    expected = Oracle(s).run()
+    july, august = s.months()
+    assert expected.vm_months[("sbk-1", july)]["amount"] == 30_000
+    # R330 a month from August: 45.2 cents an hour, and the cap is the new price
+    assert expected.vm_months[("sbk-1", august)]["amount"] == 33_000
+    assert rate(((MEDIUM, 3600),), Oracle(s).card(aug)) == (45, 33_000)
+    assert hold_for(MEDIUM, Oracle(s).card(aug)) == 33_000
 
 
 def test_a_request_without_the_funds_is_refused_and_nothing_runs():
