@@ -36,7 +36,7 @@ from shared.clock import publish_tick
 from shared.contracts.base import deterministic_id
 from shared.contracts.vcenter import VmPoweredOff, VmPoweredOn
 from shared.settings import Settings
-from shared.topics import ALL_TOPICS, VCENTER_EVENTS
+from shared.topics import ALL_TOPICS, VCENTER_EVENTS, WALLET_EVENTS
 
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
 T = TypeVar("T")
@@ -169,6 +169,45 @@ class Quiet:
             await asyncio.sleep(0.05 if lagging else 0.12)
 
 
+class WalletFeed:
+    """Follows `wallet.events` from the start, as a portal would: each wallet's latest
+    balance and whether its funds are depleted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic(WALLET_EVENTS.name)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                         enable_auto_commit=False)
+        self.partitions = [TopicPartition(self.topic, p) for p in range(WALLET_EVENTS.partitions)]
+        self.balances: dict[str, int] = {}
+        self.depleted: set[str] = set()
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.assign(self.partitions)
+        await self.consumer.seek_to_beginning(*self.partitions)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def drain(self) -> None:
+        """Everything on the topic now (call it when the system is quiet)."""
+        ends = await self.consumer.end_offsets(self.partitions)
+        while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
+            batches = await self.consumer.getmany(timeout_ms=200, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    self._apply(json.loads(record.value))
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        wallet = str(event.get("wallet_id"))
+        if "balance_after" in event:
+            self.balances[wallet] = event["balance_after"]["amount_minor"]
+        if event["type"] == "wallet.depleted":
+            self.depleted.add(wallet)
+        elif event["type"] == "wallet.funds_restored":
+            self.depleted.discard(wallet)
+
+
 @dataclass
 class Observed:
     """What the services reported, for the comparison and the report."""
@@ -196,6 +235,7 @@ class Driver:
         self.settings = settings
         self.portal = portal
         self.quiet = Quiet(settings)
+        self.feed = WalletFeed(settings)
         self.seen = Observed()
         self.paid: set[str] = set()  # companies that paid at the sync point
         self.on_day = on_day or (lambda at, refused: None)
@@ -205,6 +245,7 @@ class Driver:
                                          enable_idempotence=True, linger_ms=5)
         await self.producer.start()
         await self.quiet.start()
+        await self.feed.start()
         try:
             points = self.s.sync_points()
             timed = self.timed
@@ -229,7 +270,7 @@ class Driver:
         finally:
             # Bounded: after Ctrl-C the broker may already be gone, and a client's goodbye
             # would wait for it for its whole request timeout.
-            await stop_within(self.quiet.stop(), self.producer.stop())
+            await stop_within(self.feed.stop(), self.quiet.stop(), self.producer.stop())
 
     async def timed(self, phase: str, step: Awaitable[T]) -> T:
         """Runs a step, adding its wall time to the phase's (where a run's time goes)."""
@@ -268,18 +309,19 @@ class Driver:
 
     async def observe(self, at: datetime, companies: list[Company], *,
                       balances: bool = True) -> None:
-        """Each wallet's balance (for the report) and whether provisioning has suspended the
-        organisation for funds: asked of provisioning when the wallet says it is depleted,
-        or was suspended (after a quiet period the two agree)."""
+        """Each wallet's balance (for the report), from the wallet's events as the portal
+        would follow them, and whether provisioning has suspended the organisation for
+        funds: asked of provisioning when the wallet's last word was that it is depleted, or
+        it was suspended (after a quiet period the two agree)."""
+        await self.feed.drain()
+
         async def one(company: Company) -> None:
-            response = await self.portal.call(
-                "GET", "wallet", f"/wallets/{self.seen.wallets[company.ticker]}")
-            response.raise_for_status()
-            status = response.json()
+            wallet_id = self.seen.wallets[company.ticker]
             if balances:
                 self.seen.daily_balance.setdefault(company.ticker, []).append(
-                    (at, status["balance_minor"]))
-            if not status["depleted"] and company.ticker not in self.seen.suspended_since:
+                    (at, self.feed.balances.get(str(wallet_id), 0)))
+            if (str(wallet_id) not in self.feed.depleted
+                    and company.ticker not in self.seen.suspended_since):
                 return
             response = await self.portal.call(
                 "GET", "provisioning", f"/organisations/{self.seen.organisations[company.ticker]}")
