@@ -108,12 +108,14 @@ def demo(use_existing: bool = USE_EXISTING,
          report: str = typer.Option(".data/demo/report", help="Report folder")) -> None:
     """Start the whole system, simulate JSE-listed companies' months through it, prove the
     money with the independent oracle, write the report, stop. Exits 1 on any difference."""
+    import signal
     from datetime import UTC, datetime
     from pathlib import Path
 
     from deploy.demo import run_demo
     from deploy.launcher import DATA_DIR, start_system
-    from deploy.simulation import SIZES, simulation_settings
+    from deploy.sim.driver import STOP, Stopped
+    from deploy.simulation import SIZES, Outcome, simulation_settings
 
     configure_logging("WARNING", json=False)
     first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
@@ -127,10 +129,19 @@ def demo(use_existing: bool = USE_EXISTING,
     # Clock ticks are the one clock, and the scenario's rate card change is in force.
     settings = simulation_settings(get_settings(), first_day, days)
     system = start_system(settings, data_dir, use_existing=use_existing)
+
+    async def simulate() -> Outcome:
+        # Ctrl-C (or SIGTERM) tells every wait of the driver to give up at once: cancelling
+        # the task alone is not enough, a client library may swallow the cancellation.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, STOP.set)
+        return await run_demo(system, days=days, companies=companies or size.companies,
+                              seed=seed, start=first_day, report_dir=Path(report))
+
     try:
-        outcome = asyncio.run(run_demo(system, days=days, companies=companies or size.companies,
-                                       seed=seed, start=first_day, report_dir=Path(report)))
-    except KeyboardInterrupt:
+        outcome = asyncio.run(simulate())
+    except (Stopped, KeyboardInterrupt):
         typer.echo("interrupted: stopping everything")
         raise typer.Exit(130) from None
     finally:

@@ -42,6 +42,18 @@ TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
 T = TypeVar("T")
 
 
+class Stopped(Exception):
+    """The run was asked to stop (Ctrl-C)."""
+
+
+STOP = asyncio.Event()  # set by Ctrl-C: every wait of the driver gives up at once
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise Stopped("stopped")
+
+
 async def stop_within(*stops: Awaitable[None], seconds: float = 3) -> None:
     for stopping in stops:
         try:
@@ -69,6 +81,7 @@ class Portal:
         """Tried again on a connection error: every call of the simulation is idempotent
         (payment, refund and request ids, idempotency keys)."""
         for attempt in range(3):
+            check_stop()
             try:
                 return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
             except httpx.TransportError:
@@ -160,6 +173,7 @@ class Quiet:
         deadline = loop.time() + timeout
         previous: dict[TopicPartition, int] | None = None
         while True:
+            check_stop()
             ends, lagging = await self._snapshot()
             if not lagging and ends == previous:
                 return
@@ -175,8 +189,9 @@ class WalletFeed:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic(WALLET_EVENTS.name)
+        # The broker answers a fetch at once (it would wait up to 500 ms for more bytes).
         self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         enable_auto_commit=False)
+                                         enable_auto_commit=False, fetch_max_wait_ms=5)
         self.partitions = [TopicPartition(self.topic, p) for p in range(WALLET_EVENTS.partitions)]
         self.balances: dict[str, int] = {}
         self.depleted: set[str] = set()
@@ -274,6 +289,7 @@ class Driver:
 
     async def timed(self, phase: str, step: Awaitable[T]) -> T:
         """Runs a step, adding its wall time to the phase's (where a run's time goes)."""
+        check_stop()
         started = time.monotonic()
         try:
             return await step
@@ -437,6 +453,7 @@ class Driver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
+            check_stop()
             response = await self.portal.call("GET", "provisioning", f"/vm-requests/{request_id}")
             view: dict[str, Any] = response.json()
             if view["status"] in TERMINAL:
