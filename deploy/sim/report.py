@@ -157,7 +157,8 @@ def _plot_revenue(folder: Path, scenario: Scenario, sectors: list[dict[str, Any]
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_title("Monthly revenue by sector (usage charged)")
     ax.set_ylabel("R")
-    ax.legend(fontsize=8, ncol=3)
+    if any(bottom):
+        ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(folder / "revenue_by_sector.png", dpi=100)
     plt.close(fig)

@@ -220,11 +220,22 @@ def fleet_target(company: Company, day: date, progress: float, price: float) -> 
             return base + math.floor(base * company.growth * progress)
         case "healthcare":  # the southern-hemisphere winter, May to August
             return base + (math.ceil(base / 2) if 5 <= day.month <= 8 else 0)
-        case "mining":  # the fleet follows the commodity price
+        case "mining":  # the fleet follows the commodity price (see mining_target)
             return max(1, round(base * price))
         case "retail":  # Black Friday to the end of December
             return base * 2 if day >= black_friday(day.year) and day.month >= 11 else base
     return base
+
+
+def mining_target(company: Company, current: int, price: float) -> int:
+    """The fleet follows the price, with a margin so it does not flap around a boundary:
+    one more VM once the price would carry 0.7 of one more, one less at 0.7 below."""
+    wanted = company.base_fleet * price
+    if wanted >= current + 0.7:
+        return current + 1
+    if wanted <= current - 0.7 and current > 1:
+        return current - 1
+    return current
 
 
 # --- the generator --------------------------------------------------------------------------
@@ -334,7 +345,9 @@ def _plan_actions(rng: random.Random, scenario: Scenario) -> None:
         price = scenario.commodity[at.date()]
         for company in scenario.companies:
             fleet = planned[company.ticker]
-            target = fleet_target(company, at.date(), progress, price)
+            target = (mining_target(company, len(fleet), price)
+                      if company.profile == "mining" and day_index
+                      else fleet_target(company, at.date(), progress, price))
             wanted = target - len(fleet) if day_index == 0 else min(target - len(fleet), 1)
             actions: list[Action] = []
             for _ in range(max(wanted, 0)):
