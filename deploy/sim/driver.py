@@ -441,6 +441,10 @@ class Driver:
                 response = await self.portal.call("POST", "provisioning", "/vm-requests", json={
                     "organisation_id": str(self.seen.organisations[action.ticker]),
                     "name": action.vm, **action.size.body()}, headers=idempotency)
+            if response.status_code == 422:  # e.g. a resize to the size the VM has
+                self.seen.requests[key] = "invalid"
+                self.seen.request_reasons[key] = response.json().get("detail", "")
+                continue
             response.raise_for_status()
             view = await self._terminal(response.json()["request_id"])
             self.seen.requests[key] = "succeeded" if view["status"] == "succeeded" else (

@@ -326,6 +326,9 @@ class Oracle:
         if vm is None or vm.gone:
             self.requests[(action.at, action.vm)] = "skipped"
             return
+        if action.size == vm.size:  # a resize refused earlier left it at this size
+            self.requests[(action.at, action.vm)] = "invalid"
+            return
         wallet = self.wallets[action.ticker]
         card = self.card(action.at)
         increase = max(hold_for(action.size, card) - hold_for(vm.size, card), 0)
