@@ -20,10 +20,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from deploy.sim.compare import Difference, collect, compare
-from deploy.sim.driver import Driver, Portal, stop_within
+from deploy.sim.driver import Driver
 from deploy.sim.oracle import Oracle
 from deploy.sim.report import write_report
 from deploy.sim.scenario import Scenario, generate, rate_card_change
+from deploy.sim.system import Portal, stop_within
 from shared.settings import Settings
 
 

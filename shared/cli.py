@@ -114,7 +114,7 @@ def demo(use_existing: bool = USE_EXISTING,
 
     from deploy.demo import run_demo
     from deploy.launcher import DATA_DIR, start_system
-    from deploy.sim.driver import STOP, Stopped
+    from deploy.sim.system import STOP, Stopped
     from deploy.simulation import SIZES, Outcome, simulation_settings
 
     configure_logging("WARNING", json=False)

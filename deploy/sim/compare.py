@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from deploy.sim.driver import Observed, Portal
+from deploy.sim.driver import Observed
 from deploy.sim.oracle import Expected
 from deploy.sim.scenario import Scenario, ticker_of
+from deploy.sim.system import Portal
 
 STATEMENT_FIELDS = {"opening": "opening_balance", "charges": "charges", "credits": "credits",
                     "refunds": "refunds", "closing": "closing_balance"}

@@ -9,7 +9,6 @@ companies act, then their VMs' power changes for the day go to `vcenter.events`.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,10 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
-import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaProducer
 
 from deploy.sim.scenario import (
     POWER_OFFSET,
@@ -31,196 +27,15 @@ from deploy.sim.scenario import (
     running_wanted,
     ticker_of,
 )
-from services.wallet.api import sign
+from deploy.sim.system import Portal, Quiet, WalletFeed, check_stop, stop_within
 from shared.clock import publish_tick
 from shared.contracts.base import deterministic_id
 from shared.contracts.vcenter import VmPoweredOff, VmPoweredOn
 from shared.settings import Settings
-from shared.topics import ALL_TOPICS, VCENTER_EVENTS, WALLET_EVENTS
+from shared.topics import VCENTER_EVENTS
 
 TERMINAL = ("succeeded", "rejected", "failed", "cancelled")
 T = TypeVar("T")
-
-
-class Stopped(Exception):
-    """The run was asked to stop (Ctrl-C)."""
-
-
-STOP = asyncio.Event()  # set by Ctrl-C: every wait of the driver gives up at once
-
-
-def check_stop() -> None:
-    if STOP.is_set():
-        raise Stopped("stopped")
-
-
-async def stop_within(*stops: Awaitable[None], seconds: float = 3) -> None:
-    for stopping in stops:
-        try:
-            await asyncio.wait_for(stopping, seconds)
-        except (TimeoutError, KafkaError, OSError):
-            pass
-
-
-class Portal:
-    """Every HTTP call of the simulation goes through here: one client, its headers (an API
-    key, when the services ask for one) set in one place."""
-
-    def __init__(self, urls: dict[str, str], headers: dict[str, str] | None = None,
-                 webhook_secret: str = "") -> None:
-        self.urls = urls
-        self.webhook_secret = webhook_secret
-        # Idle connections are dropped before uvicorn's keep-alive (5 s) closes them.
-        self.http = httpx.AsyncClient(timeout=30, headers=headers or {}, limits=httpx.Limits(
-            max_connections=32, keepalive_expiry=2))
-
-    async def close(self) -> None:
-        await self.http.aclose()
-
-    async def call(self, method: str, service: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Tried again on a connection error: every call of the simulation is idempotent
-        (payment, refund and request ids, idempotency keys)."""
-        for attempt in range(3):
-            check_stop()
-            try:
-                return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
-            except httpx.TransportError:
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.2)
-        raise AssertionError("unreachable")
-
-    async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime) -> None:
-        """A payment through the gateway's signed webhook."""
-        body = json.dumps({"payment_id": payment_id, "wallet_id": str(wallet_id),
-                           "amount_minor": amount, "status": "succeeded",
-                           "occurred_at": at.isoformat()}).encode()
-        response = await self.call("POST", "wallet", "/webhooks/payments", content=body,
-                                   headers={"X-Signature": sign(self.webhook_secret, body)})
-        response.raise_for_status()
-
-    async def refund(self, wallet_id: UUID, vm_id: UUID, hour: datetime, percent: int,
-                     refund_id: UUID) -> tuple[str, int]:
-        """Refund `percent` of what the wallet charged for one VM hour. The one place that
-        knows how the ledger names a usage charge: today one entry per VM hour.
-        Returns (applied | refused | skipped, the charge)."""
-        entries = await self.call("GET", "wallet", f"/wallets/{wallet_id}/statement", params={
-            "from": hour.isoformat(), "to": (hour + timedelta(hours=1)).isoformat()})
-        entries.raise_for_status()
-        charges = [e for e in entries.json()["entries"]
-                   if e["vm_id"] == str(vm_id) and e["amount_minor"] < 0
-                   and e["kind"] == "usage_debit"]
-        charge = -sum(e["amount_minor"] for e in charges)
-        amount = charge * percent // 100
-        if not charges or amount <= 0:
-            return "skipped", charge
-        response = await self.call("POST", "wallet", f"/wallets/{wallet_id}/refunds", json={
-            "refund_id": str(refund_id), "charge_entry_id": charges[0]["entry_id"],
-            "amount_minor": amount, "reason": "incident credit"})
-        if response.status_code == 422:
-            return "refused", charge
-        response.raise_for_status()
-        return "applied", charge
-
-
-class Quiet:
-    """Waits until every consumer group of this system has committed up to the end of the
-    topic it reads, seen twice in a row a little apart (outbox rows a handler committed go
-    out just after its offsets)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         enable_auto_commit=False)
-        self.partitions = [TopicPartition(settings.topic(t.name), p)
-                           for t in ALL_TOPICS for p in range(t.partitions)]
-        self.groups: list[str] = []
-
-    async def start(self) -> None:
-        await self.admin.start()
-        await self.consumer.start()
-
-    async def stop(self) -> None:
-        await self.consumer.stop()
-        await self.admin.close()
-
-    async def _groups(self) -> list[str]:
-        prefix = self.settings.group_prefix
-        known = {t.name for t in ALL_TOPICS}
-        return [g[0] for g in await self.admin.list_consumer_groups()
-                if g[0].startswith(prefix) and g[0][len(prefix):].partition(".")[2] in known]
-
-    async def _lagging(self, group: str, ends: dict[TopicPartition, int]) -> bool:
-        topic = self.settings.topic(group[len(self.settings.group_prefix):].partition(".")[2])
-        committed = await self.admin.list_consumer_group_offsets(group)
-        for tp, end in ends.items():
-            if tp.topic == topic and end > 0:
-                offset = committed.get(tp)
-                if offset is None or offset.offset < end:
-                    return True
-        return False
-
-    async def _snapshot(self) -> tuple[dict[TopicPartition, int], bool]:
-        ends = await self.consumer.end_offsets(self.partitions)
-        if not self.groups:  # every service's groups exist once it has started
-            self.groups = await self._groups()
-        lags = await asyncio.gather(*(self._lagging(g, ends) for g in self.groups))
-        return ends, any(lags)
-
-    async def wait(self, timeout: float = 300) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        previous: dict[TopicPartition, int] | None = None
-        while True:
-            check_stop()
-            ends, lagging = await self._snapshot()
-            if not lagging and ends == previous:
-                return
-            previous = None if lagging else ends
-            if loop.time() > deadline:
-                raise TimeoutError("the system did not settle")
-            await asyncio.sleep(0.05 if lagging else 0.12)
-
-
-class WalletFeed:
-    """Follows `wallet.events` from the start, as a portal would: each wallet's latest
-    balance and whether its funds are depleted."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.topic(WALLET_EVENTS.name)
-        # The broker answers a fetch at once (it would wait up to 500 ms for more bytes).
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                         enable_auto_commit=False, fetch_max_wait_ms=5)
-        self.partitions = [TopicPartition(self.topic, p) for p in range(WALLET_EVENTS.partitions)]
-        self.balances: dict[str, int] = {}
-        self.depleted: set[str] = set()
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        self.consumer.assign(self.partitions)
-        await self.consumer.seek_to_beginning(*self.partitions)
-
-    async def stop(self) -> None:
-        await self.consumer.stop()
-
-    async def drain(self) -> None:
-        """Everything on the topic now (call it when the system is quiet)."""
-        ends = await self.consumer.end_offsets(self.partitions)
-        while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=10_000)
-            for records in batches.values():
-                for record in records:
-                    self._apply(json.loads(record.value))
-
-    def _apply(self, event: dict[str, Any]) -> None:
-        wallet = str(event.get("wallet_id"))
-        if "balance_after" in event:
-            self.balances[wallet] = event["balance_after"]["amount_minor"]
-        if event["type"] == "wallet.depleted":
-            self.depleted.add(wallet)
-        elif event["type"] == "wallet.funds_restored":
-            self.depleted.discard(wallet)
 
 
 @dataclass

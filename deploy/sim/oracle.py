@@ -8,164 +8,32 @@ listed next to those rules in docs/simulation.md. Money is integer cents and exa
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from fractions import Fraction
-from functools import lru_cache
+from datetime import date, datetime, timedelta
 
+from deploy.sim.oracle_state import Expected, Hold, MonthTotals, Vm, Wallet
+from deploy.sim.prices import (
+    CREATE_S,
+    DEFAULT_CARD,
+    DELETE_S,
+    POWER_ON_S,
+    POWER_S,
+    REFUND_CAP_PERCENT,
+    RESIZE_S,
+    Card,
+    card_of,
+    hold_for,
+    rate,
+    vat,
+)
 from deploy.sim.scenario import (
     POWER_OFFSET,
     SYNC,
     Action,
-    Company,
     Scenario,
     Size,
     month_of,
     running_wanted,
 )
-
-
-# --- the price list (docs/billing.md "Rating and rounding"; the seed's tiers) ---------------
-@dataclass(frozen=True)
-class Card:
-    version: str
-    effective_from: datetime
-    tier_monthly: tuple[tuple[str, int], ...]
-    vcpu_hour: Fraction
-    ram_gb_hour: Fraction
-    disk_gb_hour: Fraction
-
-
-DEFAULT_CARD = Card("2025-01", datetime(2025, 1, 1, tzinfo=UTC), (
-    ("small", 15_000), ("medium", 30_000), ("large", 60_000), ("enterprise", 120_000)),
-    Fraction(12), Fraction(4), Fraction(1, 50))
-HOURS_PER_MONTH = 730
-REFUND_CAP_PERCENT = 95
-VAT_PERCENT = 15
-# vCenter simulator delays (docs/vcenter-contract.md): create, power on after it, power,
-# resize, delete.
-CREATE_S, POWER_ON_S, POWER_S, RESIZE_S, DELETE_S = 30, 5, 5, 10, 10
-
-
-def card_of(document: dict[str, object]) -> Card:
-    """A rate card version of the scenario (the JSON the services read too)."""
-    tiers = document["tier_monthly_minor"]
-    assert isinstance(tiers, dict)
-    return Card(str(document["version"]),
-                datetime.fromisoformat(str(document["effective_from"])),
-                tuple((str(k), int(v)) for k, v in tiers.items()),
-                Fraction(str(document["vcpu_hour"])), Fraction(str(document["ram_gb_hour"])),
-                Fraction(str(document["disk_gb_hour"])))
-
-
-def hourly_rate(size: Size, card: Card = DEFAULT_CARD) -> Fraction:
-    if size.tier:
-        return Fraction(dict(card.tier_monthly)[size.tier], HOURS_PER_MONTH)
-    return size.vcpu * card.vcpu_hour + size.ram_gb * card.ram_gb_hour \
-        + size.disk_gb * card.disk_gb_hour
-
-
-def monthly_price(size: Size, card: Card = DEFAULT_CARD) -> Fraction:
-    if size.tier:
-        return Fraction(dict(card.tier_monthly)[size.tier])
-    return hourly_rate(size, card) * HOURS_PER_MONTH
-
-
-def hold_for(size: Size, card: Card = DEFAULT_CARD) -> int:
-    """What must be available to provision: a month at the card in effect, rounded up."""
-    return math.ceil(monthly_price(size, card))
-
-
-@lru_cache(maxsize=100_000)
-def rate(ran: tuple[tuple[Size, int], ...], card: Card = DEFAULT_CARD) -> tuple[int, int]:
-    """An hour's charge (its segments' exact charges summed, rounded down once) and its cap
-    (the highest monthly price of the sizes that ran, rounded down), at the hour's card."""
-    exact = sum((hourly_rate(size, card) * Fraction(s, 3600) for size, s in ran), Fraction(0))
-    return math.floor(exact), math.floor(max(monthly_price(size, card) for size, _s in ran))
-
-
-def vat(net: int) -> int:
-    magnitude = (abs(net) * VAT_PERCENT * 2 + 100) // 200
-    return magnitude if net >= 0 else -magnitude
-
-
-# --- state ------------------------------------------------------------------------------------
-
-@dataclass
-class Hold:
-    vm: str
-    remaining: int
-    open: bool = True
-
-
-@dataclass
-class Wallet:
-    company: Company
-    balance: int = 0
-    held: int = 0
-    holds: list[Hold] = field(default_factory=list)
-    low: bool = False
-    depleted: bool = False
-    auto_top_up_on: bool = False
-    suspended_since: datetime | None = None  # provisioning's suspension for funds
-
-    @property
-    def available(self) -> int:
-        credit = self.company.credit_limit if self.company.billing_mode == "INVOICE" else 0
-        return self.balance + credit - self.held
-
-    @property
-    def trigger(self) -> int:
-        auto = self.company.auto_top_up
-        return auto.threshold if auto and self.auto_top_up_on else 0
-
-
-@dataclass
-class Vm:
-    key: str
-    ticker: str
-    size: Size
-    created_at: datetime
-    # events not metered yet (time, same-instant order, kind, size)
-    events: list[tuple[datetime, int, str, Size | None]] = field(default_factory=list)
-    running: bool = False  # as metering sees it after the last closed hour
-    current: Size | None = None
-    deleted: bool = False  # as metering sees it: nothing may follow a deletion
-    gone: bool = False  # deleted (or deleting)
-    suspended_for_funds: bool = False
-    # billing per month: rated, cap, charged; per hour: seconds, rated, line amount
-    months: dict[date, list[int]] = field(default_factory=dict)
-    hours: dict[datetime, tuple[int, int, int]] = field(default_factory=dict)
-
-    def add(self, at: datetime, kind: str, size: Size | None = None) -> None:
-        order = {"created": 0, "resized": 1, "off": 2, "on": 3, "deleted": 4}[kind]
-        self.events.append((at, order, kind, size))
-
-
-@dataclass
-class MonthTotals:
-    charges: int = 0
-    top_ups: int = 0
-    refunds: int = 0
-
-
-@dataclass
-class Expected:
-    """What the services must report."""
-
-    balances: dict[str, int]
-    statements: dict[tuple[str, date], dict[str, int]]
-    vm_months: dict[tuple[str, date], dict[str, int]]  # (vm key, month): metered/billed/amount
-    invoices: dict[tuple[str, date], int]  # total with VAT
-    requests: dict[tuple[datetime, str], str]  # (at, vm key): succeeded | rejected
-    refunds: dict[tuple[datetime, str], str]  # (at, vm key): applied | refused | skipped
-    suspensions: list[tuple[str, datetime]]
-    top_ups: list[tuple[str, datetime, int, str]]  # ticker, at, amount, source
-    fleet: dict[tuple[str, date], int]  # VMs alive at the start of each day
-    daily_balance: dict[str, list[tuple[datetime, int]]]
-    usage_events: int
-    usage_by_day: dict[date, int]  # usage events of the day ending on that date
 
 
 class Oracle:
