@@ -36,7 +36,8 @@ class Size:
 
 SIZES = {
     "test": Size(companies=12, days=62),  # two months
-    "demo": Size(companies=30, days=92),  # every profile and scenario, in about five minutes
+    # every profile and scenario (winter, Black Friday, the rate card change), about 5 minutes
+    "demo": Size(companies=24, days=184),
     "full": Size(companies=1000, days=184),  # every company in the file, six months
 }
 DEFAULT_START = datetime(2026, 7, 1, tzinfo=UTC)  # winter, Black Friday and December

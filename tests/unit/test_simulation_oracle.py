@@ -19,6 +19,7 @@ from deploy.sim.scenario import (
     load_companies,
     rate_card_change,
 )
+from deploy.simulation import SIZES
 
 JULY = datetime(2026, 7, 1, tzinfo=UTC)
 MEDIUM, LARGE = Size.of_tier("medium"), Size.of_tier("large")
@@ -168,7 +169,8 @@ def test_the_same_seed_gives_the_same_scenario_and_the_same_money():
 
 
 def test_the_demo_size_shows_every_profile_and_scenario():
-    s = generate(14, JULY, 92, 30)
+    demo = SIZES["demo"]
+    s = generate(14, JULY, demo.days, demo.companies)
     assert {c.profile for c in s.companies} == set(PROFILES)
     assert sum(c.kind == "reseller" for c in s.companies) >= 2
     assert any(c.reseller for c in s.companies)
