@@ -67,6 +67,20 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         process.wait(5)
 
 
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+    """Terminate every process at once, then kill those still running after `timeout`."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -175,20 +175,50 @@ def stack(use_existing: bool = USE_EXISTING,
 
 @app.command()
 def demo(use_existing: bool = USE_EXISTING,
-         days: int = typer.Option(35, help="Simulated days of usage")) -> None:
-    """Start the whole system, run the simulation end to end, print the results, stop."""
+         full: bool = typer.Option(False, help="Every company in the file for six months"),
+         days: int | None = typer.Option(None, help="Simulated days (any length)"),
+         companies: int | None = typer.Option(None, help="How many companies"),
+         seed: int = typer.Option(14, help="The same seed gives the same scenario and money"),
+         start: str = typer.Option("2026-07-01", help="First simulated day (UTC), past or future"),
+         report: str = typer.Option(".data/demo/report", help="Report folder")) -> None:
+    """Start the whole system, simulate JSE-listed companies' months through it, prove the
+    money with the independent oracle, write the report, stop. Exits 1 on any difference."""
+    import signal
+    from datetime import UTC, datetime
+    from pathlib import Path
+
     from deploy.demo import run_demo
     from deploy.launcher import DATA_DIR, start_system
+    from deploy.sim.system import STOP, Stopped
+    from deploy.simulation import SIZES, Outcome, simulation_settings
 
     configure_logging("WARNING", json=False)
+    first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
     data_dir = DATA_DIR / "demo"
     if not use_existing:
-        # Every run simulates the same weeks of event time from scratch: the state an earlier
-        # run left (its clocks weeks ahead) would make this run's hours look long closed.
+        # Every run simulates its months from scratch: the state an earlier run left (its
+        # clocks months ahead) would make this run's hours look long closed.
         shutil.rmtree(data_dir, ignore_errors=True)
-    system = start_system(get_settings(), data_dir, use_existing=use_existing)
+    size = SIZES["full" if full else "demo"]
+    days = days or size.days
+    # Clock ticks are the one clock, and the scenario's rate card change is in force.
+    settings = simulation_settings(get_settings(), first_day, days)
+    system = start_system(settings, data_dir, use_existing=use_existing)
+
+    async def simulate() -> Outcome:
+        # Ctrl-C (or SIGTERM) tells every wait of the driver to give up at once: cancelling
+        # the task alone is not enough, a client library may swallow the cancellation.
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, STOP.set)
+        return await run_demo(system, days=days, companies=companies or size.companies,
+                              seed=seed, start=first_day, report_dir=Path(report))
+
     try:
-        ok = asyncio.run(run_demo(system, days=days))
+        outcome = asyncio.run(simulate())
+    except (Stopped, KeyboardInterrupt):
+        typer.echo("interrupted: stopping everything")
+        raise typer.Exit(130) from None
     finally:
         system.stop()
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0 if outcome.exact else 1)

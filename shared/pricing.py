@@ -7,6 +7,7 @@ available round up (so a reservation never under-covers a month).
 
 from __future__ import annotations
 
+import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -126,3 +127,30 @@ def tier_spec(tier: TierName, disk_gb: int = 50) -> VmSpec:
     from shared.contracts.vm import VmSpec
 
     return VmSpec.of_tier(tier, disk_gb)
+
+
+def rate_card_of(document: dict[str, object]) -> RateCard:
+    """A card from JSON: `version`, `effective_from` (ISO, with an offset), `currency`,
+    `tier_monthly_minor` ({tier: minor units a month}) and the custom-size rates `vcpu_hour`,
+    `ram_gb_hour`, `disk_gb_hour` in minor units, exact fractions written "9/2" or "12"."""
+    tiers = document["tier_monthly_minor"]
+    if not isinstance(tiers, dict):
+        raise ValueError("tier_monthly_minor must be an object")
+    effective = datetime.fromisoformat(str(document["effective_from"]))
+    if effective.tzinfo is None:
+        raise ValueError("effective_from needs a UTC offset")
+    return RateCard(version=str(document["version"]), effective_from=effective.astimezone(UTC),
+                    currency=str(document["currency"]),
+                    tier_monthly_minor={str(k): int(v) for k, v in tiers.items()},
+                    vcpu_hour=Fraction(str(document["vcpu_hour"])),
+                    ram_gb_hour=Fraction(str(document["ram_gb_hour"])),
+                    disk_gb_hour=Fraction(str(document["disk_gb_hour"])))
+
+
+def book_with(extra_cards: str) -> RateCardBook:
+    """The default book and the later cards of `RATE_CARDS` (a JSON list, see
+    `rate_card_of`), in the order they take effect. Empty: the default book."""
+    book = DEFAULT_BOOK
+    for document in json.loads(extra_cards) if extra_cards.strip() else []:
+        book = book.with_card(rate_card_of(document))
+    return book

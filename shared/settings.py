@@ -1,6 +1,7 @@
 """Runtime settings, read from the environment (and a `.env` file when present)."""
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
     # How often provisioning sends the reservations of requests still awaiting funds again
     # (their first send goes straight to Kafka, not through the outbox).
     reservation_resend_interval_s: float = Field(default=60, gt=0)
+    # "wall": ticks follow the wall clock (production). "ticks": a simulation drives time by
+    # ticks alone, in the past or the future; see shared/event_time.py.
+    event_clock: Literal["wall", "ticks"] = "wall"
+    # Rate card versions after the default one: a JSON list (shared.pricing.rate_card_of).
+    rate_cards: str = ""
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

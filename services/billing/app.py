@@ -11,7 +11,7 @@ from services.billing.api import register_routes
 from services.billing.gateway import PaymentGateway, SimulatedGateway
 from services.billing.handlers import CONSUMER, BillingHandlers
 from services.billing.repository import SCHEMA
-from shared.pricing import DEFAULT_BOOK, RateCardBook
+from shared.pricing import RateCardBook, book_with
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.topics import METERING_USAGE, WALLET_EVENTS
@@ -32,14 +32,15 @@ log = structlog.get_logger(__name__)
 
 
 class BillingService(ServiceRuntime):
-    def __init__(self, settings: Settings, *, book: RateCardBook = DEFAULT_BOOK,
+    def __init__(self, settings: Settings, *, book: RateCardBook | None = None,
                  gateway: PaymentGateway | None = None,
                  close_grace: timedelta = DEFAULT_CLOSE_GRACE,
                  gateway_timeout_s: float = DEFAULT_GATEWAY_TIMEOUT_S,
                  usage_consumers: int = DEFAULT_USAGE_CONSUMERS) -> None:
         super().__init__("billing", SCHEMA, settings)
         self.gateway = gateway or SimulatedGateway()
-        self.handlers = BillingHandlers(self, book, self.gateway, close_grace, gateway_timeout_s)
+        self.handlers = BillingHandlers(self, book or book_with(settings.rate_cards),
+                                        self.gateway, close_grace, gateway_timeout_s)
         for _ in range(usage_consumers):
             self.consume(METERING_USAGE, CONSUMER, self.handlers.on_usage)
         self.consume(WALLET_EVENTS, CONSUMER, self.handlers.on_wallet_events)

@@ -435,7 +435,7 @@ class BillingHandlers:
             match m:
                 case WalletOpened():
                     opened.append((m.wallet_id, m.organisation_id, m.organisation_name,
-                                   m.currency, m.billing_mode, partition))
+                                   m.currency, m.billing_mode, partition, m.occurred_at))
                 case WalletToppedUp():
                     movements.append((m.wallet_id, f"top_up:{m.payment_id}", "top_up",
                                       m.amount.amount_minor, open_month, partition))

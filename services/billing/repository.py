@@ -241,8 +241,12 @@ async def lock_partitions(conn: asyncpg.Connection, partitions: Sequence[int]
 
 
 async def first_line_month(conn: asyncpg.Connection, partition: int) -> date | None:
+    """The partition's first month with a billing line or a wallet opened in it."""
     month: date | None = await conn.fetchval(
-        f"SELECT min(month) FROM {SCHEMA}.vm_months WHERE usage_partition = $1", partition)
+        f"""SELECT min(month) FROM (
+                SELECT min(month) AS month FROM {SCHEMA}.vm_months WHERE usage_partition = $1
+                UNION ALL SELECT min(date_trunc('month', opened_at AT TIME ZONE 'UTC'))::date
+                    FROM {SCHEMA}.wallets WHERE usage_partition = $1) firsts""", partition)
     return month
 
 
@@ -255,7 +259,8 @@ async def set_closed_through(conn: asyncpg.Connection, partition: int, month: da
 async def open_month_closes(conn: asyncpg.Connection, partition: int, month: date) -> None:
     """Pending closes for every wallet with usage in the month or before (a continuing
     customer), or with movements booked on it, before it (a customer whose money is still
-    with us: a quiet month still gets its statement) or not booked yet."""
+    with us: a quiet month still gets its statement) or not booked yet, or opened before the
+    month ended (every month a wallet existed has a statement)."""
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.month_closes (wallet_id, month, usage_partition, status)
             SELECT wallet_id, $2, $1, 'pending' FROM (
@@ -263,6 +268,9 @@ async def open_month_closes(conn: asyncpg.Connection, partition: int, month: dat
                     WHERE usage_partition = $1 AND month <= $2
                 UNION SELECT wallet_id FROM {SCHEMA}.movements
                     WHERE usage_partition = $1 AND (booked_month <= $2 OR booked_month IS NULL)
+                UNION SELECT wallet_id FROM {SCHEMA}.wallets
+                    WHERE usage_partition = $1
+                      AND opened_at < ($2::date + interval '1 month') AT TIME ZONE 'UTC'
                 ) wallets
             ON CONFLICT DO NOTHING""", partition, month)
 
@@ -444,7 +452,8 @@ async def save_invoices(conn: asyncpg.Connection, invoices: Sequence[dict[str, A
 # --- wallet events ------------------------------------------------------------------------------
 
 async def upsert_wallets(conn: asyncpg.Connection, opened: Sequence[tuple[Any, ...]]) -> None:
-    """(wallet_id, organisation_id, name, currency, billing_mode, usage_partition) rows."""
+    """(wallet_id, organisation_id, name, currency, billing_mode, usage_partition,
+    opened_at) rows."""
     if not opened:
         return
     # One row per wallet (the last): a redelivered WalletOpened can share the batch with its
@@ -452,11 +461,12 @@ async def upsert_wallets(conn: asyncpg.Connection, opened: Sequence[tuple[Any, .
     cols = list(zip(*{row[0]: row for row in opened}.values(), strict=True))
     await conn.execute(
         f"""INSERT INTO {SCHEMA}.wallets (wallet_id, organisation_id, organisation_name, currency,
-                billing_mode, usage_partition, last_balance_after)
+                billing_mode, usage_partition, opened_at, last_balance_after)
             SELECT *, 0 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                $6::int[])
+                $6::int[], $7::timestamptz[])
             ON CONFLICT (wallet_id) DO UPDATE SET organisation_name = excluded.organisation_name,
-                billing_mode = excluded.billing_mode""",
+                billing_mode = excluded.billing_mode,
+                opened_at = least({SCHEMA}.wallets.opened_at, excluded.opened_at)""",
         *[list(c) for c in cols])
 
 

@@ -9,6 +9,7 @@ import structlog
 from services.provisioning.api import register_routes
 from services.provisioning.handlers import CONSUMER, ProvisioningHandlers
 from services.provisioning.repository import SCHEMA
+from shared.pricing import book_with
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.topics import (
@@ -25,7 +26,7 @@ log = structlog.get_logger(__name__)
 class ProvisioningService(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
         super().__init__("provisioning", SCHEMA, settings)
-        self.handlers = h = ProvisioningHandlers(self)
+        self.handlers = h = ProvisioningHandlers(self, book_with(settings.rate_cards))
         # These handlers push the outbox rows they committed to the relay themselves; portal
         # intake writes its rows with the requests, in one statement, and wakes the relay.
         pushes = {"wake_relay": False}

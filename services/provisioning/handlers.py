@@ -64,6 +64,7 @@ from shared.contracts.wallet import (
     WalletFundsRestored,
     WalletOpened,
 )
+from shared.event_time import event_time_now
 from shared.outbox import Outgoing, Row, enqueue
 from shared.pricing import DEFAULT_BOOK, RateCardBook
 from shared.runtime import ServiceRuntime
@@ -144,7 +145,7 @@ class ProvisioningHandlers:
         return self.runtime.pool
 
     async def now(self, conn: asyncpg.Connection) -> datetime:
-        return event_now(await repo.clock_now(conn), wall_clock())
+        return event_time_now(await repo.clock_now(conn), wall_clock(), self.settings.event_clock)
 
     # --- intake: HTTP and portal.vm-requests ---------------------------------------------
 
@@ -229,7 +230,7 @@ class ProvisioningHandlers:
         ids = [request_id_for(s.organisation_id, s.idempotency_key) for s in submissions]
         orgs = await self._organisations(conn, {s.organisation_id for s in submissions})
         clock, known = await repo.clock_and_requests(conn, ids)
-        now = event_now(clock, wall_clock())
+        now = event_time_now(clock, wall_clock(), self.settings.event_clock)
         results: list[Accepted | Refused] = []
         created: dict[UUID, VmRequest] = {}
         outgoing_by_request: list[tuple[UUID, Outgoing]] = []

@@ -36,6 +36,7 @@ from shared.api_keys import register_organisation
 from shared.consumer import validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
+from shared.event_time import event_time_now
 from shared.http import ActorKey, OperatorKey, ReaderKey
 from shared.money import BIGINT_MAX, MAX_AMOUNT_MINOR, CurrencyCode, Money, MoneyModel
 from shared.outbox import enqueue, outgoing
@@ -164,6 +165,14 @@ def register_routes(service: WalletService) -> None:
             raise no_wallet(wallet_id)
         return wallet
 
+    async def now(conn: asyncpg.Connection) -> datetime:
+        """Event time of an HTTP call: see shared/event_time.py."""
+        return event_time_now(await repo.clock_now(conn), datetime.now(UTC), settings.event_clock)
+
+    async def pooled_now() -> datetime:
+        async with service.pool.acquire() as conn:
+            return await now(conn)
+
     @router.post("/organisations", status_code=201)
     async def open_wallet(body: OpenWallet, by: OperatorKey) -> dict[str, UUID]:
         """Open an organisation (customer or reseller) with its one wallet."""
@@ -190,7 +199,8 @@ def register_routes(service: WalletService) -> None:
             await register_organisation(conn, body.organisation_id, body.reseller_id)
             await audit.record(conn, by, wallet.wallet_id, "opened")
             opened = WalletOpened(
-                wallet_id=wallet.wallet_id, organisation_id=body.organisation_id,
+                occurred_at=await now(conn), wallet_id=wallet.wallet_id,
+                organisation_id=body.organisation_id,
                 organisation_name=body.name, organisation_kind=body.kind,
                 reseller_id=body.reseller_id, currency=wallet.currency,
                 billing_mode=wallet.billing_mode.value)
@@ -309,7 +319,7 @@ def register_routes(service: WalletService) -> None:
         message = TopUpWallet(
             payment_id=payment.payment_id, wallet_id=payment.wallet_id,
             amount=MoneyModel(amount_minor=payment.amount_minor, currency=payment.currency),
-            source="gateway_webhook", occurred_at=payment.occurred_at or datetime.now(UTC))
+            source="gateway_webhook", occurred_at=payment.occurred_at or await pooled_now())
         try:
             applied = await service.handlers.top_up(message)
         except UnknownWallet as error:
@@ -327,8 +337,8 @@ def register_routes(service: WalletService) -> None:
     async def refund(wallet_id: UUID, body: RefundRequest, by: OperatorKey) -> dict[str, object]:
         """Refund part of a charge, or of one VM's part of a usage entry (`vm_id`): at most
         95% of what it still costs after its corrections, counting earlier refunds."""
-        events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
+            events = Events(settings, at=await now(conn))
             wallet = await locked_wallet(conn, wallet_id)
             booked = await repo.booked_entry(conn, wallet_id, ledger_key("refund", body.refund_id))
             if booked is not None:
@@ -346,7 +356,7 @@ def register_routes(service: WalletService) -> None:
                 raise HTTPException(404, f"no entry {body.charge_entry_id} in wallet {wallet_id}")
             try:
                 wallet.refund(refund_id=body.refund_id, charge=charge, amount=body.amount_minor,
-                              at=datetime.now(UTC), reason=body.reason, vm_id=body.vm_id)
+                              at=await now(conn), reason=body.reason, vm_id=body.vm_id)
             except WalletError as error:
                 raise HTTPException(422, str(error)) from None
             events.emit(wallet, None, wallet.take_facts())
@@ -363,8 +373,8 @@ def register_routes(service: WalletService) -> None:
     async def auto_topup(wallet_id: UUID, body: AutoTopUpRequest, by: ActorKey
                          ) -> dict[str, object]:
         """PAYG wallets only: top up `amount` when available funds fall below `threshold`."""
-        events = Events(settings)
         async with service.pool.acquire() as conn, conn.transaction():
+            events = Events(settings, at=await now(conn))
             owner = await repo.get_wallet(conn, wallet_id)
             wallet = await locked_wallet(
                 conn, wallet_id, owner is not None and by.may_act_for(owner.organisation_id))

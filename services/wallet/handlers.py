@@ -87,8 +87,9 @@ def payment_claim_id(payment_id: str) -> UUID:
 class Events:
     """Turns the wallet's facts into contract events, caused by the message at hand."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, at: datetime | None = None) -> None:
         self.settings = settings
+        self.at = at  # when an event with no cause (an HTTP call) happened; None: now
         self.out: list[Outgoing] = []
 
     def _money(self, wallet: Wallet, amount: int) -> MoneyModel:
@@ -100,6 +101,8 @@ class Events:
 
     def send(self, topic: str, key: UUID, cause: Envelope | None, model: type[Envelope],
               **fields: Any) -> None:
+        if cause is None and self.at is not None:
+            fields.setdefault("occurred_at", self.at)
         message = cause.caused(model, **fields) if cause else model(**fields)
         self.out.append(outgoing(self.settings.topic(topic), key, message))
 
@@ -387,6 +390,7 @@ class WalletHandlers:
             expired: list[Hold] = []
             if good:
                 latest = max(good, key=lambda i: i.message.at).message
+                await repo.advance_clock(conn, latest.at)
                 wallets, expired = await self._expire_holds(conn, latest.at, latest, events)
             committed = await self._commit(conn, wallets, [], expired, events)
         self.runtime.relay.push(committed)

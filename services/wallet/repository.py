@@ -123,6 +123,17 @@ async def hold_owners(conn: asyncpg.Connection, request_ids: Sequence[UUID]
     return {r["request_id"]: r["wallet_id"] for r in rows}
 
 
+async def clock_now(conn: asyncpg.Connection) -> datetime | None:
+    now: datetime | None = await conn.fetchval(f"SELECT now FROM {SCHEMA}.clock WHERE id = 1")
+    return now
+
+
+async def advance_clock(conn: asyncpg.Connection, at: datetime) -> None:
+    await conn.execute(
+        f"""INSERT INTO {SCHEMA}.clock (id, now) VALUES (1, $1)
+            ON CONFLICT (id) DO UPDATE SET now = greatest({SCHEMA}.clock.now, excluded.now)""", at)
+
+
 async def expired_pending_wallets(conn: asyncpg.Connection, now: datetime) -> list[UUID]:
     rows = await conn.fetch(
         f"""SELECT DISTINCT wallet_id FROM {SCHEMA}.holds

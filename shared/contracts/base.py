@@ -66,7 +66,10 @@ class Envelope(BaseModel):
     causation_id: UUID | None = None
 
     def caused(self, model: builtins.type[Self] | Any, **fields: Any) -> Any:
-        """Build a message caused by this one, carrying the correlation forward."""
+        """Build a message caused by this one, carrying the correlation forward. Unless told
+        otherwise it happens, in event time, when its cause did (never at the wall clock's
+        time: a simulated month stays in its month)."""
+        fields.setdefault("occurred_at", self.occurred_at)
         fields.setdefault("correlation_id", self.correlation_id or self.event_id)
         fields.setdefault("causation_id", self.event_id)
         return model(**fields)

@@ -32,8 +32,8 @@ async def test_billing_stores_a_wallet_opened_twice_in_one_batch(db: asyncpg.Con
     wallet_id, org_id = uuid4(), uuid4()
     async with db.transaction():
         await billing_repo.upsert_wallets(db, [
-            (wallet_id, org_id, "first name", "ZAR", "PAYG", 3),
-            (wallet_id, org_id, "second name", "ZAR", "PAYG", 3)])
+            (wallet_id, org_id, "first name", "ZAR", "PAYG", 3, OPENED_AT),
+            (wallet_id, org_id, "second name", "ZAR", "PAYG", 3, OPENED_AT)])
     stored = await db.fetch("SELECT organisation_name FROM billing.wallets WHERE wallet_id = $1",
                             wallet_id)
     assert [r["organisation_name"] for r in stored] == ["second name"]

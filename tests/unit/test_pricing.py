@@ -94,3 +94,29 @@ def test_a_tier_must_have_its_shape():
         VmSpec(tier="small", vcpu=2, ram_gb=2)
     assert tier_spec("large", disk_gb=200) == VmSpec(tier="large", vcpu=4, ram_gb=8, disk_gb=200)
     assert datetime(2025, 1, 1, tzinfo=UTC) == START
+
+
+def test_later_rate_cards_come_from_configuration():
+    import json
+    from datetime import UTC, datetime
+    from fractions import Fraction
+
+    import pytest
+
+    from shared.pricing import DEFAULT_BOOK, book_with
+
+    assert book_with("") is DEFAULT_BOOK
+    book = book_with(json.dumps([{
+        "version": "2026-10", "effective_from": "2026-10-01T00:00:00+00:00", "currency": "ZAR",
+        "tier_monthly_minor": {"small": 16_500, "medium": 33_000, "large": 66_000,
+                               "enterprise": 132_000},
+        "vcpu_hour": "13", "ram_gb_hour": "9/2", "disk_gb_hour": "1/50"}]))
+    assert book.at(datetime(2026, 9, 30, 23, tzinfo=UTC)).version == DEFAULT_BOOK.cards[0].version
+    october = book.at(datetime(2026, 10, 1, tzinfo=UTC))
+    assert october.tier_monthly_minor["medium"] == 33_000
+    assert october.ram_gb_hour == Fraction(9, 2)
+    with pytest.raises(ValueError):
+        book_with(json.dumps([{**json.loads(json.dumps({
+            "version": "x", "effective_from": "2026-10-01T00:00:00", "currency": "ZAR",
+            "tier_monthly_minor": {}, "vcpu_hour": "1", "ram_gb_hour": "1",
+            "disk_gb_hour": "1"}))}]))

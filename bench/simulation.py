@@ -1,0 +1,80 @@
+"""The simulation at full size: every company in the file for six months, through the real
+services, proved by the oracle. Prints the wall time, the usage events and the end-to-end
+events per second next to the raw limits measured in the same run: a bare aiokafka consume
+and produce of as many usage messages (the simulation's own, from `metering.usage`), and
+`bench floor`'s figure (the least work per usage event on this machine's cores).
+
+Usage: python -m bench.simulation [--companies N] [--days N] [--seed N] [--no-floor]
+Last line: companies=<n> months=<n> usage_events=<n> wall_s=<n> events_per_s=<n>
+           oracle=<exact|differs>
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.infra import REPO_ROOT, bench_settings
+from bench.pipeline import raw_run
+from deploy.launcher import start_system
+from deploy.processes import free_port
+from deploy.simulation import (
+    DEFAULT_START,
+    SIZES,
+    print_outcome,
+    run_simulation,
+    simulation_settings,
+)
+from shared.logs import configure_logging
+
+
+def floor_figure(events: int) -> str:
+    """`bench floor`'s last line, run in its own process on its own topics and database."""
+    done = subprocess.run([sys.executable, "-m", "bench.floor", "--events", str(events)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if done.returncode == 0 and lines else f"floor failed: {done.stderr[-300:]}"
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("WARNING", json=False)
+    async with bench_settings(wallet_http_port=free_port(), provisioning_http_port=free_port(),
+                              metering_http_port=free_port(), billing_http_port=free_port(),
+                              vcenter_simulator_http_port=free_port()) as plain:
+        settings = simulation_settings(plain, DEFAULT_START, args.days)
+        folder = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-simulation-"))
+        system = await asyncio.to_thread(start_system, settings, folder, use_existing=True)
+        try:
+            outcome = await run_simulation(
+                settings, {name: system.url(name) for name in system.processes},
+                seed=args.seed, start=DEFAULT_START, days=args.days, companies=args.companies,
+                report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report")
+        finally:
+            await asyncio.to_thread(system.stop)
+        print_outcome(outcome, shown=10)
+        print("raw limits, measured now:")
+        raw = await raw_run(settings, outcome.usage_events)
+        print(f"  bare aiokafka consume and produce of {outcome.usage_events:,} usage messages: "
+              f"{raw:,.0f}/s")
+    floor = floor_figure(args.floor_events) if args.floor_events else "skipped"
+    print(f"  bench floor: {floor}")
+    rate = outcome.usage_events / outcome.wall_s
+    print(f"  end to end: {rate:,.0f}/s, {rate / raw:.3f} of the bare Kafka loop")
+    print(f"companies={len(outcome.scenario.companies)} months={len(outcome.scenario.months())} "
+          f"usage_events={outcome.usage_events} wall_s={outcome.wall_s:.0f} "
+          f"events_per_s={rate:.0f} oracle={'exact' if outcome.exact else 'differs'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--companies", type=int, default=SIZES["full"].companies)
+    parser.add_argument("--days", type=int, default=SIZES["full"].days)
+    parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--floor-events", type=int, default=100_000,
+                        help="usage events for bench floor (0: skip it)")
+    asyncio.run(main(parser.parse_args()))
