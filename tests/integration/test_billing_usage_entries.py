@@ -85,12 +85,13 @@ async def test_entries_sent_again_after_a_crash_are_booked_once_corrections_afte
 
         await wait_until(confirmed)
         assert lost, "no charge went through the failing publication"
-        # the correction: VM 0 ran half the hour; on the partition after the repeat
-        await kafka.publish(settings.topic(METERING_USAGE.name), wallet_id,
-                            usage(vms[0], wallet_id, org, JAN, [(MEDIUM, 1800)], revision=1))
+        # the hour's entries, read before the correction can add its own
         entries = await db.fetch(
             "SELECT entry_id, kind, vm_ids, line_ids, amounts FROM billing.usage_entries "
             "ORDER BY revision, entry_id")
+        # the correction: VM 0 ran half the hour; on the partition after the repeat
+        await kafka.publish(settings.topic(METERING_USAGE.name), wallet_id,
+                            usage(vms[0], wallet_id, org, JAN, [(MEDIUM, 1800)], revision=1))
         await wait_until(lambda: _count(db, wallet_id, len(entries) + 1))
 
         *hour, correction = await usage_rows()
