@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.deadletters import Letter, Replay, parse_letters
 from shared.kafka_security import client_options
@@ -19,16 +20,20 @@ async def read_letters(settings: Settings, timeout: float = 30.0) -> list[Letter
     """Every dead letter on the topic now, read from its beginning to the end offsets it
     had when this started (without joining a group, so reading moves nobody's offsets)."""
     topic = settings.topic(DEAD_LETTER.name)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
+                                **client_options(settings))
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    wanted = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    if not wanted:  # no such topic (yet): no letters
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
                                 enable_auto_commit=False, **client_options(settings))
     await consumer.start()
     try:
-        if topic not in await consumer.topics():  # also fetches the topics' metadata
-            return []
-        partitions = consumer.partitions_for_topic(topic) or set()
-        wanted = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not wanted:
-            return []
         ends = await consumer.end_offsets(wanted)
         consumer.assign(wanted)
         await consumer.seek_to_beginning(*wanted)
