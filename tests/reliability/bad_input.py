@@ -20,6 +20,7 @@ from shared.topics import (
     ALL_TOPICS,
     BILLING_DEBITS,
     CLOCK_TICKS,
+    PROVISIONING_OUTCOMES,
     PROVISIONING_REQUESTS,
     VCENTER_EVENTS,
     WALLET_TOPUPS,
@@ -33,6 +34,9 @@ REJECTED = "funds rejected"
 # The same id again: at-least-once delivery makes this a redelivery, booked once; its
 # content is not compared (the first one's stands).
 IGNORED_AS_REPEAT = "ignored as a repeat"
+# About something that does not exist: a dead letter or nothing, as the consumer documents;
+# what the matrix asserts is that nothing changed and the consumer went on.
+NOTHING_TO_ACT_ON = "nothing to act on"
 OVERSIZED_BYTES = 700_000  # under the broker's 1 MB message limit, far over any real message
 
 
@@ -92,16 +96,6 @@ def structural_cases() -> list[Case]:
                      _json({"type": message_name, "version": version}),
                      reason_has="Field required"),
             ]
-    # ticks far from now: consumers' clocks only move forward, so one would stay for good
-    for topic in (CLOCK_TICKS.name, VCENTER_EVENTS.name):
-        cases += [
-            Case(topic, "tick far in the future", _json(_envelope(
-                "clock.tick", at="9999-12-31T00:00:00Z")), key="clock",
-                reason_has="within 3653 days"),
-            Case(topic, "tick far in the past", _json(_envelope(
-                "clock.tick", at="1970-01-01T00:00:00Z")), key="clock",
-                reason_has="within 3653 days"),
-        ]
     return cases
 
 
@@ -183,6 +177,22 @@ def money_cases(wallet_id: UUID, organisation_id: UUID, booked_debit: dict[str, 
             **_envelope("billing.debit_wallet", debit_id=str(uuid4()), wallet_id=w,
                         amount={"amount_minor": 500, "currency": "ZAR"}),
             "occurred_at": "2026-12-01T10:00:00"}), key=w, reason_has="timezone"),
+    ]
+    vm = str(uuid4())
+    cases += [Case(VCENTER_EVENTS.name, f"{event} of an unknown VM",
+                   _json(_envelope(f"vcenter.{event}", vm_id=vm)), key=vm,
+                   expect=NOTHING_TO_ACT_ON)
+              for event in ("vm_powered_on", "vm_powered_off", "vm_suspended", "vm_deleted")]
+    cases += [
+        Case(PROVISIONING_OUTCOMES.name, "success of an unknown request", _json(_envelope(
+            "provisioning.succeeded", request_id=str(uuid4()), wallet_id=w, vm_id=vm)),
+            key=w, expect=NOTHING_TO_ACT_ON),
+        Case(PROVISIONING_OUTCOMES.name, "failure of an unknown request", _json(_envelope(
+            "provisioning.failed", request_id=str(uuid4()), wallet_id=w, vm_id=vm,
+            reason="matrix")), key=w, expect=NOTHING_TO_ACT_ON),
+        Case(PROVISIONING_OUTCOMES.name, "an unknown VM decommissioned", _json(_envelope(
+            "provisioning.vm_decommissioned", wallet_id=w, vm_id=vm)), key=w,
+            expect=NOTHING_TO_ACT_ON),
     ]
     # ticks far from now: consumers' clocks only move forward, so one would stay for good
     for topic in (CLOCK_TICKS.name, VCENTER_EVENTS.name):

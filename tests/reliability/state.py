@@ -10,6 +10,10 @@ import asyncpg
 SCHEMAS = ("wallet", "provisioning", "metering", "billing")
 # Not state: which message ids were seen and what waits to be published (empty at rest).
 BOOKKEEPING = {"inbox", "outbox"}
+# Rows that say no more than their absence: metering registers each source partition it
+# reads, with no progress until an event of a known VM or a tick moves it.
+SAME_AS_NO_ROW = {"metering.partitions": "up_to IS NULL AND closed_until IS NULL AND "
+                                         "published_until IS NULL AND published_up_to IS NULL"}
 
 
 async def snapshot(database_url: str) -> dict[str, list[str]]:
@@ -25,7 +29,9 @@ async def snapshot(database_url: str) -> dict[str, list[str]]:
             if t["table_name"] in BOOKKEEPING or t["table_name"].startswith("_yoyo"):
                 continue
             name = f'{t["table_schema"]}.{t["table_name"]}'
-            rows = await conn.fetch(f"SELECT to_jsonb(t)::text AS row FROM {name} t")
+            skip = SAME_AS_NO_ROW.get(name)
+            rows = await conn.fetch(f"SELECT to_jsonb(t)::text AS row FROM {name} t"
+                                    + (f" WHERE NOT ({skip})" if skip else ""))
             state[name] = sorted(r["row"] for r in rows)
         return state
     finally:
