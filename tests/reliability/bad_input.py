@@ -9,7 +9,7 @@ what the case shows instead. Either way no balance, hold, ledger row or line cha
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -47,8 +47,7 @@ class Case:
     value: bytes | None
     expect: str = DEAD_LETTER
     key: str | None = None
-    reason_has: str = ""  # what the dead letter's reason must say
-    detail: dict[str, Any] = field(default_factory=dict)
+    reason_has: str = ""  # what the dead letter's reason (or the rejection) must say
 
 
 def consumers_of(topic: str) -> set[str]:
