@@ -18,6 +18,9 @@ from shared.settings import get_settings
 app = typer.Typer(help="cloudwallet: wallet, metering and billing services", no_args_is_help=True)
 keys = typer.Typer(help="API keys: create (shown once), list, revoke", no_args_is_help=True)
 app.add_typer(keys, name="keys")
+deadletters = typer.Typer(help="Dead letters: list them with their reasons, replay chosen ones",
+                          no_args_is_help=True)
+app.add_typer(deadletters, name="deadletters")
 
 SERVICES = {
     "wallet": ("services.wallet.app", "wallet_http_port"),
@@ -137,6 +140,47 @@ def revoke(key_id: str = typer.Argument(..., help="The key id (the part after cw
         typer.echo(f"no active key {key_id}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key_id}")
+
+
+@deadletters.command("list")
+def list_dead_letters(
+        topic: str | None = typer.Option(None, help="Only letters from this source topic "
+                                                    "(with or without the topic prefix)"),
+        width: int = typer.Option(120, min=20, help="Cut reasons to this many characters"),
+) -> None:
+    """Every dead letter (of a topic): id, when, consumer, topic/partition@offset, key,
+    reason; then how many per reason."""
+    from shared.deadletter_kafka import read_letters
+    from shared.deadletters import of_topic, reasons_count, summary_line
+
+    settings = get_settings()
+    letters = of_topic(asyncio.run(read_letters(settings)), topic, settings.topic_prefix)
+    for letter in letters:
+        typer.echo(summary_line(letter, width))
+    typer.echo(f"{len(letters)} dead letters", err=True)
+    for reason, count in reasons_count(letters).items():
+        typer.echo(f"{count:>6}  {reason}", err=True)
+
+
+@deadletters.command("replay")
+def replay_dead_letters(
+        ids: list[str] = typer.Argument(..., help="Letter ids (or unique prefixes of 8+)"),
+) -> None:
+    """Send the chosen letters' original records again, each to its topic and partition
+    with its key. Consumers are idempotent: what was booked before is not booked again."""
+    from shared.deadletter_kafka import read_letters, send_again
+    from shared.deadletters import NotReplayable, SelectionError, choose, replay_of
+
+    settings = get_settings()
+    try:
+        replays = [replay_of(letter) for letter in choose(asyncio.run(read_letters(settings)),
+                                                           ids)]
+    except (SelectionError, NotReplayable) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    asyncio.run(send_again(settings, replays))
+    for r in replays:
+        typer.echo(f"replayed {r.letter_id} to {r.topic}/{r.partition}")
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def document_problems(app: FastAPI) -> None:
         for path, operations in document.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
-                codes = [] if path == "/health" else list(_REFUSALS)
+                codes = [] if path == "/health" else [*_REFUSALS, 503]
                 if operation.get("security"):
                     codes += _KEY_REFUSALS
                 codes += [int(c) for c in responses if c.startswith("4") and int(c) not in codes]
@@ -134,6 +134,10 @@ def _problem_response(code: int) -> dict[str, Any]:
     if code == 429:
         response["headers"] = {"Retry-After": {
             "description": "Seconds until the key may call again",
+            "schema": {"type": "integer", "minimum": 1}}}
+    if code == 503:
+        response["headers"] = {"Retry-After": {
+            "description": "Seconds to wait: the process is at its requests in flight",
             "schema": {"type": "integer", "minimum": 1}}}
     if code == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -186,6 +190,35 @@ class BodySizeLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(413, f"the request body is over {self.max_bytes} bytes")
         await response(scope, receive, send)
+
+
+class InFlightLimit:
+    """503 with `Retry-After` while `max_in_flight` requests are being handled: admission
+    control, so an overloaded process refuses at once (the client backs off) instead of
+    letting every connection wait in its event loop with its memory. /health is never
+    refused: an orchestrator must not restart a process for being busy."""
+
+    RETRY_AFTER_S = 1
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            response = problem(503, "the service is at capacity; try again shortly",
+                               headers={"Retry-After": str(self.RETRY_AFTER_S)})
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class Guard:

@@ -20,6 +20,7 @@ from shared.db import create_pool
 from shared.http import (
     BodySizeLimit,
     Guard,
+    InFlightLimit,
     MachineKey,
     document_problems,
     install_problem_handlers,
@@ -44,6 +45,8 @@ class ServiceRuntime:
                                   logger=None, security=broker_security(settings))
         self.http = FastAPI(title=f"cloudwallet {name}", version="1", lifespan=self._lifespan)
         self.http.add_middleware(BodySizeLimit, max_bytes=settings.max_request_body_bytes)
+        # added last, so it runs first: a refused request costs no body reading
+        self.http.add_middleware(InFlightLimit, max_in_flight=settings.max_requests_in_flight)
         install_problem_handlers(self.http)
         document_problems(self.http)
         self.http.state.guard = Guard(lambda: self._auth_pool or self.pool,

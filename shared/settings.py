@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Requests per second each API key may make on average, and in a burst (then 429).
     api_rate_per_s: float = Field(default=100, gt=0)
     api_rate_burst: int = Field(default=200, ge=1)
+    # Requests handled at once per process; more are refused with 503 and Retry-After.
+    max_requests_in_flight: int = Field(default=1024, ge=1)
     # Larger request bodies are refused with 413 before they are read.
     max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_topup_minor: int = Field(default=100_000_000, ge=1)

@@ -33,15 +33,16 @@ hypothesis_settings.register_profile("cloudwallet", deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cloudwallet"))
 
 # Which servers a test needs follows from where it lives, so a new module cannot forget
-# its marker: `-m "not integration and not e2e"` runs the unit tests alone.
-MARKER_OF_FOLDER = {"integration": "integration", "e2e": "e2e", "browser": "e2e"}
+# its marker: `-m "not integration and not e2e"` runs the unit tests alone, `-m reliability`
+# the reliability suite (which needs the servers too, so it is also `integration`).
+MARKERS_OF_FOLDER = {"integration": ("integration",), "e2e": ("e2e",), "browser": ("e2e",),
+                     "reliability": ("reliability", "integration")}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        folder = item.path.parent.name
-        if folder in MARKER_OF_FOLDER:
-            item.add_marker(MARKER_OF_FOLDER[folder])
+        for marker in MARKERS_OF_FOLDER.get(item.path.parent.name, ()):
+            item.add_marker(marker)
 
 
 @dataclass(frozen=True)

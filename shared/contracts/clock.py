@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, field_validator
 
-from shared.contracts.base import Envelope, UtcDatetime, deterministic_id
+from shared.contracts.base import Envelope, UtcDatetime, deterministic_id, utcnow
+
+# Event time runs ahead of the wall clock in a simulation (over a year in the demo) and
+# behind it when old days are replayed, but a tick further than this either way is a
+# mistake, and one that no later tick undoes: consumers' clocks only move forward, so a
+# tick in the year 9999 would time out every saga and close every hour from then on.
+MAX_CLOCK_SKEW = timedelta(days=3653)
 
 
 class ClockTick(Envelope):
@@ -18,6 +24,14 @@ class ClockTick(Envelope):
     type: Literal["clock.tick"] = "clock.tick"
     version: Literal[1] = 1
     at: UtcDatetime
+
+    @field_validator("at")
+    @classmethod
+    def _near_the_wall_clock(cls, at: datetime) -> datetime:
+        if abs(at - utcnow()) > MAX_CLOCK_SKEW:
+            raise ValueError(f"a tick must be within {MAX_CLOCK_SKEW.days} days of the wall "
+                             "clock")
+        return at
 
     @classmethod
     def at_time(cls, at: AwareDatetime) -> ClockTick:

@@ -1,0 +1,275 @@
+"""Bad requests to every HTTP endpoint: each is a 4xx problem document whose reason does not
+echo the input, and nothing changes.
+
+The routes come from the running FastAPI apps, so a new endpoint gets the generic cases by
+itself (no key; unknown and malformed ids in its path; for a body, malformed JSON, a
+non-object, an empty object, an oversized body, an unexpected field), and a new endpoint
+with a body fails `test_every_endpoint_has_cases` until it has a valid body here to spoil
+(amounts negative, zero, huge, as floats and strings; an unknown currency; unknown ids)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from services.billing.app import BillingService
+from services.metering.app import MeteringService
+from services.provisioning.app import ProvisioningService
+from services.vcenter_simulator.app import VcenterSimulator
+from services.vcenter_simulator.domain import SimulatorConfig
+from services.wallet.app import WalletService
+from shared.money import MAX_AMOUNT_MINOR
+from shared.webhooks import webhook_headers
+from tests.kafka_helpers import KafkaProbe, quiesce
+from tests.keys import KeyRing, key_ring
+from tests.reliability.state import differences, snapshot
+
+ECHO = "ECHO-7f3a9c"  # in every bad input where text fits: an answer must not repeat it
+BAD_NUMBER = 987_654_321_987
+# Routes with nothing to spoil: no key needed, no parameters, no body.
+OPEN_ROUTES = {("GET", "/health")}
+
+
+@dataclass(frozen=True)
+class Body:
+    """A valid body of an endpoint and what in it can be spoiled."""
+    valid: Callable[[dict[str, str]], dict[str, Any]]  # of the wallet's ids
+    positive: tuple[str, ...] = ()  # amounts that must be above zero
+    ids: tuple[str, ...] = ()  # ids of things that must exist
+    currency: bool = False
+
+
+BODIES: dict[tuple[str, str, str], Body] = {
+    ("wallet", "POST", "/organisations"): Body(
+        lambda w: {"name": "matrix", "billing_mode": "INVOICE", "credit_limit_minor": 1_000},
+        ids=("reseller_id",), currency=True),
+    ("wallet", "PUT", "/wallets/{wallet_id}/auto-topup"): Body(
+        lambda w: {"enabled": True, "threshold_minor": 1_000, "amount_minor": 5_000,
+                   "card_token": "tok_visa_ok"}),
+    ("wallet", "POST", "/wallets/{wallet_id}/refunds"): Body(
+        lambda w: {"refund_id": str(uuid4()), "charge_entry_id": 1, "amount_minor": 100},
+        positive=("amount_minor", "charge_entry_id"), ids=("vm_id",)),
+    ("wallet", "PUT", "/wallets/{wallet_id}/status"): Body(
+        lambda w: {"status": "active", "reason": "matrix"}),
+    ("wallet", "POST", "/webhooks/payments"): Body(
+        lambda w: {"payment_id": uuid4().hex, "wallet_id": w["wallet_id"],
+                   "amount_minor": 1_000, "currency": "ZAR", "status": "succeeded"},
+        positive=("amount_minor",), ids=("wallet_id",), currency=True),
+    ("provisioning", "POST", "/estimates"): Body(
+        lambda w: {"organisation_id": w["organisation_id"], "tier": "small"},
+        positive=("vcpu", "ram_gb", "disk_gb"), ids=("organisation_id",)),
+    ("provisioning", "POST", "/vm-requests"): Body(
+        lambda w: {"organisation_id": w["organisation_id"], "name": "m", "tier": "small"},
+        positive=("vcpu", "ram_gb", "disk_gb"), ids=("organisation_id",)),
+    ("provisioning", "POST", "/vms/{vm_id}/resize"): Body(
+        lambda w: {"tier": "large"}, positive=("vcpu", "ram_gb", "disk_gb")),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    service: str
+    route: str  # METHOD /path template
+    case: str
+    method: str
+    path: str
+    body: bytes | None = None
+    keyless: bool = False
+
+
+class Running:
+    def __init__(self, env: Any) -> None:
+        # the per-key rate limit is the overload tests' subject, not this one's
+        s = env.settings.model_copy(update={"api_rate_per_s": 1e6, "api_rate_burst": 10**6})
+        self.env, self.settings = env, s
+        self.services = {"wallet": WalletService(s), "provisioning": ProvisioningService(s),
+                         "metering": MeteringService(s), "billing": BillingService(s),
+                         "vcenter-simulator": VcenterSimulator(s, SimulatorConfig())}
+        self.keys: KeyRing | None = None
+
+    async def settled(self) -> None:
+        async with KafkaProbe(self.settings.kafka_bootstrap_servers) as kafka:
+            await quiesce(kafka, self.services.values(), self.env.database_url, timeout=120)
+
+    def client(self, name: str, auth: bool = True) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.services[name].http),
+                                 base_url=f"http://{name}", auth=self.keys if auth else None)
+
+
+@pytest.fixture
+async def running(env: Any) -> AsyncIterator[Running]:
+    r = Running(env)
+    started = []
+    try:
+        for service in r.services.values():
+            await service.start()
+            started.append(service)
+        r.keys = await key_ring(r.services["wallet"].pool)
+        yield r
+    finally:
+        for service in reversed(started):
+            await service.stop()
+
+
+def routes(service: Any) -> list[tuple[str, str]]:
+    """(method, path) of every endpoint of a service's app, from the OpenAPI document it
+    serves (its routers are included there, whatever the app's route list shows)."""
+    paths = service.http.openapi()["paths"]
+    return sorted((method.upper(), path) for path, ops in paths.items() for method in ops)
+
+
+def has_body(service: Any, method: str, path: str) -> bool:
+    return "requestBody" in service.http.openapi()["paths"][path][method.lower()]
+
+
+def required_fields(service: Any, method: str, path: str) -> list[str]:
+    """The body's required fields, by the OpenAPI document."""
+    document = service.http.openapi()
+    content = document["paths"][path][method.lower()]["requestBody"]["content"]
+    schema = next(iter(content.values()))["schema"]
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return list(schema.get("required", []))
+
+
+def _fill(path: str, ids: dict[str, str], bad: str | None = None) -> str:
+    """The path with its parameters: the wallet's ids, or random ones, or `bad` text."""
+    for name in ("organisation_id", "wallet_id", "request_id", "vm_id", "month"):
+        value = bad if bad is not None else ids.get(name, "2026-11" if name == "month"
+                                                    else str(uuid4()))
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+def requests_for(name: str, service: Any, ids: dict[str, str]) -> list[Request]:
+    cases: list[Request] = []
+    max_bytes = service.settings.max_request_body_bytes
+    for method, path in routes(service):
+        if (method, path) in OPEN_ROUTES:
+            continue
+        route = f"{method} {path}"
+
+        def add(case: str, at: str = path, body: bytes | None = None, keyless: bool = False,
+                route: str = route, method: str = method) -> None:
+            cases.append(Request(name, route, case, method, at, body, keyless))
+
+        body_ok = BODIES.get((name, method, path))
+        good = json.dumps(body_ok.valid(ids)).encode() if body_ok else b"{}"
+        add("no API key", _fill(path, ids), good, keyless=True)
+        if "{" in path:
+            add("unknown ids", _fill(path, {}), good)
+            add("malformed ids", _fill(path, ids, bad=f"not-an-id-{ECHO}"), good)
+        if not has_body(service, method, path):
+            continue
+        at = _fill(path, ids)
+        add("malformed JSON", at, b'{"name": "' + ECHO.encode() + b'", ')
+        add("not an object", at, json.dumps([ECHO]).encode())
+        add("oversized body", at, json.dumps({"padding": "x" * (max_bytes + 1)}).encode())
+        if body_ok is None:
+            continue
+        valid = body_ok.valid(ids)
+        if name != "wallet" or path != "/webhooks/payments":  # the gateway's may grow
+            add("unexpected field", at, json.dumps({**valid, "unexpected": ECHO}).encode())
+        required = required_fields(service, method, path)
+        if required:
+            add(f"missing {required[0]}", at, json.dumps(
+                {k: v for k, v in valid.items() if k != required[0]}).encode())
+        for field in body_ok.positive:
+            for label, amount in (("negative", -BAD_NUMBER), ("zero", 0),
+                                  ("huge", MAX_AMOUNT_MINOR + 1), ("float", 12.5),
+                                  ("text", f"{ECHO}")):
+                add(f"{field} {label}", at, json.dumps({**valid, field: amount}).encode())
+        if body_ok.currency:
+            add("unknown currency", at, json.dumps({**valid, "currency": "XXX"}).encode())
+            add("currency as a number", at, json.dumps({**valid, "currency": 978}).encode())
+        for field in body_ok.ids:
+            add(f"unknown {field}", at, json.dumps({**valid, field: str(uuid4())}).encode())
+            add(f"malformed {field}", at, json.dumps({**valid, field: ECHO}).encode())
+    return cases
+
+
+def test_every_endpoint_has_cases() -> None:
+    """Every endpoint with a body has a valid body here to spoil; every other endpoint but
+    /health gets the generic cases (so it cannot be forgotten)."""
+    from shared.settings import Settings
+
+    settings = Settings(database_url="postgresql://unused/x")
+    services = {"wallet": WalletService(settings), "provisioning": ProvisioningService(settings),
+                "metering": MeteringService(settings), "billing": BillingService(settings),
+                "vcenter-simulator": VcenterSimulator(settings, SimulatorConfig())}
+    with_body = {(name, method, path) for name, service in services.items()
+                 for method, path in routes(service) if has_body(service, method, path)}
+    assert with_body == set(BODIES), "an endpoint with a body needs its valid body in BODIES"
+    ids = {"organisation_id": str(uuid4()), "wallet_id": str(uuid4())}
+    for name, service in services.items():
+        covered = {r.route for r in requests_for(name, service, ids)}
+        expected = {f"{m} {p}" for m, p in routes(service) if (m, p) not in OPEN_ROUTES}
+        assert covered == expected, name
+
+
+async def test_bad_requests_are_refused_with_problems_and_change_nothing(
+        running: Running) -> None:
+    r = running
+    assert r.keys is not None
+    async with r.client("wallet") as wallet:
+        opened = await wallet.post("/organisations", json={"name": "matrix",
+                                                           "billing_mode": "PAYG"})
+        assert opened.status_code == 201, opened.text
+        ids = {k: str(v) for k, v in opened.json().items()}
+        await r.keys.opened(ids["organisation_id"])
+        body = json.dumps({"payment_id": uuid4().hex, "wallet_id": ids["wallet_id"],
+                           "amount_minor": 50_000, "status": "succeeded"}).encode()
+        paid = await wallet.post("/webhooks/payments", content=body, headers=webhook_headers(
+            r.settings.payment_webhook_secret, body))
+        assert paid.status_code == 200, paid.text
+    await r.settled()
+    before = await snapshot(r.env.database_url)
+
+    problems: list[str] = []
+    sent = 0
+    for name, service in r.services.items():
+        async with r.client(name) as http, r.client(name, auth=False) as keyless:
+            for q in requests_for(name, service, ids):
+                headers = {"Content-Type": "application/json",
+                           "Idempotency-Key": uuid4().hex}
+                if q.path == "/webhooks/payments" and not q.keyless:
+                    headers |= webhook_headers(r.settings.payment_webhook_secret,
+                                               q.body or b"")
+                client = keyless if q.keyless else http
+                response = await client.request(
+                    q.method, q.path, content=q.body if q.method != "GET" else None,
+                    headers=headers)
+                sent += 1
+                problem = judge(response)
+                if problem:
+                    problems.append(f"{name} {q.route} / {q.case}: {problem}")
+    assert sent > 100
+    assert problems == [], "\n".join(problems)
+    await r.settled()  # whatever a request let through has reached every service
+    changed = differences(before, await snapshot(r.env.database_url))
+    assert changed == {}, changed
+    async with r.client("wallet") as wallet:
+        status = (await wallet.get(f"/wallets/{ids['wallet_id']}")).json()
+        check = (await wallet.get(f"/wallets/{ids['wallet_id']}/reconciliation")).json()
+    assert status["balance_minor"] == 50_000 and status["held_minor"] == 0
+    assert check["consistent"], check
+
+
+def judge(response: httpx.Response) -> str | None:
+    """What is wrong with the answer to a bad request, or None."""
+    if not 400 <= response.status_code < 500:
+        return f"answered {response.status_code}: {response.text[:200]}"
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return f"{response.status_code} is not a problem document: {response.text[:200]}"
+    document = response.json()
+    if document.get("status") != response.status_code or not document.get("title"):
+        return f"incomplete problem document {document}"
+    if ECHO in response.text or str(BAD_NUMBER) in response.text:
+        return f"the answer echoes the input: {response.text[:300]}"
+    return None
