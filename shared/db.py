@@ -7,6 +7,7 @@ carry the service's name (`wallet_0001_...`), so all services share one yoyo his
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -101,3 +102,17 @@ async def _end_open_transaction(conn: asyncpg.Connection) -> None:
     transaction), so only a transaction left open needs undoing."""
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
+
+
+# --- a service's event-time clock: the latest clock tick it saw (one row in its schema) ------
+
+async def stored_clock(conn: asyncpg.Connection, schema: str) -> datetime | None:
+    now: datetime | None = await conn.fetchval(f"SELECT now FROM {schema}.clock WHERE id = 1")
+    return now
+
+
+async def advance_stored_clock(conn: asyncpg.Connection, schema: str, at: datetime) -> None:
+    """Clocks only move forward: an older tick delivered late changes nothing."""
+    await conn.execute(
+        f"""INSERT INTO {schema}.clock (id, now) VALUES (1, $1)
+            ON CONFLICT (id) DO UPDATE SET now = greatest({schema}.clock.now, excluded.now)""", at)

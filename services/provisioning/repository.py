@@ -22,6 +22,7 @@ from services.provisioning.domain import (
     VmRequest,
 )
 from shared.contracts.vm import VmSpec
+from shared.db import advance_stored_clock, stored_clock
 from shared.outbox import Outgoing
 
 SCHEMA = "provisioning"
@@ -36,14 +37,11 @@ def _ids(values: Iterable[UUID]) -> list[UUID]:
 # --- the event-time clock ---------------------------------------------------------------------
 
 async def clock_now(conn: asyncpg.Connection) -> datetime | None:
-    now: datetime | None = await conn.fetchval(f"SELECT now FROM {SCHEMA}.clock WHERE id = 1")
-    return now
+    return await stored_clock(conn, SCHEMA)
 
 
 async def advance_clock(conn: asyncpg.Connection, at: datetime) -> None:
-    await conn.execute(
-        f"""INSERT INTO {SCHEMA}.clock (id, now) VALUES (1, $1)
-            ON CONFLICT (id) DO UPDATE SET now = greatest({SCHEMA}.clock.now, excluded.now)""", at)
+    await advance_stored_clock(conn, SCHEMA, at)
 
 
 # --- organisations ------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from services.wallet.domain import (
     Refundable,
     Wallet,
 )
+from shared.db import advance_stored_clock, stored_clock
 from shared.outbox import COPY_THRESHOLD, Outgoing, Queued, enqueue, queued
 
 SCHEMA = "wallet"
@@ -124,14 +125,11 @@ async def hold_owners(conn: asyncpg.Connection, request_ids: Sequence[UUID]
 
 
 async def clock_now(conn: asyncpg.Connection) -> datetime | None:
-    now: datetime | None = await conn.fetchval(f"SELECT now FROM {SCHEMA}.clock WHERE id = 1")
-    return now
+    return await stored_clock(conn, SCHEMA)
 
 
 async def advance_clock(conn: asyncpg.Connection, at: datetime) -> None:
-    await conn.execute(
-        f"""INSERT INTO {SCHEMA}.clock (id, now) VALUES (1, $1)
-            ON CONFLICT (id) DO UPDATE SET now = greatest({SCHEMA}.clock.now, excluded.now)""", at)
+    await advance_stored_clock(conn, SCHEMA, at)
 
 
 async def expired_pending_wallets(conn: asyncpg.Connection, now: datetime) -> list[UUID]:
