@@ -176,6 +176,7 @@ def test_an_operator_suspends_and_resumes_a_wallet(browser: Any, portal: Portal)
     expect(page).to_have_url(re.compile(r"/operator$"))
     page.fill("input[name=organisation]", org.organisation_id)
     page.click("text=Find")
+    expect(page.get_by_test_id("operator-wallet-name")).to_have_text(org.name)
     expect(page.get_by_test_id("wallet-state")).to_have_text("active")
     page.click("button:has-text('Suspend')")  # no reason: the browser asks for one
     expect(page.get_by_test_id("wallet-state")).to_have_text("active")
@@ -249,10 +250,14 @@ def test_a_reseller_sees_its_customers_with_their_warnings(browser: Any,
     page.click("text=Customers")
     rows = page.get_by_test_id("customer")
     expect(rows).to_have_count(2)
+    # named, in the order of their ids (as the key lists them)
+    expect(page.get_by_test_id("customer-name")).to_have_text(
+        [o.name for o in sorted([healthy, low], key=lambda o: o.organisation_id)])
     expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("R750.00")
     expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("none")
     expect(rows.filter(has_text=low.organisation_id)).to_contain_text("Low balance")
     expect(page.get_by_text(stranger.organisation_id)).to_have_count(0)
+    expect(page.get_by_text(stranger.name)).to_have_count(0)
     portal.shot(page, "reseller-customers")
 
 
