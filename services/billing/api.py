@@ -1,4 +1,5 @@
-"""Billing's HTTP API: a wallet's closed monthly statements and invoices, as JSON or CSV.
+"""Billing's HTTP API: a wallet's closed monthly statements and invoices, as JSON or CSV, and
+its auto top-up attempts with their outcomes.
 Readers' keys only; a wallet of an organisation the key may not see is a 404."""
 
 from __future__ import annotations
@@ -6,10 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from services.billing import repository as repo
 from services.billing.domain import parse_month
@@ -137,5 +138,22 @@ def register_routes(service: BillingService) -> None:
                             headers={"Content-Disposition":
                                      f'attachment; filename="{document["document_number"]}.csv"'})
         return Response(json.dumps(document), media_type="application/json")
+
+    @router.get("/wallets/{wallet_id}/auto-topups")
+    async def auto_topups(wallet_id: UUID, by: ReaderKey,
+                          limit: Annotated[int, Query(ge=1, le=500)] = 50
+                          ) -> list[dict[str, Any]]:
+        """The wallet's auto top-up attempts, newest first: when, how much, and the outcome
+        (pending, succeeded, declined, or timed_out: the gateway's answer is unknown) with
+        the gateway's reason for a decline or a timeout."""
+        await check_visible(wallet_id, by)
+        async with service.pool.acquire() as conn:
+            rows = await repo.topup_attempts(conn, wallet_id, limit)
+        return [{"attempt_id": str(r["attempt_id"]), "attempted_at": r["created_at"].isoformat(),
+                 "decided_at": r["decided_at"].isoformat() if r["decided_at"] else None,
+                 "amount_minor": r["amount"], "currency": r["currency"].strip(),
+                 "outcome": r["status"],
+                 # a success's detail is the gateway's reference, not a reason
+                 "reason": "" if r["status"] == "succeeded" else r["detail"]} for r in rows]
 
     service.http.include_router(router)

@@ -611,6 +611,16 @@ async def invoice(conn: asyncpg.Connection, wallet_id: UUID, month: date) -> dic
     return json.loads(document) if document is not None else None
 
 
+async def topup_attempts(conn: asyncpg.Connection, wallet_id: UUID, limit: int
+                         ) -> list[asyncpg.Record]:
+    """A wallet's auto top-up attempts, newest first (the card token stays in billing)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""SELECT attempt_id, created_at, decided_at, amount, currency, status, detail
+            FROM {SCHEMA}.topup_attempts WHERE wallet_id = $1
+            ORDER BY created_at DESC, attempt_id LIMIT $2""", wallet_id, limit)
+    return rows
+
+
 async def wallet_known(conn: asyncpg.Connection, wallet_id: UUID) -> bool:
     return bool(await conn.fetchval(
         f"""SELECT EXISTS (SELECT 1 FROM {SCHEMA}.wallets WHERE wallet_id = $1)

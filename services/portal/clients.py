@@ -155,6 +155,12 @@ class UserClient:
         response = await self._call("GET", url, params={"format": "csv"} if csv else None)
         return response.text if csv else response.json()
 
+    async def auto_topups(self, wallet_id: str, limit: int) -> list[dict[str, Any]]:
+        """Auto top-up attempts, newest first; none while billing has not heard of the wallet."""
+        found = await self._optional(
+            f"{self._services.urls.billing}/wallets/{wallet_id}/auto-topups?limit={limit}")
+        return found or []
+
     async def _optional(self, url: str) -> Any:
         try:
             return await self._json("GET", url)

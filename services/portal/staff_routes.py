@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from services.portal.app import PortalService
 
 HISTORY_DAYS = 90
+ATTEMPTS_SHOWN = 20
 WALLET_STATES = {"all": "all", "low_balance": "low balance", "depleted": "depleted",
                  "near_credit_limit": "near credit limit", "suspended": "suspended"}
 
@@ -35,12 +36,14 @@ def register_staff_routes(portal: PortalService, page: Callable[..., Any],
             raise ServiceError(404, "an operator's key has no wallet of its own")
         status = await status_of(user)
         end = datetime.now(UTC) + timedelta(days=1)
-        found = await client(user).statement(user.wallet_id, end - timedelta(days=HISTORY_DAYS),
-                                             end)
+        found, attempts = await asyncio.gather(
+            client(user).statement(user.wallet_id, end - timedelta(days=HISTORY_DAYS), end),
+            client(user).auto_topups(user.wallet_id, ATTEMPTS_SHOWN))
         topups = [e for e in domain.running_balance(found["opening_balance_minor"],
                                                     found["entries"]) if e.kind == "top_up"]
         return page(request, "topup.html", user, status=status, topups=topups[::-1],
-                    currency=status["currency"], history_days=HISTORY_DAYS)
+                    attempts=attempts, currency=status["currency"],
+                    history_days=HISTORY_DAYS)
 
     @app.post("/topup", dependencies=[Checked])
     async def set_topup(request: Request, user: User,

@@ -63,6 +63,8 @@ class OpenWallet(BaseModel):
 class WalletStatus(BaseModel):
     wallet_id: UUID
     organisation_id: UUID
+    # Pages show it instead of the id; none for a seeded wallet without its organisation.
+    organisation_name: str | None = None
     currency: str
     billing_mode: BillingMode
     status: Literal["active", "suspended"]
@@ -134,10 +136,11 @@ class AutoTopUpRequest(BaseModel):
     card_token: StorableText = Field(default="", max_length=100)
 
 
-def _status(wallet: Wallet, usage_24h: int) -> WalletStatus:
+def _status(wallet: Wallet, usage_24h: int, name: str | None) -> WalletStatus:
     burn = burn_rate(usage_24h, wallet.available)
     return WalletStatus(
         wallet_id=wallet.wallet_id, organisation_id=wallet.organisation_id,
+        organisation_name=name,
         currency=wallet.currency, billing_mode=wallet.billing_mode,
         status="suspended" if wallet.suspended else "active",
         balance_minor=wallet.balance, held_minor=wallet.held, available_minor=wallet.available,
@@ -218,7 +221,8 @@ def register_routes(service: WalletService) -> None:
                 raise no_wallet(wallet_id)
             # Event time, not the wall clock: simulated months report their own burn rate.
             usage = await repo.usage_last_24h(conn, wallet_id)
-        return _status(wallet, usage)
+            name = await repo.organisation_name(conn, wallet.organisation_id)
+        return _status(wallet, usage, name)
 
     @router.get("/wallets")
     async def wallets(by: OperatorKey,

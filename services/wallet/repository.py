@@ -307,6 +307,12 @@ async def organisation_kind(conn: asyncpg.Connection, organisation_id: UUID) -> 
     return kind
 
 
+async def organisation_name(conn: asyncpg.Connection, organisation_id: UUID) -> str | None:
+    name: str | None = await conn.fetchval(
+        f"SELECT name FROM {SCHEMA}.organisations WHERE organisation_id = $1", organisation_id)
+    return name
+
+
 async def wallet_of_organisation(conn: asyncpg.Connection, organisation_id: UUID) -> UUID | None:
     wallet_id: UUID | None = await conn.fetchval(
         f"SELECT wallet_id FROM {SCHEMA}.organisation_wallets WHERE organisation_id = $1",

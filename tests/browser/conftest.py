@@ -48,6 +48,7 @@ class Organisation:
     organisation_id: str
     wallet_id: str
     key: str
+    name: str
 
 
 @dataclass
@@ -68,9 +69,10 @@ class Portal:
     def open_organisation(self, balance_minor: int, *, billing_mode: str = "PAYG",
                           credit_limit_minor: int = 0, kind: str = "customer",
                           reseller_id: str | None = None) -> Organisation:
+        name = f"Acme {uuid.uuid4().hex[:8]}"
         with self.api("wallet") as wallet:
             opened = wallet.post("/organisations", json={
-                "name": f"Acme {uuid.uuid4().hex[:4]}", "kind": kind,
+                "name": name, "kind": kind,
                 "reseller_id": reseller_id, "billing_mode": billing_mode,
                 "credit_limit_minor": credit_limit_minor})
             assert opened.status_code == 201, opened.text
@@ -81,7 +83,7 @@ class Portal:
             organisation_id=uuid.UUID(ids["organisation_id"])))
         if balance_minor:
             self.top_up(ids["wallet_id"], balance_minor)
-        organisation = Organisation(ids["organisation_id"], ids["wallet_id"], key)
+        organisation = Organisation(ids["organisation_id"], ids["wallet_id"], key, name)
         with self.api("provisioning", key) as provisioning:
             eventually(lambda: provisioning.get(
                 f"/organisations/{organisation.organisation_id}").status_code == 200,

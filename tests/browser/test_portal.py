@@ -144,12 +144,39 @@ def test_auto_topup_is_switched_on_and_off(browser: Any, portal: Portal) -> None
     expect(page.get_by_test_id("topup-current")).to_have_text("Off.")
 
 
+def test_a_declined_auto_topup_shows_with_its_reason(browser: Any, portal: Portal) -> None:
+    # R500 with a trigger of R1,000: switching on asks billing for a top-up at once, and
+    # the simulated gateway declines every `tok_decline...` card.
+    org = portal.open_organisation(50_000)
+    page = sign_in(browser, portal, org.key)
+    page.goto(f"{portal.url}/topup")
+    expect(page.get_by_test_id("topup-attempts")).to_have_count(0)
+    page.check("input[name=enabled]")
+    page.fill("#threshold", "1000.00")
+    page.fill("#amount", "250")
+    page.fill("#card_token", "tok_decline_expired")
+    page.click("text=Save")
+    expect(page.get_by_test_id("flash")).to_have_text("Auto top-up is on.")
+    declined = page.locator("[data-testid=topup-attempt][data-outcome=declined]")
+    _reload_until(page, declined, "the declined attempt")
+    expect(declined).to_have_count(1)
+    expect(declined).to_contain_text("R250.00")
+    expect(declined).to_contain_text("card declined by issuer")
+    portal.shot(page, "auto-topup-declined")
+    with portal.api("billing", org.key) as billing:
+        [attempt] = billing.get(f"/wallets/{org.wallet_id}/auto-topups").json()
+    assert (attempt["outcome"], attempt["amount_minor"]) == ("declined", 25_000)
+    with portal.api("wallet", org.key) as wallet:
+        assert wallet.get(f"/wallets/{org.wallet_id}").json()["balance_minor"] == 50_000
+
+
 def test_an_operator_suspends_and_resumes_a_wallet(browser: Any, portal: Portal) -> None:
     org = portal.open_organisation(75_000)
     page = sign_in(browser, portal, portal.operator_key)
     expect(page).to_have_url(re.compile(r"/operator$"))
     page.fill("input[name=organisation]", org.organisation_id)
     page.click("text=Find")
+    expect(page.get_by_test_id("operator-wallet-name")).to_have_text(org.name)
     expect(page.get_by_test_id("wallet-state")).to_have_text("active")
     page.click("button:has-text('Suspend')")  # no reason: the browser asks for one
     expect(page.get_by_test_id("wallet-state")).to_have_text("active")
@@ -223,10 +250,14 @@ def test_a_reseller_sees_its_customers_with_their_warnings(browser: Any,
     page.click("text=Customers")
     rows = page.get_by_test_id("customer")
     expect(rows).to_have_count(2)
+    # named, in the order of their ids (as the key lists them)
+    expect(page.get_by_test_id("customer-name")).to_have_text(
+        [o.name for o in sorted([healthy, low], key=lambda o: o.organisation_id)])
     expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("R750.00")
     expect(rows.filter(has_text=healthy.organisation_id)).to_contain_text("none")
     expect(rows.filter(has_text=low.organisation_id)).to_contain_text("Low balance")
     expect(page.get_by_text(stranger.organisation_id)).to_have_count(0)
+    expect(page.get_by_text(stranger.name)).to_have_count(0)
     portal.shot(page, "reseller-customers")
 
 

@@ -33,7 +33,7 @@ async def test_auto_topup_succeeds_declines_and_times_out_once_each(env, db: asy
     settings = env.settings
     gateway = SimulatedGateway()
     async with running_wallet(settings) as (_, wallet), \
-            running_billing(settings, gateway=gateway) as _, \
+            running_billing(settings, gateway=gateway) as (_, billing_http), \
             KafkaProbe(settings.kafka_bootstrap_servers) as kafka:
         wallets: dict[str, tuple[UUID, UUID]] = {}
         for token in ("tok_visa_ok", "tok_decline_stolen", "tok_timeout_slow"):
@@ -83,6 +83,21 @@ async def test_auto_topup_succeeds_declines_and_times_out_once_each(env, db: asy
             "SELECT card_token, status FROM billing.topup_attempts")}
         assert statuses == {"tok_visa_ok": "succeeded", "tok_decline_stolen": "declined",
                             "tok_timeout_slow": "timed_out"}
+
+        # billing's HTTP read of each wallet's attempts: the outcome and, if not paid, why
+        for token, outcome, why in (("tok_visa_ok", "succeeded", ""),
+                                    ("tok_decline_stolen", "declined", "declined by issuer"),
+                                    ("tok_timeout_slow", "timed_out", "outcome unknown")):
+            listed = await billing_http.get(f"/wallets/{wallets[token][1]}/auto-topups")
+            assert listed.status_code == 200, listed.text
+            [attempt] = listed.json()
+            assert (attempt["outcome"], attempt["amount_minor"], attempt["currency"]) == \
+                (outcome, 200_000, "ZAR")
+            assert why in attempt["reason"] and (why or attempt["reason"] == "")
+            assert attempt["decided_at"] is not None
+        assert (await billing_http.get(f"/wallets/{uuid4()}/auto-topups")).status_code == 404
+        assert (await billing_http.get(
+            f"/wallets/{ok_wallet}/auto-topups?limit=0")).status_code == 422
 
         # the same low-balance events delivered again charge nothing
         for m in low:

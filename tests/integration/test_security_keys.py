@@ -93,8 +93,10 @@ async def test_a_reseller_reads_its_customers_but_acts_only_for_itself(env):
                                organisation_id=reseller)).token
         own = (await wallet.http.get(f"/organisations/{reseller}/wallet", headers=bearer(key)))
         assert own.status_code == 200
-        assert (await wallet.http.get(f"/wallets/{customer_wallet}",
-                                      headers=bearer(key))).status_code == 200
+        assert own.json()["organisation_name"] == "r"
+        read = await wallet.http.get(f"/wallets/{customer_wallet}", headers=bearer(key))
+        assert read.status_code == 200
+        assert read.json()["organisation_name"] == "c"  # the portal lists customers by name
         assert (await wallet.http.get(f"/wallets/{stranger_wallet}",
                                       headers=bearer(key))).status_code == 404
         changed = await wallet.http.put(f"/wallets/{customer_wallet}/auto-topup",

@@ -178,6 +178,8 @@ def table(ids: dict[str, str]) -> list[tuple[str, str, str, Any, dict[str, Any]]
         ("billing", "GET", f"/wallets/{w}/invoices/2026-01", None,
          {**READ, "other": unknown_to_billing, "own": (404, "no invoice"),
           "reseller": (404, "no invoice"), "operator": (404, "no invoice")}),
+        ("billing", "GET", f"/wallets/{w}/auto-topups", None,
+         {**READ, "other": unknown_to_billing}),
         ("vcenter-simulator", "GET", "/config", None, MACHINE),
         ("provisioning", "DELETE", f"/vms/{vm}", None, {**ACT, "own": 202}),
     ]
