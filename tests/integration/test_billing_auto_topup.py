@@ -11,8 +11,8 @@ from uuid import UUID, uuid4
 import asyncpg
 from prometheus_client import REGISTRY
 
+from services.billing.auto_topup import attempt_id_for
 from services.billing.gateway import SimulatedGateway
-from services.billing.handlers import attempt_id_for
 from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import WalletOpened
 from shared.topics import (
