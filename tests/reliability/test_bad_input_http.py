@@ -28,7 +28,7 @@ from shared.money import MAX_AMOUNT_MINOR
 from shared.webhooks import webhook_headers
 from tests.kafka_helpers import KafkaProbe, quiesce
 from tests.keys import KeyRing, key_ring
-from tests.reliability.state import differences, snapshot
+from tests.state import differences, snapshot
 
 ECHO = "ECHO-7f3a9c"  # in every bad input where text fits: an answer must not repeat it
 BAD_NUMBER = 987_654_321_987

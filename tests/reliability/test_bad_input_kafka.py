@@ -43,7 +43,7 @@ from tests.reliability.bad_input import (
     money_cases,
     structural_cases,
 )
-from tests.reliability.state import differences, snapshot
+from tests.state import differences, snapshot
 
 
 class Running:

@@ -1,4 +1,4 @@
-"""The services' state as rows, to say "nothing changed" after bad input."""
+"""The services' state as rows, to say "nothing changed" after a replay or bad input."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ SAME_AS_NO_ROW = {"metering.partitions": "up_to IS NULL AND closed_until IS NULL
                                          "published_until IS NULL AND published_up_to IS NULL"}
 
 
-async def snapshot(database_url: str) -> dict[str, list[str]]:
-    """Every row of every table of the four services, but their inboxes and outboxes."""
+async def snapshot(database_url: str, same_as_no_row: dict[str, str] | None = None
+                   ) -> dict[str, list[str]]:
+    """Every row of every table of the four services, but their inboxes and outboxes, and
+    rows that say no more than their absence (`SAME_AS_NO_ROW` unless told otherwise)."""
+    same_as_no_row = SAME_AS_NO_ROW if same_as_no_row is None else same_as_no_row
     conn = await asyncpg.connect(database_url)
     try:
         tables = await conn.fetch(
@@ -29,7 +32,7 @@ async def snapshot(database_url: str) -> dict[str, list[str]]:
             if t["table_name"] in BOOKKEEPING or t["table_name"].startswith("_yoyo"):
                 continue
             name = f'{t["table_schema"]}.{t["table_name"]}'
-            skip = SAME_AS_NO_ROW.get(name)
+            skip = same_as_no_row.get(name)
             rows = await conn.fetch(f"SELECT to_jsonb(t)::text AS row FROM {name} t"
                                     + (f" WHERE NOT ({skip})" if skip else ""))
             state[name] = sorted(r["row"] for r in rows)
