@@ -7,6 +7,7 @@ lets each user do only what its ACLs grant (`grant`); the `admin` user is a supe
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import subprocess
 import uuid
@@ -23,7 +24,9 @@ DEFAULT_CACHE = REPO_ROOT / ".cache"
 def resolve_jars(cache: Path = DEFAULT_CACHE) -> Path:
     """Download the broker's jars once into `cache/kafka-libs` (Maven's own cache beside it)."""
     libs = cache / "kafka-libs"
-    marker = libs / ".complete"
+    # Named after the pom's content, so a changed pom resolves again.
+    pom = hashlib.sha256((ASSETS / "pom.xml").read_bytes()).hexdigest()[:12]
+    marker = libs / f".complete-{pom}"
     if marker.exists():
         return libs
     if shutil.which("mvn") is None:
@@ -66,8 +69,8 @@ log.flush.interval.messages=9223372036854775807
 # requests arrive as ANONYMOUS, which must therefore be a super user. A production cluster
 # gives the controller listener SASL/PLAIN or mutual TLS (docs/security.md).
 SASL_PROPERTIES = """\
-listeners=SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=SASL_PLAINTEXT://127.0.0.1:{port}
+listeners=SASL_PLAINTEXT://{listen_host}:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=SASL_PLAINTEXT://{advertised_host}:{port}
 listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=SASL_PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512
@@ -81,8 +84,11 @@ allow.everyone.if.no.acl.found=false
 """
 
 
-def sasl_properties(port: int, controller_port: int, log_dirs: Path, admin: str,
-                    admin_password: str) -> str:
+def sasl_properties(port: int | str, controller_port: int | str, log_dirs: Path | str,
+                    admin: str, admin_password: str, *, listen_host: str = "127.0.0.1",
+                    advertised_host: str = "127.0.0.1") -> str:
+    """The secure broker's configuration; docker-compose's broker is made from it too
+    (deploy/kafka_compose.py), with placeholders for what the container decides."""
     plain = SERVER_PROPERTIES.format(port=port, controller_port=controller_port,
                                      log_dirs=log_dirs)
     kept = [line for line in plain.splitlines() if not line.startswith((
@@ -90,7 +96,8 @@ def sasl_properties(port: int, controller_port: int, log_dirs: Path, admin: str,
         "inter.broker.listener.name="))]
     return "\n".join(kept) + "\n" + SASL_PROPERTIES.format(
         port=port, controller_port=controller_port, admin=admin,
-        admin_password=admin_password)
+        admin_password=admin_password, listen_host=listen_host,
+        advertised_host=advertised_host)
 
 
 def cluster_id() -> str:

@@ -1,14 +1,21 @@
 """Kafka locked down per service: a broker of this test's own, started with SASL/SCRAM and
 the StandardAuthorizer, the users and ACLs of shared/kafka_security.py. A service holding
 another service's credentials cannot publish on a topic it does not own; vCenter hooks may
-write vcenter.events and nothing else; a service runs on its own credentials."""
+write vcenter.events and nothing else; a service runs on its own credentials.
+
+Every test runs twice: against the local stack's secure broker (deploy/kafka_broker.py), and
+against a broker set up by docker-compose's own scripts (deploy/kafka/compose/broker.sh and
+acls.sh), run here with the same Kafka jars standing in for the image's /opt/kafka/bin."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -21,8 +28,9 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from deploy.kafka_broker import KafkaBroker
-from deploy.processes import free_port
+from deploy.kafka_broker import ASSETS, KafkaBroker, resolve_jars
+from deploy.kafka_compose import COMPOSE_DIR, password_variable
+from deploy.processes import free_port, spawn, stop, wait_for_port
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
 from shared.contracts.vcenter import CreateVm
@@ -38,20 +46,74 @@ from shared.topics import (
 )
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KafkaBroker,
-                                                                         dict[str, str]]]:
+@dataclass
+class Broker:
+    bootstrap_servers: str
+
+
+@pytest.fixture(scope="module", params=["local-stack", "compose-scripts"])
+def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[Broker, dict[str, str]]]:
     passwords = {user: secrets.token_urlsafe(16) for user in [ADMIN_USER, *users()]}
-    broker = KafkaBroker(Path(tmp_path_factory.mktemp("sasl-kafka")), free_port(),
-                         free_port(), heap="512m", scram_users=passwords)
-    broker.start()
+    root = Path(tmp_path_factory.mktemp("sasl-kafka"))
+    if request.param == "local-stack":
+        broker = KafkaBroker(root, free_port(), free_port(), heap="512m",
+                             scram_users=passwords)
+        broker.start()
+        try:
+            admin = options(ADMIN_USER, passwords)
+            asyncio.run(create_topics(broker.bootstrap_servers, security=admin))
+            broker.grant([rule.line() for rule in acls()])
+            yield Broker(broker.bootstrap_servers), passwords
+        finally:
+            broker.stop()
+    else:
+        yield from compose_broker(root, passwords)
+
+
+def compose_broker(root: Path, passwords: dict[str, str]
+                   ) -> Iterator[tuple[Broker, dict[str, str]]]:
+    """docker-compose's broker.sh and acls.sh, as its containers run them."""
+    bin_dir = kafka_bin(root / "bin")
+    port, controller_port = free_port(), free_port()
+    env = {"PATH": os.environ["PATH"], "KAFKA_BIN": str(bin_dir),
+           "KAFKA_DATA": str(root / "data"), "KAFKA_CONFIG": str(root / "server.properties"),
+           "KAFKA_LISTEN_HOST": "127.0.0.1", "KAFKA_ADVERTISED_HOST": "127.0.0.1",
+           "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller_port),
+           **{password_variable(user): password for user, password in passwords.items()}}
+    log = root / "broker.out"
+    process = spawn(["sh", str(COMPOSE_DIR / "broker.sh")], log, env=env)
     try:
-        admin = options(ADMIN_USER, passwords)
-        asyncio.run(create_topics(broker.bootstrap_servers, security=admin))
-        broker.grant([rule.line() for rule in acls()])
-        yield broker, passwords
+        wait_for_port(port, process, log, timeout=120)
+        bootstrap = f"127.0.0.1:{port}"
+        asyncio.run(create_topics(bootstrap, security=options(ADMIN_USER, passwords)))
+        granted = subprocess.run(
+            ["sh", str(COMPOSE_DIR / "acls.sh")], capture_output=True, text=True, timeout=300,
+            env={**env, "KAFKA_BOOTSTRAP": bootstrap,
+                 "KAFKA_ADMIN_CONFIG": str(root / "admin.properties")})
+        assert granted.returncode == 0, granted.stderr
+        assert granted.stdout.strip() == f"granted {len(acls())} ACLs"
+        yield Broker(bootstrap), passwords
     finally:
-        broker.stop()
+        stop(process)
+
+
+def kafka_bin(folder: Path) -> Path:
+    """The three tools of the image's /opt/kafka/bin that the scripts use, on this machine's
+    broker jars."""
+    libs = resolve_jars()
+    folder.mkdir(parents=True)
+    for script, main in {"kafka-storage.sh": "kafka.tools.StorageTool",
+                         "kafka-server-start.sh": "kafka.Kafka",
+                         "kafka-acls.sh": "org.apache.kafka.tools.AclCommand"}.items():
+        path = folder / script
+        path.write_text(
+            "#!/bin/sh\n"
+            f'exec java -Xmx512m -XX:TieredStopAtLevel=1 -Dkafka.logs.dir="{folder}" '
+            f'-Dlog4j2.configurationFile="{ASSETS / "log4j2.properties"}" '
+            f'-cp "{libs}/*" {main} "$@"\n')
+        path.chmod(0o755)
+    return folder
 
 
 def options(user: str, passwords: dict[str, str]) -> dict[str, Any]:
@@ -59,7 +121,7 @@ def options(user: str, passwords: dict[str, str]) -> dict[str, Any]:
             "sasl_plain_username": user, "sasl_plain_password": passwords[user]}
 
 
-async def publish(broker: KafkaBroker, security: dict[str, Any], topic: str) -> None:
+async def publish(broker: Broker, security: dict[str, Any], topic: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers,
                                 request_timeout_ms=10_000, **security)
     await producer.start()
@@ -69,7 +131,7 @@ async def publish(broker: KafkaBroker, security: dict[str, Any], topic: str) -> 
         await producer.stop()
 
 
-async def consume_one(broker: KafkaBroker, security: dict[str, Any], topic: str,
+async def consume_one(broker: Broker, security: dict[str, Any], topic: str,
                       group: str, timeout: float = 20,
                       wanted: Callable[[dict[str, Any]], bool] = lambda m: True
                       ) -> dict[str, Any]:
