@@ -4,6 +4,7 @@ the local stack."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import shutil
 from datetime import timedelta
@@ -36,6 +37,22 @@ PAGES = {
 }
 RUNNABLE = {**SERVICES, **PAGES}
 
+# Young objects collected every this many container allocations instead of CPython's 700: a
+# consumer batch allocates tens of thousands (2,000 records, their models, rows and messages),
+# all freed by reference counting, and the default made the cyclic collector run dozens of
+# times per batch over them; measured, a third of billing's Python CPU per usage event.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Once a service is built: what start-up created (modules, schemas, validators) lives as
+    long as the process, so it is moved out of the collector's sight (`gc.freeze`), and young
+    collections run per batch rather than per few hundred objects."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
 
 def load_service(name: str):  # type: ignore[no-untyped-def]
     module_name, _ = RUNNABLE[name]
@@ -52,6 +69,7 @@ def serve(name: str = typer.Argument(..., help="|".join(RUNNABLE)),
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
     service = load_service(name)
+    tune_gc()
     http_port = port or getattr(settings, RUNNABLE[name][1])
     uvicorn.run(service.http, host=host, port=http_port, log_config=None,
                 access_log=False)
