@@ -4,10 +4,13 @@ the local stack."""
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import gc
 import importlib
 import shutil
+import signal
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
 import typer
@@ -62,7 +65,10 @@ def load_service(name: str):  # type: ignore[no-untyped-def]
 @app.command()
 def serve(name: str = typer.Argument(..., help="|".join(RUNNABLE)),
           port: int | None = typer.Option(None, help="HTTP port (default from settings)"),
-          host: str = typer.Option("127.0.0.1", help="Interface to listen on")) -> None:
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+          profile: Path | None = typer.Option(
+              None, help="Profile the process (cProfile) and write the statistics to this "
+                         "file on SIGUSR1 (benchmarks: where the CPU goes)")) -> None:
     """Run one service: its Kafka consumers, outbox relay and HTTP API (health, metrics)."""
     if name not in RUNNABLE:
         raise typer.BadParameter(f"unknown service {name!r}; one of {', '.join(RUNNABLE)}")
@@ -71,8 +77,25 @@ def serve(name: str = typer.Argument(..., help="|".join(RUNNABLE)),
     service = load_service(name)
     tune_gc()
     http_port = port or getattr(settings, RUNNABLE[name][1])
+    if profile is not None:
+        profile_on_signal(profile)
     uvicorn.run(service.http, host=host, port=http_port, log_config=None,
                 access_log=False)
+
+
+def profile_on_signal(path: Path) -> None:
+    """Profile from now on; each SIGUSR1 writes the statistics so far to `path` (a stopping
+    service may be killed before it could write them at exit)."""
+    profiler = cProfile.Profile()
+
+    def write(*_: object) -> None:
+        partial = path.with_name(path.name + ".partial")
+        profiler.dump_stats(partial)  # stops the profiler: resume it
+        profiler.enable()
+        partial.replace(path)  # whole, or not there yet
+
+    signal.signal(signal.SIGUSR1, write)
+    profiler.enable()
 
 
 @app.command()
