@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,10 +59,11 @@ class ServiceProcesses:
     """Services as `cloudwallet serve` processes on a run's database and topics, so each
     has its own core to use and its CPU time can be read apart from the load generator's."""
 
-    def __init__(self, settings: Settings, names: tuple[str, ...], logs: Path | None = None
-                 ) -> None:
+    def __init__(self, settings: Settings, names: tuple[str, ...], logs: Path | None = None,
+                 profile: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.logs = logs or Path(tempfile.mkdtemp(prefix="cloudwallet-bench-"))
+        self.profile = profile  # services run under cProfile: `profiles()` writes them
         self.ports = {name: free_port() for name in names}
         self.processes: dict[str, Popen[bytes]] = {}
 
@@ -73,14 +76,31 @@ class ServiceProcesses:
                "OUTBOX_POLL_INTERVAL_S": str(s.outbox_poll_interval_s)}
         for name, port in self.ports.items():
             log = self.logs / f"{name}.log"
+            profiling = ["--profile", str(self.profile_path(name))] if name in self.profile else []
             self.processes[name] = process = spawn(
-                [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
-                log, env=env, cwd=REPO_ROOT)
+                [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port),
+                 *profiling], log, env=env, cwd=REPO_ROOT)
             wait_for_port(port, process, log)
 
     def stop(self) -> None:
         for process in self.processes.values():
             stop(process)
+
+    def profile_path(self, name: str) -> Path:
+        return self.logs / f"{name}.prof"
+
+    def profiles(self, timeout_s: float = 10.0) -> dict[str, Path]:
+        """Have each profiled service write its statistics so far (SIGUSR1); their files."""
+        written = {}
+        for name in self.profile:
+            path = self.profile_path(name)
+            path.unlink(missing_ok=True)
+            self.processes[name].send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + timeout_s
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            written[name] = path
+        return written
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each server process, and this one, has used so far."""

@@ -14,17 +14,22 @@
 Billing and the wallet run as their own processes (`cloudwallet serve`), as deployed; the
 CPU seconds each used during the run are printed, to show where the time goes.
 
+With `--profile`, billing and the wallet run the backlog under cProfile, and the functions
+each spent most of its time in are printed (the figures of such a run are not comparable).
+
 Usage: python -m bench.pipeline [--events N] [--wallets N] [--vms N] [--latency-rate N]
-                                [--latency-seconds S]
+                                [--latency-seconds S] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import pstats
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -64,12 +69,14 @@ def usage_messages(wallets: list[tuple[UUID, UUID]], vms: int, events: int
     return messages
 
 
-async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -> float:
+async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]],
+                       profile: bool = False) -> float:
     """The usage is on the topic before billing starts, as for the raw loop: the clock runs
     from billing's first committed line to the wallet's last committed debit, so process and
     consumer-group start-up are not counted (as in `bench.wallet`)."""
     await produce(settings, settings.topic(METERING_USAGE.name), messages)
-    services = ServiceProcesses(settings, ("wallet", "billing"))
+    services = ServiceProcesses(settings, ("wallet", "billing"),
+                                profile=("wallet", "billing") if profile else ())
     conn = await asyncpg.connect(settings.database_url)
     progress = ConsumerProgress(settings)
     await progress.start()
@@ -111,11 +118,25 @@ async def pipeline_run(settings: Settings, messages: list[tuple[UUID, bytes]]) -
                      GROUP BY wallet_id) l USING (wallet_id)""")
         print(f"  billed {billed} = debited {debited_total}: {billed == debited_total}; "
               f"wallet ledgers consistent: {consistent}")
+        for name, path in services.profiles().items():
+            print_profile(name, path)
         return len(messages) / elapsed
     finally:
         await progress.stop()
         await conn.close()
         services.stop()
+
+
+def print_profile(name: str, path: Path, top: int = 15) -> None:
+    """The functions `name` spent most time in (their own time, callees excluded). Under
+    cProfile a service runs slower, and coroutines count a call per resumption: read the
+    shares, not the times."""
+    if not path.exists():
+        print(f"  no profile from {name}")
+        return
+    print(f"  profile of {name} ({path}; python -m pstats {path}):")
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
 
 
 class ConsumerProgress:
@@ -280,7 +301,7 @@ async def main(args: argparse.Namespace) -> None:
     async with bench_settings() as settings:
         wallets = await open_wallets(settings.database_url, args.wallets, 10**12)
         messages = usage_messages(wallets, args.vms, args.events)
-        pipeline = await pipeline_run(settings, messages)
+        pipeline = await pipeline_run(settings, messages, profile=args.profile)
         print(f"pipeline: {args.events} usage events over {args.vms} VMs and {args.wallets} "
               f"wallets: {pipeline:,.0f}/s")
         raw = await raw_run(settings, len(messages))
@@ -304,4 +325,7 @@ if __name__ == "__main__":
     parser.add_argument("--latency-rate", type=int, default=2_000,
                         help="usage events per second of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--profile", action="store_true",
+                        help="run billing and the wallet under cProfile in the backlog run and "
+                             "print where each spent its time (slower: not for the figures)")
     uvloop.run(main(parser.parse_args()))
