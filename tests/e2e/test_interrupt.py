@@ -77,8 +77,8 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started_within_seconds(tmp_path
                "PORTAL")}}
     data_dir = tmp_path / "data"
     demo = subprocess.Popen(
-        [str(Path(sys.executable).with_name("cloudwallet")), "demo", "--companies", "8", "--days", "62",
-         "--data-dir", str(data_dir), "--report", str(tmp_path / "report")],
+        [str(Path(sys.executable).with_name("cloudwallet")), "demo", "--companies", "8",
+         "--days", "62", "--data-dir", str(data_dir), "--report", str(tmp_path / "report")],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True)  # its own process group, as a terminal's foreground job
     output: list[str] = []
