@@ -30,7 +30,7 @@ def rand(minor: int, currency: str = "ZAR") -> str:
 def by_currency(amounts: dict[str, int]) -> str:
     """Amounts in several currencies, each on its own: `R1,200.00 · US$36.00`."""
     shown = [rand(v, c) for c, v in sorted(amounts.items(), key=lambda i: i[0] != "ZAR") if v]
-    return " · ".join(shown) or rand(0)
+    return " · ".join(shown) or "0"
 
 
 def sector_months(scenario: Scenario, seen: Observed, reported: Reported) -> list[dict[str, Any]]:
@@ -185,13 +185,14 @@ def _plot_revenue(folder: Path, scenario: Scenario, sectors: list[dict[str, Any]
                             for r in sectors if r["sector"] == profile and r["month"] == m),
                            0.0)
                       for m in months]
-            if any(values):
-                ax.bar(months, values, bottom=bottom, label=profile)
+            if any(values):  # a sector keeps its colour in every panel
+                ax.bar(months, values, bottom=bottom, label=profile,
+                       color=plt.get_cmap("tab10")(PROFILES.index(profile)))
                 bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         ax.set_title(f"Monthly revenue by sector, {currency} wallets (usage charged)")
         ax.set_ylabel({"ZAR": "R", "USD": "US$"}.get(currency, currency))
         if any(bottom):
-            ax.legend(fontsize=8, ncol=3)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(folder / "revenue_by_sector.png", dpi=100)
     plt.close(fig)

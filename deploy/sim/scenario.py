@@ -163,8 +163,9 @@ def rate_card_change(start: datetime, days: int) -> list[dict[str, object]]:
              "vcpu_hour": "13", "ram_gb_hour": "9/2", "disk_gb_hour": "1/50"}]
 
 
-# Companies that report in US dollars (their offshore operations) and so keep a USD wallet.
-USD_WALLETS = ("AGL", "DTC", "BHG", "GLN", "S32")
+# Companies that report in US dollars (their offshore operations) and so keep a USD wallet:
+# Anglo American (mining) and Datatec (a reseller), both in every size of run.
+USD_WALLETS = ("AGL", "DTC")
 # A month of a Large VM in each currency: what a company's amounts are scaled by.
 LARGE_MONTHLY = {"ZAR": 60_000, "USD": 3_600}
 
