@@ -23,7 +23,7 @@ from deploy.sim.compare import Difference, collect, compare
 from deploy.sim.driver import Driver
 from deploy.sim.oracle import Oracle
 from deploy.sim.report import write_report
-from deploy.sim.scenario import Scenario, generate, rate_card_change
+from deploy.sim.scenario import Scenario, generate, rate_cards_of_run
 from deploy.sim.system import Portal, stop_within
 from shared.settings import Settings
 
@@ -95,9 +95,9 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
 
 def simulation_settings(settings: Settings, start: datetime, days: int) -> Settings:
     """What the services of a simulation run with: clock ticks as the one clock, and the
-    scenario's rate card change."""
+    scenario's rate cards (the ZAR change within the run, the USD card)."""
     return settings.model_copy(update={
-        "event_clock": "ticks", "rate_cards": json.dumps(rate_card_change(start, days))})
+        "event_clock": "ticks", "rate_cards": json.dumps(rate_cards_of_run(start, days))})
 
 
 async def check_rate_cards(portal: Portal, scenario: Scenario) -> None:

@@ -265,7 +265,9 @@ def demo(use_existing: bool = USE_EXISTING,
          companies: int | None = typer.Option(None, help="How many companies"),
          seed: int = typer.Option(14, help="The same seed gives the same scenario and money"),
          start: str = typer.Option("2026-07-01", help="First simulated day (UTC), past or future"),
-         report: str = typer.Option(".data/demo/report", help="Report folder")) -> None:
+         report: str = typer.Option(".data/demo/report", help="Report folder"),
+         data_dir: str | None = typer.Option(
+             None, help="The self-started stack's folder (default .data/demo)")) -> None:
     """Start the whole system, simulate JSE-listed companies' months through it, prove the
     money with the independent oracle, write the report, stop. Exits 1 on any difference."""
     import signal
@@ -279,16 +281,16 @@ def demo(use_existing: bool = USE_EXISTING,
 
     configure_logging("WARNING", json=False)
     first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
-    data_dir = DATA_DIR / "demo"
+    stack_dir = Path(data_dir) if data_dir else DATA_DIR / "demo"
     if not use_existing:
         # Every run simulates its months from scratch: the state an earlier run left (its
         # clocks months ahead) would make this run's hours look long closed.
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(stack_dir, ignore_errors=True)
     size = SIZES["full" if full else "demo"]
     days = days or size.days
     # Clock ticks are the one clock, and the scenario's rate card change is in force.
     settings = simulation_settings(get_settings(), first_day, days)
-    system = start_system(settings, data_dir, use_existing=use_existing)
+    system = None
 
     async def simulate() -> Outcome:
         # Ctrl-C (or SIGTERM) tells every wait of the driver to give up at once: cancelling
@@ -296,14 +298,20 @@ def demo(use_existing: bool = USE_EXISTING,
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, STOP.set)
+        assert system is not None
         return await run_demo(system, days=days, companies=companies or size.companies,
                               seed=seed, start=first_day, report_dir=Path(report))
 
     try:
+        # Ctrl-C while the stack starts: start_system stops what it had started, then here.
+        system = start_system(settings, stack_dir, use_existing=use_existing)
         outcome = asyncio.run(simulate())
     except (Stopped, KeyboardInterrupt):
         typer.echo("interrupted: stopping everything")
         raise typer.Exit(130) from None
     finally:
-        system.stop()
+        # A second Ctrl-C must not cut the stop short and leave a server behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if system is not None:
+            system.stop()
     raise typer.Exit(0 if outcome.exact else 1)

@@ -76,37 +76,64 @@ class Estimate:
 
 @dataclass(frozen=True)
 class RateCardBook:
-    """All rate card versions, by the moment each took effect. History is never rewritten."""
+    """All rate card versions, by currency and the moment each took effect. History is never
+    rewritten. A wallet is priced only with the cards of its own currency: no rate is ever
+    converted or guessed, and a currency with no card in effect has no price."""
 
     cards: tuple[RateCard, ...] = field(default_factory=tuple)
+    _by_currency: dict[str, tuple[RateCard, ...]] = field(init=False, repr=False, compare=False)
+    _starts: dict[str, list[datetime]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.cards:
             raise ValueError("a rate card book needs at least one card")
-        starts = [c.effective_from for c in self.cards]
-        if starts != sorted(starts) or len(set(starts)) != len(starts):
-            raise ValueError("rate cards must be in strictly increasing effective order")
+        by_currency: dict[str, tuple[RateCard, ...]] = {}
+        for card in self.cards:
+            by_currency[card.currency] = (*by_currency.get(card.currency, ()), card)
+        for currency, cards in by_currency.items():
+            starts = [c.effective_from for c in cards]
+            if starts != sorted(starts) or len(set(starts)) != len(starts):
+                raise ValueError(f"the {currency} rate cards must be in strictly increasing "
+                                 "effective order")
+        if len({c.version for c in self.cards}) != len(self.cards):
+            raise ValueError("rate card versions must be unique")
+        object.__setattr__(self, "_by_currency", by_currency)
+        object.__setattr__(self, "_starts", {
+            currency: [c.effective_from for c in cards] for currency, cards in by_currency.items()})
 
-    def at(self, when: datetime) -> RateCard:
-        index = bisect_right([c.effective_from for c in self.cards], when) - 1
+    @property
+    def home_currency(self) -> str:
+        """The first card's currency: what a price asked for without a wallet is in."""
+        return self.cards[0].currency
+
+    @property
+    def currencies(self) -> tuple[str, ...]:
+        return tuple(self._by_currency)
+
+    def at(self, when: datetime, currency: str | None = None) -> RateCard:
+        """The card of `currency` (default: the home currency) in effect at `when`."""
+        currency = currency or self.home_currency
+        cards = self._by_currency.get(currency, ())
+        index = bisect_right(self._starts.get(currency, []), when) - 1
         if index < 0:
-            raise LookupError(f"no rate card in effect at {when.isoformat()}")
-        return self.cards[index]
+            raise LookupError(f"no rate card in {currency} in effect at {when.isoformat()}")
+        return cards[index]
 
     def with_card(self, card: RateCard) -> RateCardBook:
         return RateCardBook((*self.cards, card))
 
-    def estimate(self, spec: VmSpec, when: datetime) -> Estimate:
-        card = self.at(when)
+    def estimate(self, spec: VmSpec, when: datetime, currency: str | None = None) -> Estimate:
+        card = self.at(when, currency)
         return Estimate(
             rate_card_version=card.version,
             hourly=round_requirement(card.hourly_rate(spec), card.currency),
             monthly=round_requirement(card.monthly_price(spec), card.currency),
         )
 
-    def monthly_requirement(self, spec: VmSpec, when: datetime) -> Money:
+    def monthly_requirement(self, spec: VmSpec, when: datetime,
+                            currency: str | None = None) -> Money:
         """What must be available to provision (or the increase to resize) this VM."""
-        card = self.at(when)
+        card = self.at(when, currency)
         return round_requirement(card.monthly_price(spec), card.currency)
 
 
@@ -148,8 +175,10 @@ def rate_card_of(document: dict[str, object]) -> RateCard:
 
 
 def book_with(extra_cards: str) -> RateCardBook:
-    """The default book and the later cards of `RATE_CARDS` (a JSON list, see
-    `rate_card_of`), in the order they take effect. Empty: the default book."""
+    """The default book and the cards of `RATE_CARDS` (a JSON list, see `rate_card_of`), in
+    the order they take effect within each currency: later ZAR versions, and the versions of
+    other currencies (a wallet in a currency with no card has no price). Empty: the default
+    book."""
     book = DEFAULT_BOOK
     for document in json.loads(extra_cards) if extra_cards.strip() else []:
         book = book.with_card(rate_card_of(document))

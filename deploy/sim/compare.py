@@ -14,7 +14,7 @@ from typing import Any
 from deploy.sim.driver import Observed
 from deploy.sim.oracle import Expected
 from deploy.sim.scenario import Scenario, ticker_of
-from deploy.sim.system import Portal
+from deploy.sim.system import Portal, check_stop
 
 STATEMENT_FIELDS = {"opening": "opening_balance", "charges": "charges", "credits": "credits",
                     "refunds": "refunds", "closing": "closing_balance"}
@@ -76,6 +76,7 @@ async def _statement(portal: Portal, wallet_id: object, label: str,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
+        check_stop()  # Ctrl-C while waiting for a month to close
         response = await portal.call("GET", "billing", f"/wallets/{wallet_id}/statements/{label}")
         if response.status_code == 200:
             statement: dict[str, Any] = response.json()

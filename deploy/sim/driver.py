@@ -51,7 +51,10 @@ class Observed:
     suspended_since: dict[str, datetime] = field(default_factory=dict)
     suspensions: list[tuple[str, datetime]] = field(default_factory=list)
     daily_balance: dict[str, list[tuple[datetime, int]]] = field(default_factory=dict)
-    fleet: dict[tuple[str, datetime], int] = field(default_factory=dict)  # live VMs per day
+    # VMs that exist (not deleted) per company and day, suspended ones included
+    fleet: dict[tuple[str, datetime], int] = field(default_factory=dict)
+    # of them, those of an organisation not suspended for funds (they run in its rhythm)
+    fleet_not_suspended: dict[tuple[str, datetime], int] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     refund_amounts: list[tuple[str, int, int]] = field(default_factory=list)  # ticker, charge,
@@ -121,7 +124,7 @@ class Driver:
             response = await self.portal.call("POST", "wallet", "/organisations", json={
                 "name": company.name, "kind": company.kind,
                 "reseller_id": str(reseller) if reseller else None,
-                "billing_mode": company.billing_mode,
+                "billing_mode": company.billing_mode, "currency": company.currency,
                 "credit_limit_minor": company.credit_limit, "low_balance_threshold_minor": 0})
             response.raise_for_status()
             opened = response.json()
@@ -135,7 +138,8 @@ class Driver:
     async def pay(self, company: Company, at: datetime, amount: int, why: str) -> None:
         self.paid.add(company.ticker)
         payment_id = f"sim-{self.s.seed}-{company.ticker}-{at:%Y%m%d}-{why.replace(' ', '-')}"
-        await self.portal.pay(self.seen.wallets[company.ticker], payment_id, amount, at)
+        await self.portal.pay(self.seen.wallets[company.ticker], payment_id, amount, at,
+                              company.currency)
 
     # --- each sync point ---------------------------------------------------------------------
 
@@ -262,7 +266,8 @@ class Driver:
                 response = await self.portal.call("POST", "provisioning", "/vm-requests", json={
                     "organisation_id": str(organisation),
                     "name": action.vm, **action.size.body()}, headers=idempotency)
-            if response.status_code == 422:  # e.g. a resize to the size the VM has
+            if response.status_code == 422:  # e.g. a resize to the size the VM has, or no
+                # price yet in the wallet's currency
                 self.seen.requests[key] = "invalid"
                 self.seen.request_reasons[key] = response.json().get("detail", "")
                 continue
@@ -314,6 +319,8 @@ class Driver:
 
     def count_fleet(self, at: datetime) -> None:
         for company in self.s.companies:
-            self.seen.fleet[(company.ticker, at)] = sum(
+            existing = self.seen.fleet[(company.ticker, at)] = sum(
                 1 for key in self.seen.vms
                 if key not in self.seen.gone and ticker_of(key) == company.ticker)
+            self.seen.fleet_not_suspended[(company.ticker, at)] = (
+                0 if company.ticker in self.seen.suspended_since else existing)

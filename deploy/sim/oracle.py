@@ -40,7 +40,7 @@ class Oracle:
     def __init__(self, scenario: Scenario) -> None:
         self.s = scenario
         later = sorted((card_of(c) for c in scenario.rate_cards), key=lambda c: c.effective_from)
-        self.cards = [DEFAULT_CARD, *later]
+        self.cards = [DEFAULT_CARD, *later]  # every currency's, each in effective order
         self.wallets = {c.ticker: Wallet(c) for c in scenario.companies}
         self.vms: dict[str, Vm] = {}
         self.months: dict[tuple[str, date], MonthTotals] = {}
@@ -54,9 +54,11 @@ class Oracle:
         self.usage_events = 0
         self.usage_by_day: dict[date, int] = {}
 
-    def card(self, at: datetime) -> Card:
-        """The rate card in effect at `at`: the latest that took effect by then."""
-        return [c for c in self.cards if c.effective_from <= at][-1]
+    def card(self, at: datetime, currency: str = "ZAR") -> Card | None:
+        """The rate card of `currency` in effect at `at`: the latest of that currency that
+        took effect by then; None if none has (nothing is priced in another currency)."""
+        cards = [c for c in self.cards if c.currency == currency and c.effective_from <= at]
+        return cards[-1] if cards else None
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -176,7 +178,11 @@ class Oracle:
     def request(self, action: Action) -> None:
         assert action.size is not None
         wallet = self.wallets[action.ticker]
-        amount = hold_for(action.size, self.card(action.at))
+        card = self.card(action.at, wallet.company.currency)
+        if card is None:  # no price in the wallet's currency yet: refused (422), no hold
+            self.requests[(action.at, action.vm)] = "invalid"
+            return
+        amount = hold_for(action.size, card)
         if wallet.available < amount:
             self.requests[(action.at, action.vm)] = "rejected"
             return
@@ -198,7 +204,10 @@ class Oracle:
             self.requests[(action.at, action.vm)] = "invalid"
             return
         wallet = self.wallets[action.ticker]
-        card = self.card(action.at)
+        card = self.card(action.at, wallet.company.currency)
+        if card is None:
+            self.requests[(action.at, action.vm)] = "invalid"
+            return
         increase = max(hold_for(action.size, card) - hold_for(vm.size, card), 0)
         if increase and wallet.available < increase:
             self.requests[(action.at, action.vm)] = "rejected"
@@ -342,8 +351,9 @@ class Oracle:
         """One line per hour: the segments' exact charges summed, rounded down once; the
         month's charges are min(sum of the hours, highest monthly price that ran)."""
         self.usage_events += 1
-        rated, hour_cap = rate(tuple(sorted(ran.items(), key=lambda i: repr(i[0]))),
-                               self.card(hour))
+        card = self.card(hour, self.wallets[vm.ticker].company.currency)
+        assert card is not None, "a VM exists only once its currency has a card"
+        rated, hour_cap = rate(tuple(sorted(ran.items(), key=lambda i: repr(i[0]))), card)
         state = vm.months.setdefault(month_of(hour), [0, 0, 0])  # rated, cap, charged
         state[0] += rated
         state[1] = max(state[1], hour_cap)

@@ -21,6 +21,7 @@ class Card:
     vcpu_hour: Fraction
     ram_gb_hour: Fraction
     disk_gb_hour: Fraction
+    currency: str = "ZAR"  # a wallet is priced only by the cards of its own currency
 
 
 DEFAULT_CARD = Card("2025-01", datetime(2025, 1, 1, tzinfo=UTC), (
@@ -42,7 +43,7 @@ def card_of(document: dict[str, object]) -> Card:
                 datetime.fromisoformat(str(document["effective_from"])),
                 tuple((str(k), int(v)) for k, v in tiers.items()),
                 Fraction(str(document["vcpu_hour"])), Fraction(str(document["ram_gb_hour"])),
-                Fraction(str(document["disk_gb_hour"])))
+                Fraction(str(document["disk_gb_hour"])), str(document["currency"]))
 
 
 def hourly_rate(size: Size, card: Card = DEFAULT_CARD) -> Fraction:

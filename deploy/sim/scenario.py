@@ -100,6 +100,7 @@ class Company:
     late_top_up_after_days: int | None = None
     late_top_up: int = 0
     pays_invoices: bool = False  # INVOICE: pays last month's charges on the 3rd
+    currency: str = "ZAR"  # the wallet's; amounts above are in its minor units
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,38 @@ def rate_card_change(start: datetime, days: int) -> list[dict[str, object]]:
              "tier_monthly_minor": {"small": 16_500, "medium": 33_000, "large": 66_000,
                                     "enterprise": 132_000},
              "vcpu_hour": "13", "ram_gb_hour": "9/2", "disk_gb_hour": "1/50"}]
+
+
+# Companies that report in US dollars (their offshore operations) and so keep a USD wallet:
+# Anglo American (mining) and Datatec (a reseller), both in every size of run.
+USD_WALLETS = ("AGL", "DTC")
+# A month of a Large VM in each currency: what a company's amounts are scaled by.
+LARGE_MONTHLY = {"ZAR": 60_000, "USD": 3_600}
+
+
+def usd_rate_card(start: datetime, days: int) -> dict[str, object]:
+    """The first USD rate card: it takes effect an eighth into the run (at least a day in,
+    at a sync point), so a USD wallet opens before there is a price in USD. JSON as the
+    services read it (`RATE_CARDS`, shared.pricing)."""
+    at = start + timedelta(days=max(1, days // 8))
+    return {"version": f"usd-{at:%Y-%m-%d}-sim", "effective_from": at.isoformat(),
+            "currency": "USD",
+            "tier_monthly_minor": {"small": 900, "medium": 1_800, "large": 3_600,
+                                   "enterprise": 7_200},
+            "vcpu_hour": "2/3", "ram_gb_hour": "2/9", "disk_gb_hour": "1/900"}
+
+
+def rate_cards_of_run(start: datetime, days: int) -> list[dict[str, object]]:
+    """Every rate card version a run adds to the default one: the ZAR change within the run
+    and the USD card."""
+    return [*rate_card_change(start, days), usd_rate_card(start, days)]
+
+
+def card_start(scenario: Scenario, currency: str) -> datetime | None:
+    """When the scenario's first card in `currency` takes effect; None: the default (ZAR)."""
+    starts = [datetime.fromisoformat(str(c["effective_from"])) for c in scenario.rate_cards
+              if c["currency"] == currency]
+    return None if currency == "ZAR" or not starts else min(starts)
 
 
 def ticker_of(vm_key: str) -> str:
@@ -269,7 +302,7 @@ def generate(seed: int, start: datetime, days: int, companies: int) -> Scenario:
     rows = pick(load_companies(), companies)
     scenario = Scenario(seed, start, days, [])
     scenario.commodity = commodity_series(rng, start.date(), days)
-    scenario.rate_cards = rate_card_change(start, days)
+    scenario.rate_cards = rate_cards_of_run(start, days)
     resellers = [r[0] for r in rows if r[0] in RESELLERS]
     for index, (ticker, name, industry, sector) in enumerate(rows):
         profile = PROFILE_OF_SECTOR.get(sector, DEFAULT_PROFILE)
@@ -288,12 +321,14 @@ def _company(rng: random.Random, index: int, ticker: str, name: str, industry: s
     reseller = None
     if kind == "customer" and resellers and role in (3, 7):
         reseller = resellers[index % len(resellers)]
-    monthly = base_fleet * 60_000  # about a month of Large VMs
+    currency = "USD" if ticker in USD_WALLETS else "ZAR"
+    large = LARGE_MONTHLY[currency]
+    monthly = base_fleet * large  # about a month of Large VMs
     if invoice:
         return Company(ticker, name, industry, sector, profile, "INVOICE",
                        credit_limit=rng.choice((3, 4, 6)) * monthly, opening_top_up=0,
                        base_fleet=base_fleet, growth=rng.choice((0.2, 0.4, 0.6)), kind=kind,
-                       reseller=reseller, pays_invoices=role != 5)
+                       reseller=reseller, pays_invoices=role != 5, currency=currency)
     auto = None
     late_after = None
     opening = rng.choice((2, 3, 4)) * monthly
@@ -305,13 +340,13 @@ def _company(rng: random.Random, index: int, ticker: str, name: str, industry: s
     if role in (2, 8):
         # Runs dry: funds for about one month, no top-up that works; once suspended it pays
         # late and comes back.
-        opening = base_fleet * 60_000 // 2
+        opening = base_fleet * large // 2
         late_after = rng.choice((3, 5, 8))
     return Company(ticker, name, industry, sector, profile, "PAYG", credit_limit=0,
                    opening_top_up=opening, base_fleet=base_fleet,
                    growth=rng.choice((0.2, 0.4, 0.6)), kind=kind, reseller=reseller,
                    auto_top_up=auto, late_top_up_after_days=late_after,
-                   late_top_up=4 * monthly if late_after else 0)
+                   late_top_up=4 * monthly if late_after else 0, currency=currency)
 
 
 def commodity_series(rng: random.Random, first: date, days: int) -> dict[date, float]:
@@ -335,8 +370,12 @@ def _tier_for(rng: random.Random, company: Company) -> Size:
 
 
 def _plan_actions(rng: random.Random, scenario: Scenario) -> None:
-    """Fleet changes toward each day's target (one per company and day, after the first),
-    some resizes, and incidents refunded (some over the 95% cap)."""
+    """Fleet changes toward each day's target (one per company and day, after its first),
+    some resizes, and incidents refunded (some over the 95% cap).
+
+    A company whose wallet's currency has no card at the start (USD) asks for one VM on the
+    first day, which must be refused for want of a price, and builds its fleet from the day
+    its currency's card takes effect."""
     planned: dict[str, list[str]] = {c.ticker: [] for c in scenario.companies}
     sizes: dict[str, Size] = {}
     counter = 0
@@ -345,16 +384,25 @@ def _plan_actions(rng: random.Random, scenario: Scenario) -> None:
         price = scenario.commodity[at.date()]
         for company in scenario.companies:
             fleet = planned[company.ticker]
+            priced_from = card_start(scenario, company.currency) or scenario.start
+            if at < priced_from:
+                if day_index == 0:
+                    counter += 1
+                    scenario.actions.setdefault(at, []).append(Action(
+                        at, company.ticker, "request", f"{company.ticker.lower()}-{counter}",
+                        Size.of_tier("small")))
+                continue
+            first = at == priced_from
             target = (mining_target(company, len(fleet), price)
-                      if company.profile == "mining" and day_index
+                      if company.profile == "mining" and not first
                       else fleet_target(company, at.date(), progress, price))
-            wanted = target - len(fleet) if day_index == 0 else min(target - len(fleet), 1)
+            wanted = target - len(fleet) if first else min(target - len(fleet), 1)
             actions: list[Action] = []
             for _ in range(max(wanted, 0)):
                 counter += 1
                 key = f"{company.ticker.lower()}-{counter}"
                 size = _tier_for(rng, company)
-                if day_index == 0 and company.ticker in ("PAN", "ARL") and not fleet:
+                if first and company.ticker in ("PAN", "ARL") and not fleet:
                     size = Size.of_tier("enterprise")  # more than the wallet can hold
                 fleet.append(key)
                 sizes[key] = size

@@ -92,10 +92,11 @@ class Portal:
                 await asyncio.sleep(0.2)
         raise AssertionError("unreachable")
 
-    async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime) -> None:
-        """A payment through the gateway's signed webhook."""
+    async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime,
+                  currency: str = "ZAR") -> None:
+        """A payment through the gateway's signed webhook, in the wallet's currency."""
         body = json.dumps({"payment_id": payment_id, "wallet_id": str(wallet_id),
-                           "amount_minor": amount, "status": "succeeded",
+                           "amount_minor": amount, "currency": currency, "status": "succeeded",
                            "occurred_at": at.isoformat()}).encode()
         response = await self.call("POST", "wallet", "/webhooks/payments", content=body,
                                    headers=webhook_headers(self.webhook_secret, body))

@@ -135,11 +135,12 @@ class RatedHour:
     item_code: str  # the size with the highest monthly price this hour
 
 
-def rate_hour(book: RateCardBook, usage: HourlyUsage) -> RatedHour:
-    """Rate one hour with the card in effect at its start: each segment prorated by its
-    seconds (tier price / hours_per_month, or per-resource price), summed exactly, then
-    rounded down once."""
-    return Rater(book).rate(usage)
+def rate_hour(book: RateCardBook, usage: HourlyUsage, currency: str | None = None
+              ) -> RatedHour:
+    """Rate one hour with the card of the wallet's `currency` (default: the book's home
+    currency) in effect at its start: each segment prorated by its seconds (tier price /
+    hours_per_month, or per-resource price), summed exactly, then rounded down once."""
+    return Rater(book).rate(usage, currency)
 
 
 SegmentsKey = tuple[tuple[VmSpec, int], ...]
@@ -154,7 +155,7 @@ class Rater:
         self.book = book
         self._cache: dict[tuple[str, tuple[tuple[object, ...], ...]], RatedHour] = {}
 
-    def rate(self, usage: HourlyUsage) -> RatedHour:
+    def rate(self, usage: HourlyUsage, currency: str | None = None) -> RatedHour:
         utc = usage.hour_start.astimezone(UTC)
         if (utc.minute, utc.second, utc.microsecond) != (0, 0, 0):
             raise RatingError(f"hour_start {usage.hour_start.isoformat()} is not the start "
@@ -164,7 +165,7 @@ class Rater:
             raise RatingError(f"segments add up to {total} s but the usage says "
                               f"{usage.seconds} s")
         try:
-            card = self.book.at(utc)
+            card = self.book.at(utc, currency)
         except LookupError as error:
             raise RatingError(str(error)) from None
         # plain tuples: hashing them is far cheaper than hashing the pydantic specs
@@ -268,6 +269,9 @@ class Biller:
     vm_months: dict[tuple[UUID, date], VmMonth]
     closed_through: dict[int, date | None] = field(default_factory=dict)
     rater: Rater | None = None
+    # each wallet's currency, as billing heard it in wallet.opened; a wallet not heard of yet
+    # is rated in the book's home currency (the wallet refuses a charge in another one)
+    currencies: dict[UUID, str] = field(default_factory=dict)
     lines: list[Line] = field(default_factory=list)
     # the hours of each VM month known to this batch, to recompute a cap a correction lowered
     _month_hours: dict[tuple[UUID, date], set[datetime]] = field(default_factory=dict)
@@ -289,7 +293,7 @@ class Biller:
             # Before rating: a usage billed before stays billed (and its charge can be sent
             # again) even if today's rate cards could no longer price it.
             return None
-        rated = self.rater.rate(usage)
+        rated = self.rater.rate(usage, self.currencies.get(usage.wallet_id))
         month = month_of(usage.hour_start)
         vm_month = self.vm_months.get((usage.vm_id, month))
         if vm_month is None:  # a VM month new in this batch: no hours stored outside it

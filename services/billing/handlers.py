@@ -203,7 +203,9 @@ class BillingHandlers:
             if i.message.revision > 0) if k in months]
         for key, cap in (await repo.others_caps(conn, revised, hour_keys)).items():
             months[key].others_cap = cap
-        biller = Biller(self.book, hours, months, closed, self.rater)
+        currencies = await repo.wallet_currencies(
+            conn, list(dict.fromkeys(i.message.wallet_id for i in usages)))
+        biller = Biller(self.book, hours, months, closed, self.rater, currencies=currencies)
         issues: list[tuple[str, UUID, date | None, str]] = []
         # Per usage, in order: its new line, or None for a usage billed before.
         billed: list[tuple[Incoming[HourlyUsage], Line | None]] = []

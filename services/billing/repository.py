@@ -470,6 +470,15 @@ async def upsert_wallets(conn: asyncpg.Connection, opened: Sequence[tuple[Any, .
         *[list(c) for c in cols])
 
 
+async def wallet_currencies(conn: asyncpg.Connection, wallet_ids: Sequence[UUID]
+                            ) -> dict[UUID, str]:
+    """The currency of each of these wallets billing has heard of (wallet.opened)."""
+    rows = await conn.fetch(
+        f"SELECT wallet_id, currency FROM {SCHEMA}.wallets WHERE wallet_id = ANY($1::uuid[])",
+        list(wallet_ids))
+    return {r["wallet_id"]: r["currency"].strip() for r in rows}
+
+
 async def set_last_balances(conn: asyncpg.Connection, balances: dict[UUID, int]) -> None:
     if not balances:
         return

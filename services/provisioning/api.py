@@ -200,7 +200,8 @@ def register_routes(service: ProvisioningService) -> None:
 
     @router.post("/estimates")
     async def estimate(body: EstimateRequest, by: ReaderKey) -> dict[str, Any]:
-        """Hourly and monthly price of a size, from the rate card in effect at `at`."""
+        """Hourly and monthly price of a size, from the rate card in effect at `at` in the
+        organisation's wallet currency (without an organisation: the home currency, ZAR)."""
         spec = body.spec()
         async with service.pool.acquire() as conn:
             at = body.at or await handlers.now(conn)
@@ -210,14 +211,11 @@ def register_routes(service: ProvisioningService) -> None:
                        ).get(body.organisation_id)
                 if org is None or not by.may_read(org.organisation_id):
                     raise unknown_organisation(body.organisation_id)
+        # An organisation's price is in its wallet's currency; without one, the home currency.
         try:
-            card = handlers.book.at(at)
+            quote = handlers.book.estimate(spec, at, org.currency if org else None)
         except LookupError as error:
             raise HTTPException(422, str(error)) from None
-        if org is not None and org.currency != card.currency:
-            raise HTTPException(422, f"rate card {card.version} prices in {card.currency}; "
-                                     f"the organisation's wallet is in {org.currency}")
-        quote = handlers.book.estimate(spec, at)
         return {"rate_card_version": quote.rate_card_version, "at": at.isoformat(),
                 "spec": spec.model_dump(), "currency": quote.monthly.currency,
                 "hourly_minor": quote.hourly.amount, "monthly_minor": quote.monthly.amount,

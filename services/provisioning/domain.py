@@ -18,7 +18,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from shared.contracts.vm import TIER_SHAPES, VmSpec
-from shared.pricing import RateCardBook
+from shared.pricing import RateCard, RateCardBook, round_requirement
 
 
 def event_now(clock: datetime | None, at: datetime) -> datetime:
@@ -98,30 +98,29 @@ class Price:
     rate_card_version: str
 
 
-def _card_currency(book: RateCardBook, when: datetime, currency: str) -> str:
+def _card_of(book: RateCardBook, when: datetime, currency: str) -> RateCard:
+    """The card of the wallet's currency in effect at `when`: never another currency's."""
     try:
-        card = book.at(when)
+        return book.at(when, currency)
     except LookupError as error:
-        raise InvalidRequest(str(error)) from None
-    if card.currency != currency:
-        raise InvalidRequest(f"rate card {card.version} prices in {card.currency}; "
-                             f"the organisation's wallet is in {currency}")
-    return card.version
+        raise InvalidRequest(f"no price for the organisation's {currency} wallet: "
+                             f"{error}") from None
 
 
 def price_create(book: RateCardBook, spec: VmSpec, when: datetime, currency: str) -> Price:
     """A new VM holds one month of its price (rounded up), in the wallet's currency."""
-    version = _card_currency(book, when, currency)
-    return Price(book.monthly_requirement(spec, when).amount, currency, version)
+    card = _card_of(book, when, currency)
+    return Price(round_requirement(card.monthly_price(spec), currency).amount, currency,
+                 card.version)
 
 
 def price_resize(book: RateCardBook, current: VmSpec, new: VmSpec, when: datetime,
                  currency: str) -> Price:
     """A resize holds the increase of the monthly price; a cheaper size needs no hold."""
-    version = _card_currency(book, when, currency)
-    increase = (book.monthly_requirement(new, when).amount
-                - book.monthly_requirement(current, when).amount)
-    return Price(max(increase, 0), currency, version)
+    card = _card_of(book, when, currency)
+    increase = (round_requirement(card.monthly_price(new), currency).amount
+                - round_requirement(card.monthly_price(current), currency).amount)
+    return Price(max(increase, 0), currency, card.version)
 
 
 # --- facts: what other services must hear -----------------------------------------------------

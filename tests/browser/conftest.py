@@ -123,11 +123,17 @@ def write_report_fixture(folder: Path) -> Path:
                      "top_ups_minor": 5_000_000, "depleted_wallets": 0},
                     {"sector": "mining", "month": "2026-07", "vms": 5, "vm_hours": 1200.5,
                      "revenue_minor": 1_234_500, "refused_requests": 4,
-                     "top_ups_minor": 1_000_000, "depleted_wallets": 1}],
+                     "top_ups_minor": 1_000_000, "depleted_wallets": 1,
+                     "revenue_minor_by_currency": {"ZAR": 1_234_500, "USD": 10_416},
+                     "top_ups_minor_by_currency": {"ZAR": 1_000_000, "USD": 32_400}}],
         "companies": [{"ticker": "FSR", "name": "FirstRand", "industry": "Banks",
                        "sector": "bank", "profile": "bank", "billing_mode": "INVOICE",
                        "kind": "customer", "reseller": None, "balance_minor": -2_000_000,
-                       "statements": [{"month": "2026-07"}]}],
+                       "statements": [{"month": "2026-07"}]},
+                      {"ticker": "AGL", "name": "Anglo American", "industry": "Basic Materials",
+                       "sector": "mining", "profile": "mining", "billing_mode": "PAYG",
+                       "kind": "customer", "reseller": None, "currency": "USD",
+                       "balance_minor": 21_600, "statements": [{"month": "2026-07"}]}],
         "commodity_price": {}, "daily_balances": {}}
     (folder / "report.json").write_text(json.dumps(document))
     (folder / "balances.png").write_bytes(_png(160, 90))

@@ -299,6 +299,9 @@ def test_the_simulation_page_shows_the_report_and_a_run_started_from_it(
     expect(customer.get_by_test_id("oracle")).to_have_text("exact")
     expect(customer.get_by_test_id("sectors").locator("tbody tr")).to_have_count(2)
     expect(customer.get_by_test_id("sectors")).to_contain_text("R45,678.00")
+    # a USD wallet's money stays in USD, next to the ZAR total, never added to it
+    expect(customer.get_by_test_id("sectors")).to_contain_text("USD 104.16")
+    expect(customer.get_by_test_id("companies")).to_contain_text("USD 216.00")
     expect(customer.get_by_test_id("companies")).to_contain_text("FirstRand (FSR)")
     plot = customer.locator("img[src='/simulation/plots/balances.png']")
     expect(plot).to_be_visible()

@@ -45,6 +45,14 @@ def test_the_simulation_agrees_with_its_oracle_and_the_system_stops_cleanly(infr
         assert len(outcome.scenario.months()) == 2 and outcome.usage_events > 10_000
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         assert report["oracle"] == "exact"
+        # Anglo American and Datatec keep USD wallets: refused for want of a USD price at
+        # first, then charged in USD by the USD card (the oracle agreed to the cent)
+        usd = [c for c in report["companies"] if c["currency"] == "USD"]
+        assert {c["ticker"] for c in usd} == {"AGL", "DTC"}
+        assert all(sum(s["charges"] for s in c["statements"]) > 0 for c in usd)
+        assert sum(r["revenue_minor_by_currency"]["USD"] for r in report["sectors"]) > 0
+        assert sum(1 for v in outcome.scenario.actions[DEFAULT_START]
+                   if v.ticker in ("AGL", "DTC")) == 2  # the requests before the USD card
         assert {p.name for p in (tmp_path / "report").glob("*.png")} == {
             "balances.png", "revenue_by_sector.png", "mining_fleet.png"}
     finally:

@@ -107,6 +107,37 @@ def test_the_card_in_effect_at_the_hour_start_prices_it():
     assert after.exact == Fraction(36_000, 730)
 
 
+USD_FROM = JAN + timedelta(days=10)
+USD_CARD = RateCard("usd-1", USD_FROM, "USD",
+                    {"small": 900, "medium": 1_800, "large": 3_600, "enterprise": 7_200},
+                    Fraction(1), Fraction(1, 3), Fraction(1, 1000))
+
+
+def test_a_wallet_is_rated_with_the_card_of_its_currency_never_another():
+    book = DEFAULT_BOOK.with_card(USD_CARD)
+    in_usd = rate_hour(book, usage(10 * 24), "USD")
+    assert (in_usd.currency, in_usd.rate_card_version) == ("USD", "usd-1")
+    assert (in_usd.exact, in_usd.rated, in_usd.hour_cap) == (Fraction(1_800, 730), 2, 1_800)
+    assert rate_hour(book, usage(10 * 24)).currency == "ZAR"  # no currency: the home one
+    with pytest.raises(RatingError, match="no rate card in USD in effect"):
+        rate_hour(book, usage(10 * 24 - 1), "USD")  # before the USD card took effect
+    with pytest.raises(RatingError, match="no rate card in EUR"):
+        rate_hour(book, usage(10 * 24), "EUR")
+
+
+def test_the_biller_rates_each_wallet_in_its_currency():
+    book = DEFAULT_BOOK.with_card(USD_CARD)
+    b = Biller(book, {}, {}, currencies={WALLET: "USD"})
+    line = b.apply(usage(10 * 24), partition=0)
+    assert line is not None and (line.amount, line.rated.currency) == (2, "USD")
+    assert b.vm_months[(VM, JAN.date())].currency == "USD"
+    other = usage(10 * 24, vm=uuid4()).model_copy(update={"wallet_id": uuid4()})
+    zar = b.apply(other, partition=0)  # a wallet billing has not heard of: the home currency
+    assert zar is not None and (zar.amount, zar.rated.currency) == (41, "ZAR")
+    with pytest.raises(RatingError, match="no rate card in USD"):
+        b.apply(usage(0, vm=uuid4()), partition=0)  # a USD hour before the USD card
+
+
 @pytest.mark.parametrize("bad, reason", [
     (dict(hour_start=JAN + timedelta(minutes=30)), "not the start of an hour"),
     (dict(seconds=100), "segments add up to"),

@@ -20,8 +20,8 @@ from shared.pricing import (
 START = DEFAULT_RATE_CARD.effective_from
 
 
-def card(version: str, at: datetime, small: int = 15_000) -> RateCard:
-    return RateCard(version, at, "ZAR", {"small": small, "medium": 30_000, "large": 60_000,
+def card(version: str, at: datetime, small: int = 15_000, currency: str = "ZAR") -> RateCard:
+    return RateCard(version, at, currency, {"small": small, "medium": 30_000, "large": 60_000,
                                          "enterprise": 120_000}, Fraction(12), Fraction(4),
                     Fraction(1, 50))
 
@@ -87,6 +87,36 @@ def test_a_book_needs_cards_in_strictly_increasing_order():
         RateCardBook((card("b", START + timedelta(days=1)), card("a", START)))
     with pytest.raises(ValueError):
         RateCardBook((card("a", START), card("b", START)))
+
+
+def test_each_currency_has_its_own_cards_and_none_is_ever_converted():
+    usd_from = START + timedelta(days=90)
+    book = DEFAULT_BOOK.with_card(card("usd-1", usd_from, small=1_000, currency="USD")) \
+        .with_card(card("zar-2", START + timedelta(days=30), small=18_000))
+    assert book.home_currency == "ZAR" and set(book.currencies) == {"ZAR", "USD"}
+    later = usd_from + timedelta(days=1)
+    assert book.at(later).version == "zar-2"  # no currency: the home currency
+    assert book.at(later, "ZAR").version == "zar-2"
+    assert book.at(later, "USD").version == "usd-1"
+    assert book.monthly_requirement(tier_spec("small"), later, "USD") == Money(1_000, "USD")
+    assert book.estimate(tier_spec("small"), later, "USD").hourly == Money(2, "USD")  # 1.37 up
+    with pytest.raises(LookupError, match="no rate card in USD in effect"):
+        book.at(usd_from - timedelta(microseconds=1), "USD")
+    with pytest.raises(LookupError, match="no rate card in EUR"):
+        book.at(later, "EUR")
+
+
+def test_cards_are_ordered_within_their_currency_and_versions_are_unique():
+    # a USD card may start before a later ZAR one, and at the same moment as a ZAR one
+    book = RateCardBook((card("zar-1", START), card("zar-2", START + timedelta(days=9)),
+                         card("usd-1", START, currency="USD")))
+    assert book.at(START, "USD").version == "usd-1"
+    with pytest.raises(ValueError, match="USD rate cards"):
+        RateCardBook((card("zar-1", START),
+                      card("usd-2", START + timedelta(days=9), currency="USD"),
+                      card("usd-1", START, currency="USD")))
+    with pytest.raises(ValueError, match="unique"):
+        RateCardBook((card("v", START), card("v", START, currency="USD")))
 
 
 def test_a_tier_must_have_its_shape():

@@ -93,10 +93,30 @@ def test_custom_size_is_priced_per_resource_hour_times_730():
 
 
 def test_price_needs_a_card_in_the_wallets_currency_and_in_effect():
-    with pytest.raises(InvalidRequest, match="prices in ZAR; the organisation's wallet is in USD"):
+    with pytest.raises(InvalidRequest, match="no price for the organisation's USD wallet: "
+                                             "no rate card in USD in effect"):
         price_create(DEFAULT_BOOK, MEDIUM, T0, "USD")
-    with pytest.raises(InvalidRequest, match="no rate card in effect"):
+    with pytest.raises(InvalidRequest, match="no rate card in ZAR in effect"):
         price_create(DEFAULT_BOOK, MEDIUM, datetime(2020, 1, 1, tzinfo=UTC), "ZAR")
+
+
+def test_a_wallet_in_another_currency_is_priced_with_its_own_card_from_its_start():
+    usd_from = T0 + timedelta(days=3)
+    usd = RateCard("usd-1", usd_from, "USD", {"small": 900, "medium": 1_800, "large": 3_600,
+                                             "enterprise": 7_200},
+                   Fraction(1), Fraction(1, 3), Fraction(1, 1000))
+    book = DEFAULT_BOOK.with_card(usd)
+    with pytest.raises(InvalidRequest, match="no rate card in USD"):
+        price_create(book, MEDIUM, usd_from - timedelta(seconds=1), "USD")
+    price = price_create(book, MEDIUM, usd_from, "USD")
+    assert (price.amount, price.currency, price.rate_card_version) == (1_800, "USD", "usd-1")
+    # a custom size: (2 x 1 + 4 x 1/3 + 100 x 1/1000) cents x 730 = 2,506.33..., rounded up
+    custom = VmSpec(vcpu=2, ram_gb=4, disk_gb=100)
+    assert price_create(book, custom, usd_from, "USD").amount == 2_507
+    resize = price_resize(book, MEDIUM, VmSpec.of_tier("large"), usd_from, "USD")
+    assert (resize.amount, resize.currency) == (1_800, "USD")
+    # the ZAR wallets keep the ZAR card
+    assert price_create(book, MEDIUM, usd_from, "ZAR").amount == 30_000
 
 
 def test_a_later_rate_card_prices_later_requests_only():

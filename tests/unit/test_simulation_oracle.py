@@ -18,6 +18,7 @@ from deploy.sim.scenario import (
     generate,
     load_companies,
     rate_card_change,
+    usd_rate_card,
 )
 from deploy.simulation import SIZES
 
@@ -183,3 +184,37 @@ def test_the_demo_size_shows_every_profile_and_scenario():
 
 def test_black_friday_is_the_last_friday_of_november():
     assert black_friday(2026).isoformat() == "2026-11-27"
+
+
+def test_a_usd_wallet_is_priced_only_by_the_usd_card_from_its_start():
+    c = company(ticker="AGL", currency="USD", opening_top_up=5_000)
+    usd = usd_rate_card(JULY, 62)
+    usd_from = datetime.fromisoformat(str(usd["effective_from"]))
+    assert usd_from == JULY + timedelta(days=7)
+    s = scenario(c, [Action(JULY, "AGL", "request", "agl-1", MEDIUM),
+                     Action(usd_from, "AGL", "request", "agl-2", MEDIUM),
+                     Action(usd_from, "AGL", "request", "agl-3", LARGE)], days=62)
+    s.rate_cards = [*rate_card_change(JULY, 62), usd]
+    expected = Oracle(s).run()
+    july, august = s.months()
+    # no price in USD yet: refused as invalid (the services answer 422), nothing held
+    assert expected.requests[(JULY, "agl-1")] == "invalid"
+    # US$18 a month held for the medium; US$32 left is short of a large's US$36
+    assert expected.requests[(usd_from, "agl-2")] == "succeeded"
+    assert expected.requests[(usd_from, "agl-3")] == "rejected"
+    # 2 cents an hour (1,800 / 730 = 2.47, down); the ZAR card change in August is not USD's
+    first = expected.vm_months[("agl-2", july)]
+    assert first["amount"] == 2 * 24 * 24  # 24 days of hours, the first 3,565 s: 2.44 -> 2
+    # all August at 2 cents an hour (below the US$18 cap): the ZAR change leaves USD alone
+    assert expected.vm_months[("agl-2", august)]["amount"] == 2 * 744
+    assert expected.statements[("AGL", july)]["credits"] == 5_000
+    assert expected.balances["AGL"] == 5_000 - 2 * 24 * 24 - 2 * 744
+
+
+def test_the_generated_run_has_usd_wallets_in_every_size():
+    for size in SIZES.values():
+        s = generate(14, JULY, size.days, min(size.companies, 12))
+        usd = [c for c in s.companies if c.currency == "USD"]
+        assert len(usd) >= 2
+        assert {c["currency"] for c in s.rate_cards} == {"ZAR", "USD"}
+        assert all(c.opening_top_up < 100_000 for c in usd if c.billing_mode == "PAYG")
