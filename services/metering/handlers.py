@@ -185,6 +185,7 @@ class MeteringHandlers:
 
     async def _apply_events(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
                             marks: dict[int, PartitionMark], work: Work) -> None:
+        items = self._refuse_expired(items, marks, work)
         fresh = await claim_new(conn, repo.SCHEMA, items)
         if not fresh:
             return
@@ -226,6 +227,20 @@ class MeteringHandlers:
         closed = {vm_id: vms[vm_id].closed_until(marks.get(vms[vm_id].source_partition))
                   for vm_id in earliest}
         await self._restate(conn, vms, histories, earliest, closed, work)
+
+    def _refuse_expired(self, items: Sequence[Incoming[Any]], marks: dict[int, PartitionMark],
+                        work: Work) -> list[Incoming[Any]]:
+        """Events dated before the inbox window, by their partition's clock, are refused:
+        their inbox rows may be pruned, so the inbox could no longer tell a repeat."""
+        kept: list[Incoming[Any]] = []
+        for partition in sorted({i.record.partition for i in items}):
+            mark = marks.get(partition)
+            young, old = self.runtime.refuse_expired(
+                [i for i in items if i.record.partition == partition],
+                mark.up_to if mark else None)
+            kept += young
+            work.send(*dead_letters(self.settings, CONSUMER, old))
+        return kept
 
     @staticmethod
     async def _histories(conn: asyncpg.Connection, vms: dict[UUID, VmRow],
