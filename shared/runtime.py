@@ -34,6 +34,7 @@ from shared.http import (
     install_problem_handlers,
 )
 from shared.kafka_security import broker_security, client_options
+from shared.operations import OperationsMetrics
 from shared.outbox import OutboxRelay
 from shared.retention import InboxPruner, PrunedTable, oldest_accepted, refuse_expired
 from shared.settings import Settings
@@ -70,6 +71,7 @@ class ServiceRuntime:
         # once each of its inbox consumers refuses messages older than the window.
         self.pruned_tables: list[PrunedTable] = []
         self.pruner: InboxPruner | None = None
+        self.operations = OperationsMetrics(name, schema, settings)
         self._started = False
         self._add_operational_routes()
 
@@ -111,6 +113,7 @@ class ServiceRuntime:
             if wake_relay:
                 drain()
 
+        self.operations.subscribed(topic, consumer)
         commits = subscribe_batches(self.broker, self.settings, topic, consumer, on_batch,
                                     commit_in_background=commit_in_background,
                                     on_assigned=drain)
@@ -157,6 +160,7 @@ class ServiceRuntime:
         await self.broker.stop()
         if self.pruner is not None:
             await self.pruner.stop()
+        await self.operations.close()
         if self._relay is not None:
             await self._relay.stop()
         if self._producer is not None:
@@ -213,4 +217,5 @@ class ServiceRuntime:
             200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                   "description": "Prometheus text format"}})
         async def metrics(by: MachineKey) -> Response:
+            await self.operations.refresh(self._pool)
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
