@@ -10,7 +10,7 @@ not attributed (they are shared servers); their growing work would show as wall 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -18,6 +18,10 @@ from subprocess import Popen
 
 import asyncpg
 import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.settings import Settings
+from shared.topics import ALL_TOPICS
 
 # The last month must cost no more than this much over the first (issue #18).
 FLAT_WITHIN = 0.15
@@ -26,14 +30,24 @@ FLAT_WITHIN = 0.15
 LEAST_CPU_S = 1.0
 
 
+# A process's name and the name its consumers carry in the topic map.
+CONSUMER_NAMES = {"vcenter-simulator": "vcenter-hooks"}
+
+
 @dataclass
 class Month:
     wall_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
     usage_events: int = 0
+    # Records that arrived on each service's input topics (ticks included): the work it was
+    # given, whatever its kind.
+    inputs: dict[str, int] = field(default_factory=dict)
 
     def cpu_per_1000(self, service: str) -> float:
         return 1000 * self.cpu_s.get(service, 0.0) / max(self.usage_events, 1)
+
+    def cpu_per_1000_inputs(self, service: str) -> float:
+        return 1000 * self.cpu_s.get(service, 0.0) / max(self.inputs.get(service, 0), 1)
 
     @property
     def events_per_s(self) -> float:
@@ -70,6 +84,16 @@ class CostMeter:
         self.peak_mb: dict[str, float] = {}
         self._last_cpu = {name: cpu_seconds(p) for name, p in self.processes.items()}
         self._last_clock = clock
+        self._last_inputs: dict[str, int] = {}
+
+    def inputs_seen(self, day_start: datetime, totals: Mapping[str, int]) -> None:
+        """Records on each service's input topics so far (end offsets), after a day."""
+        ended = (day_start - timedelta(microseconds=1)).date()
+        month = self.months.setdefault(date(ended.year, ended.month, 1), Month())
+        for name, total in totals.items():
+            month.inputs[name] = month.inputs.get(name, 0) + total - \
+                self._last_inputs.get(name, 0)
+            self._last_inputs[name] = total
 
     def day_done(self, day_start: datetime, clock: float) -> None:
         # The sync point `day_start` closed the hours before it: the work since the last one
@@ -102,17 +126,21 @@ class CostMeter:
         """Months with usage, the partial day-0 month (before the first sync) left out."""
         return [m for m in sorted(self.months) if self.months[m].usage_events]
 
-    def ratios(self) -> dict[str, float]:
-        """Last month's CPU per event over the first's, per service, and events per second
-        (first over last, so above 1 means slower too)."""
+    def ratios(self, per_input: bool = False) -> dict[str, float]:
+        """Last month's CPU per usage event (or per input record) over the first's, per
+        service, and, per usage event, wall time too (first rate over last: above 1 means
+        slower)."""
         months = self.full_months()
         if len(months) < 2:
             return {}
         first, last = self.months[months[0]], self.months[months[-1]]
-        out = {name: last.cpu_per_1000(name) / first.cpu_per_1000(name)
+        cost = Month.cpu_per_1000_inputs if per_input else Month.cpu_per_1000
+        out = {name: cost(last, name) / cost(first, name)
                for name in self.processes
-               if min(first.cpu_s.get(name, 0.0), last.cpu_s.get(name, 0.0)) >= LEAST_CPU_S}
-        out["wall per event"] = first.events_per_s / max(last.events_per_s, 1e-9)
+               if min(first.cpu_s.get(name, 0.0), last.cpu_s.get(name, 0.0)) >= LEAST_CPU_S
+               and (not per_input or min(first.inputs.get(name, 0), last.inputs.get(name, 0)))}
+        if not per_input:
+            out["wall per event"] = first.events_per_s / max(last.events_per_s, 1e-9)
         return out
 
     def report(self) -> list[str]:
@@ -125,12 +153,21 @@ class CostMeter:
             lines.append(f"  {m:%Y-%m}  {month.usage_events:>9,} {month.wall_s:>7.0f} "
                          f"{month.events_per_s:>9,.0f} "
                          + " ".join(f"{month.cpu_per_1000(n):>12.3f}" for n in names))
-        ratios = self.ratios()
-        if ratios:
-            lines.append("last month over first (target: at most "
-                         f"{1 + FLAT_WITHIN:.2f}):")
-            lines += [f"  {name:18} {ratio:.3f} {'ok' if ratio <= 1 + FLAT_WITHIN else 'OVER'}"
-                      for name, ratio in ratios.items()]
+        lines.append("records in on each service's input topics, and CPU s per 1,000 of them:")
+        for m in self.full_months():
+            month = self.months[m]
+            lines.append(f"  {m:%Y-%m}  " + " ".join(
+                f"{n[:12]}={month.inputs.get(n, 0):,}/{month.cpu_per_1000_inputs(n):.3f}"
+                for n in names if month.inputs.get(n)))
+        for per_input in (False, True):
+            ratios = self.ratios(per_input)
+            if ratios:
+                unit = "input record" if per_input else "usage event"
+                lines.append(f"last month over first, per {unit}"
+                             f" (target: at most {1 + FLAT_WITHIN:.2f}):")
+                lines += [f"  {name:18} {ratio:.3f} "
+                          f"{'ok' if ratio <= 1 + FLAT_WITHIN else 'OVER'}"
+                          for name, ratio in ratios.items()]
         lines.append("peak memory (VmHWM, MiB): " + ", ".join(
             f"{name} {mb:.0f}" for name, mb in self.peak_mb.items()))
         return lines
@@ -142,17 +179,22 @@ class CostMeter:
         import matplotlib.pyplot as plt
 
         months = self.full_months()
-        fig, (cpu, rate) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (cpu, per_input, rate) = plt.subplots(1, 3, figsize=(15, 4))
         labels = [f"{m:%Y-%m}" for m in months]
         for name in self.processes:
             cpu.plot(labels, [self.months[m].cpu_per_1000(name) for m in months], marker="o",
                      label=name)
+            if any(self.months[m].inputs.get(name) for m in months):
+                per_input.plot(labels, [self.months[m].cpu_per_1000_inputs(name)
+                                        for m in months], marker="o", label=name)
         cpu.set_title("CPU seconds per 1,000 usage events")
-        cpu.set_ylim(bottom=0)
-        cpu.legend(fontsize=8)
+        per_input.set_title("CPU seconds per 1,000 input records")
+        for axis in (cpu, per_input):
+            axis.set_ylim(bottom=0)
+            axis.legend(fontsize=8)
         rate.bar(labels, [self.months[m].events_per_s for m in months], color="#4a7")
         rate.set_title("usage events per second of wall time")
-        for axis in (cpu, rate):
+        for axis in (cpu, per_input, rate):
             axis.set_xlabel("simulated month")
             axis.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
@@ -179,3 +221,16 @@ def size_report(sizes: list[tuple[str, int, int]]) -> list[str]:
     lines += [f"  {name:36} {rows:>11,} rows {size / 2**20:>9.1f} MiB"
               for name, rows, size in sizes]
     return lines
+
+
+async def input_totals(settings: Settings, services: Sequence[str],
+                       offsets: AIOKafkaConsumer) -> dict[str, int]:
+    """Per service, the records on the topics it consumes so far (sum of end offsets)."""
+    wanted = {name: [t for t in ALL_TOPICS if CONSUMER_NAMES.get(name, name) in t.consumers]
+              for name in services}
+    partitions = {TopicPartition(settings.topic(t.name), p)
+                  for topics in wanted.values() for t in topics for p in range(t.partitions)}
+    ends = await offsets.end_offsets(list(partitions))
+    return {name: sum(ends[TopicPartition(settings.topic(t.name), p)]
+                      for t in topics for p in range(t.partitions))
+            for name, topics in wanted.items() if topics}

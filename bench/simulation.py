@@ -22,11 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer
 
-from bench.flat_cost import CostMeter, size_report, table_sizes
+from bench.flat_cost import CostMeter, input_totals, size_report, table_sizes
 from bench.infra import REPO_ROOT, bench_settings
 from bench.pipeline import raw_run
 from deploy.launcher import start_system
@@ -58,14 +60,30 @@ async def main(args: argparse.Namespace) -> None:
         folder = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-simulation-"))
         system = await asyncio.to_thread(start_system, settings, folder, use_existing=True)
         cost = CostMeter(system.processes, time.monotonic())
+        offsets = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await offsets.start()
+        counting: list[asyncio.Task[None]] = []
+
+        async def count_inputs(at: datetime, after: asyncio.Task[None] | None) -> None:
+            if after is not None:
+                await after  # in day order
+            cost.inputs_seen(at, await input_totals(settings, list(system.processes), offsets))
+
+        def day_done(at: datetime) -> None:
+            cost.day_done(at, time.monotonic())
+            counting.append(asyncio.create_task(
+                count_inputs(at, counting[-1] if counting else None)))
+
         try:
             outcome = await run_simulation(
                 settings, {name: system.url(name) for name in system.processes},
                 seed=args.seed, start=DEFAULT_START, days=args.days, companies=args.companies,
                 report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report",
-                day_done=lambda at: cost.day_done(at, time.monotonic()))
+                day_done=day_done)
             cost.record_memory()
+            await asyncio.gather(*counting)
         finally:
+            await offsets.stop()
             await asyncio.to_thread(system.stop)
         print_outcome(outcome, shown=10)
         conn = await asyncpg.connect(settings.database_url)
