@@ -234,3 +234,23 @@ async def input_totals(settings: Settings, services: Sequence[str],
     return {name: sum(ends[TopicPartition(settings.topic(t.name), p)]
                       for t in topics for p in range(t.partitions))
             for name, topics in wanted.items() if topics}
+
+
+async def scans(conn: asyncpg.Connection) -> list[tuple[str, int, int, int]]:
+    """(table, sequential scans, rows they read, index scans) since the run began: a hot-path
+    read that grows with age shows as many sequential scans reading many rows of a large
+    table."""
+    rows = await conn.fetch(
+        """SELECT schemaname || '.' || relname AS name, seq_scan, seq_tup_read,
+                  coalesce(idx_scan, 0) AS idx_scan
+           FROM pg_stat_user_tables
+           WHERE schemaname IN ('wallet', 'provisioning', 'metering', 'billing', 'auth')
+           ORDER BY seq_tup_read DESC""")
+    return [(r["name"], r["seq_scan"], r["seq_tup_read"], r["idx_scan"]) for r in rows]
+
+
+def scan_report(found: list[tuple[str, int, int, int]], shown: int = 12) -> list[str]:
+    lines = ["sequential scans over the run, by rows read (index scans beside):"]
+    lines += [f"  {name:36} {seq:>9,} seq scans {read:>14,} rows read {idx:>11,} index scans"
+              for name, seq, read, idx in found[:shown]]
+    return lines

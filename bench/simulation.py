@@ -28,7 +28,14 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
-from bench.flat_cost import CostMeter, input_totals, size_report, table_sizes
+from bench.flat_cost import (
+    CostMeter,
+    input_totals,
+    scan_report,
+    scans,
+    size_report,
+    table_sizes,
+)
 from bench.infra import REPO_ROOT, bench_settings
 from bench.pipeline import raw_run
 from deploy.launcher import start_system
@@ -91,9 +98,10 @@ async def main(args: argparse.Namespace) -> None:
             await conn.execute("ANALYZE")
             await cost.count_usage(conn)
             sizes = await table_sizes(conn)
+            scanned = await scans(conn)
         finally:
             await conn.close()
-        print("\n".join(cost.report() + size_report(sizes)))
+        print("\n".join(cost.report() + size_report(sizes) + scan_report(scanned)))
         plot = REPO_ROOT / ".data" / "bench-simulation" / "cost-by-month.png"
         cost.plot(plot)
         print(f"plot: {plot}")
