@@ -192,11 +192,18 @@ async def events_since(conn: asyncpg.Connection, since: dict[UUID, datetime | No
     found: dict[UUID, list[VmEvent]] = {vm_id: [] for vm_id in since}
     if not since:
         return found
+    # One index range per VM, whatever the planner would estimate: a plain join of many VMs
+    # hash-joined a sequential scan of the whole table (every event ever) per batch.
+    # OFFSET 0 keeps the lateral subquery from being flattened back into such a join.
     rows = await conn.fetch(
         f"""SELECT e.vm_id, e.event_id, e.kind, e.occurred_at, e.spec
             FROM unnest($1::uuid[], $2::timestamptz[]) AS r(vm_id, since)
-            JOIN {SCHEMA}.vm_events e ON e.vm_id = r.vm_id
-             AND e.occurred_at >= coalesce(r.since, '-infinity'::timestamptz)""",
+            CROSS JOIN LATERAL (
+                SELECT v.vm_id, v.event_id, v.kind, v.occurred_at, v.spec
+                FROM {SCHEMA}.vm_events v
+                WHERE v.vm_id = r.vm_id
+                  AND v.occurred_at >= coalesce(r.since, '-infinity'::timestamptz)
+                OFFSET 0) e""",
         list(since), list(since.values()))
     for r in rows:
         found[r["vm_id"]].append(_event(r))
