@@ -28,6 +28,8 @@ FLAT_WITHIN = 0.15
 # A process that spent less CPU than this in a month (the portal: no part in the usage
 # path) gets no ratio: its figure is noise.
 LEAST_CPU_S = 1.0
+# Nor does one that was given fewer input records than this (the portal, the simulator).
+LEAST_INPUTS = 1000
 
 
 # A process's name and the name its consumers carry in the topic map.
@@ -138,7 +140,8 @@ class CostMeter:
         out = {name: cost(last, name) / cost(first, name)
                for name in self.processes
                if min(first.cpu_s.get(name, 0.0), last.cpu_s.get(name, 0.0)) >= LEAST_CPU_S
-               and (not per_input or min(first.inputs.get(name, 0), last.inputs.get(name, 0)))}
+               and (not per_input or min(first.inputs.get(name, 0), last.inputs.get(name, 0))
+                    >= LEAST_INPUTS)}
         if not per_input:
             out["wall per event"] = first.events_per_s / max(last.events_per_s, 1e-9)
         return out
@@ -181,10 +184,11 @@ class CostMeter:
         months = self.full_months()
         fig, (cpu, per_input, rate) = plt.subplots(1, 3, figsize=(15, 4))
         labels = [f"{m:%Y-%m}" for m in months]
+        steady = self.ratios(per_input=True)
         for name in self.processes:
             cpu.plot(labels, [self.months[m].cpu_per_1000(name) for m in months], marker="o",
                      label=name)
-            if any(self.months[m].inputs.get(name) for m in months):
+            if name in steady:  # a handful of inputs a month makes a meaningless figure
                 per_input.plot(labels, [self.months[m].cpu_per_1000_inputs(name)
                                         for m in months], marker="o", label=name)
         cpu.set_title("CPU seconds per 1,000 usage events")
