@@ -4,6 +4,11 @@ events per second next to the raw limits measured in the same run: a bare aiokaf
 and produce of as many usage messages (the simulation's own, from `metering.usage`), and
 `bench floor`'s figure (the least work per usage event on this machine's cores).
 
+Whether the cost stays flat as the system ages (`bench/flat_cost.py`): per simulated month
+the usage events per second and each service's CPU seconds per 1,000 usage events, the last
+month over the first (target: within 15%), each table's size at the end and each process's
+peak memory; a plot in .data/bench-simulation/cost-by-month.png.
+
 Usage: python -m bench.simulation [--companies N] [--days N] [--seed N] [--no-floor]
 Last line: companies=<n> months=<n> usage_events=<n> wall_s=<n> events_per_s=<n>
            oracle=<exact|differs>
@@ -16,8 +21,21 @@ import asyncio
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 
+import asyncpg
+from aiokafka import AIOKafkaConsumer
+
+from bench.flat_cost import (
+    CostMeter,
+    input_totals,
+    scan_report,
+    scans,
+    size_report,
+    table_sizes,
+)
 from bench.infra import REPO_ROOT, bench_settings
 from bench.pipeline import raw_run
 from deploy.launcher import start_system
@@ -48,14 +66,45 @@ async def main(args: argparse.Namespace) -> None:
         settings = simulation_settings(plain, DEFAULT_START, args.days)
         folder = Path(tempfile.mkdtemp(prefix="cloudwallet-bench-simulation-"))
         system = await asyncio.to_thread(start_system, settings, folder, use_existing=True)
+        cost = CostMeter(system.processes, time.monotonic())
+        offsets = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await offsets.start()
+        counting: list[asyncio.Task[None]] = []
+
+        async def count_inputs(at: datetime, after: asyncio.Task[None] | None) -> None:
+            if after is not None:
+                await after  # in day order
+            cost.inputs_seen(at, await input_totals(settings, list(system.processes), offsets))
+
+        def day_done(at: datetime) -> None:
+            cost.day_done(at, time.monotonic())
+            counting.append(asyncio.create_task(
+                count_inputs(at, counting[-1] if counting else None)))
+
         try:
             outcome = await run_simulation(
                 settings, {name: system.url(name) for name in system.processes},
                 seed=args.seed, start=DEFAULT_START, days=args.days, companies=args.companies,
-                report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report")
+                report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report",
+                day_done=day_done)
+            cost.record_memory()
+            await asyncio.gather(*counting)
         finally:
+            await offsets.stop()
             await asyncio.to_thread(system.stop)
         print_outcome(outcome, shown=10)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("ANALYZE")
+            await cost.count_usage(conn)
+            sizes = await table_sizes(conn)
+            scanned = await scans(conn)
+        finally:
+            await conn.close()
+        print("\n".join(cost.report() + size_report(sizes) + scan_report(scanned)))
+        plot = REPO_ROOT / ".data" / "bench-simulation" / "cost-by-month.png"
+        cost.plot(plot)
+        print(f"plot: {plot}")
         print("raw limits, measured now:")
         raw = await raw_run(settings, outcome.usage_events)
         print(f"  bare aiokafka consume and produce of {outcome.usage_events:,} usage messages: "

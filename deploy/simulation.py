@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,7 +60,10 @@ class Outcome:
 
 async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int = 14,
                          start: datetime = DEFAULT_START, days: int, companies: int,
-                         report_dir: Path | None = None, progress: bool = True) -> Outcome:
+                         report_dir: Path | None = None, progress: bool = True,
+                         day_done: Callable[[datetime], None] | None = None) -> Outcome:
+    """Runs the scenario; `day_done(sync point)` is called once the system is quiet after
+    each simulated day (a benchmark samples its processes there)."""
     scenario = generate(seed, start, days, companies)
     expected = Oracle(scenario).run()
     print(f"scenario: {len(scenario.companies)} companies, {scenario.start:%Y-%m-%d} to "
@@ -77,6 +81,8 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
         rate = usage_so_far / max(time.monotonic() - began, 1e-9)
         bar.set_postfix_str(f"{at:%Y-%m-%d} usage {rate:,.0f}/s refused {refused}")
         bar.update(1)
+        if day_done is not None:
+            day_done(at)
 
     try:
         seen = await Driver(scenario, settings, portal, on_day).run()

@@ -4,8 +4,9 @@ an outbox relay for publishing, and an HTTP app with health and metrics endpoint
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -15,7 +16,14 @@ from fastapi import FastAPI, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.consumer import BackgroundCommits, BatchHandler, Records, subscribe_batches
+from shared.consumer import (
+    BackgroundCommits,
+    BatchHandler,
+    Incoming,
+    Records,
+    Rejected,
+    subscribe_batches,
+)
 from shared.db import create_pool
 from shared.http import (
     BodySizeLimit,
@@ -26,7 +34,9 @@ from shared.http import (
     install_problem_handlers,
 )
 from shared.kafka_security import broker_security, client_options
+from shared.operations import OperationsMetrics
 from shared.outbox import OutboxRelay
+from shared.retention import InboxPruner, PrunedTable, oldest_accepted, refuse_expired
 from shared.settings import Settings
 from shared.topics import Topic
 
@@ -57,6 +67,11 @@ class ServiceRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._relay: OutboxRelay | None = None
         self._background_commits: list[BackgroundCommits] = []
+        # Tables pruned by age (shared/retention.py): a service lists its inbox here only
+        # once each of its inbox consumers refuses messages older than the window.
+        self.pruned_tables: list[PrunedTable] = []
+        self.pruner: InboxPruner | None = None
+        self.operations = OperationsMetrics(name, schema, settings)
         self._started = False
         self._add_operational_routes()
 
@@ -98,6 +113,7 @@ class ServiceRuntime:
             if wake_relay:
                 drain()
 
+        self.operations.subscribed(topic, consumer)
         commits = subscribe_batches(self.broker, self.settings, topic, consumer, on_batch,
                                     commit_in_background=commit_in_background,
                                     on_assigned=drain)
@@ -121,6 +137,13 @@ class ServiceRuntime:
                                       self.settings.outbox_batch_size,
                                       self.settings.outbox_poll_interval_s)
             self._relay.start()
+            # A simulation's event clock is not the wall clock: wall age proves nothing there.
+            if self.pruned_tables and self.settings.event_clock == "wall":
+                self.pruner = InboxPruner(
+                    self._relay_pool, self.pruned_tables, self.inbox_retention,
+                    batch=self.settings.inbox_prune_batch,
+                    interval_s=self.settings.inbox_prune_interval_s)
+                self.pruner.start()
         else:
             self._auth_pool = await create_pool(self.settings.database_url, 2)
         await self.broker.start()
@@ -135,6 +158,9 @@ class ServiceRuntime:
         for commits in self._background_commits:  # a consumer's close revokes nothing
             await commits.flush()
         await self.broker.stop()
+        if self.pruner is not None:
+            await self.pruner.stop()
+        await self.operations.close()
         if self._relay is not None:
             await self._relay.stop()
         if self._producer is not None:
@@ -146,6 +172,20 @@ class ServiceRuntime:
         if self._auth_pool is not None:
             await self._auth_pool.close()
         log.info("service stopped", service=self.name)
+
+    @property
+    def inbox_retention(self) -> timedelta:
+        return timedelta(days=self.settings.inbox_retention_days)
+
+    def refuse_expired(self, items: Sequence[Incoming[Any]], clock: datetime | None
+                       ) -> tuple[list[Incoming[Any]], list[Rejected]]:
+        """A batch split into messages the inbox can judge and those dated before the
+        window, by the consumer's latest clock tick (none yet: nothing is refused)."""
+        if clock is None:
+            return list(items), []
+        oldest = oldest_accepted(clock, self.inbox_retention,
+                                 timedelta(days=self.settings.inbox_refusal_margin_days))
+        return refuse_expired(items, oldest)
 
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -177,4 +217,5 @@ class ServiceRuntime:
             200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                   "description": "Prometheus text format"}})
         async def metrics(by: MachineKey) -> Response:
+            await self.operations.refresh(self._pool)
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     # "wall": ticks follow the wall clock (production). "ticks": a simulation drives time by
     # ticks alone, in the past or the future; see shared/event_time.py.
     event_clock: Literal["wall", "ticks"] = "wall"
+    # Inbox rows (ids of messages consumed) are deleted this long after consumption, and a
+    # message dated more than (retention - margin) before the consumer's event clock is
+    # refused as a dead letter: the retention must exceed the longest retention of the
+    # topics an inbox guards (30 days), the margin the producers' clock skew (shared/retention.py).
+    inbox_retention_days: float = Field(default=45, gt=0)
+    inbox_refusal_margin_days: float = Field(default=3, ge=0)
+    inbox_prune_interval_s: float = Field(default=300, gt=0)
+    inbox_prune_batch: int = Field(default=1000, ge=1)
     # Rate card versions after the default one: a JSON list (shared.pricing.rate_card_of).
     rate_cards: str = ""
 

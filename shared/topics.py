@@ -6,9 +6,18 @@ partition, so per-wallet (or per-VM) order holds while partitions spread the loa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 DAY_MS = 24 * 3600 * 1000
+# `TOPIC_PARTITIONS="vcenter.events=12,metering.usage=12"`: partition counts other than the
+# defaults below, read once at start by every process (all must agree: billing checks
+# metering's watermarks per vcenter.events partition, metering sends one per metering.usage
+# partition). Kafka only adds partitions, and adding some moves keys: see
+# docs/operations.md for what that means for key order and how to change a count safely.
+PARTITIONS_SETTING = "TOPIC_PARTITIONS"
+# One partition on purpose: clock ticks and dead letters are ordered as a whole.
+SINGLE_PARTITION = frozenset({"clock.ticks", "deadletter"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,35 @@ DEAD_LETTER = Topic(
     ("wallet", "provisioning", "metering", "billing"), ("operators",),
     "Messages a consumer could not accept, each with the reason and where it came from.",
 )
+
+def partition_counts(setting: str) -> dict[str, int]:
+    """`name=count,...` parsed and checked against the topic map's names."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in setting.split(","))):
+        name, _, count = part.partition("=")
+        name = name.strip()
+        if name not in _DEFAULTS:
+            raise ValueError(f"{PARTITIONS_SETTING}: no topic {name!r} in the topic map")
+        if name in SINGLE_PARTITION:
+            raise ValueError(f"{PARTITIONS_SETTING}: {name} has one partition by design")
+        if not count.strip().isdigit() or int(count) < 1:
+            raise ValueError(f"{PARTITIONS_SETTING}: {name} needs a positive partition count, "
+                             f"not {count!r}")
+        counts[name] = int(count)
+    return counts
+
+
+_DEFAULTS: dict[str, Topic] = {t.name: t for t in (
+    PORTAL_VM_REQUESTS, PROVISIONING_REQUESTS, WALLET_DECISIONS, PROVISIONING_OUTCOMES,
+    VCENTER_COMMANDS, VCENTER_EVENTS, CLOCK_TICKS, METERING_USAGE, BILLING_DEBITS,
+    WALLET_TOPUPS, WALLET_EVENTS, BILLING_EVENTS, DEAD_LETTER)}
+_COUNTS = partition_counts(os.environ.get(PARTITIONS_SETTING, ""))
+if _COUNTS:
+    PORTAL_VM_REQUESTS, PROVISIONING_REQUESTS, WALLET_DECISIONS, PROVISIONING_OUTCOMES, \
+        VCENTER_COMMANDS, VCENTER_EVENTS, CLOCK_TICKS, METERING_USAGE, BILLING_DEBITS, \
+        WALLET_TOPUPS, WALLET_EVENTS, BILLING_EVENTS, DEAD_LETTER = (
+            replace(t, partitions=_COUNTS.get(t.name, t.partitions))
+            for t in _DEFAULTS.values())
 
 ALL_TOPICS: tuple[Topic, ...] = (
     PORTAL_VM_REQUESTS,

@@ -151,33 +151,58 @@ def _micros(span: timedelta) -> int:
 
 def judge(history: Sequence[VmEvent], event: VmEvent, vm_id: object = "") -> Verdict:
     """Whether `event` can join a VM's accepted `history` (empty: the VM is unknown)."""
+    return judge_known(known(history), event, vm_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What judging a new event needs of a VM's accepted events: no more than its creation,
+    its deletion and its latest event, so that a VM's whole history is never read to judge
+    one more event."""
+
+    created_at: datetime
+    deleted_at: datetime | None
+    latest_at: datetime
+
+    def with_event(self, event: VmEvent) -> Known:
+        """After accepting `event` (never a creation: that makes a new `Known`)."""
+        deleted_at = event.at if event.kind is Kind.DELETED else self.deleted_at
+        return Known(self.created_at, deleted_at, max(self.latest_at, event.at))
+
+
+def known(history: Sequence[VmEvent]) -> Known | None:
     if not history:
+        return None
+    created = next(e for e in history if e.kind is Kind.CREATED)
+    deleted = next((e for e in history if e.kind is Kind.DELETED), None)
+    return Known(created.at, deleted.at if deleted else None, max(e.at for e in history))
+
+
+def judge_known(vm: Known | None, event: VmEvent, vm_id: object = "") -> Verdict:
+    """Whether `event` can join the accepted events of a VM (None: the VM is unknown)."""
+    if vm is None:
         if event.kind is Kind.CREATED:
             return Accept()
         if event.kind is Kind.CREATE_FAILED:
             return Ignore()
         return Reject(f"unknown VM {vm_id}: {event.kind} for a VM that was never created")
-    created = next(e for e in history if e.kind is Kind.CREATED)
+    created_at = vm.created_at.isoformat()
     if event.kind is Kind.CREATED:
-        return Reject(f"VM {vm_id} was already created at {created.at.isoformat()}")
+        return Reject(f"VM {vm_id} was already created at {created_at}")
     if event.kind is Kind.CREATE_FAILED:
-        return Reject(f"create failed reported for VM {vm_id}, which exists since "
-                      f"{created.at.isoformat()}")
-    if event.at < created.at:
+        return Reject(f"create failed reported for VM {vm_id}, which exists since {created_at}")
+    if event.at < vm.created_at:
         return Reject(f"{event.kind} at {event.at.isoformat()} is before VM {vm_id} was "
-                      f"created at {created.at.isoformat()}")
-    deleted = next((e for e in history if e.kind is Kind.DELETED), None)
-    if deleted is not None:
+                      f"created at {created_at}")
+    if vm.deleted_at is not None:
         if event.kind is Kind.DELETED:
-            return Reject(f"VM {vm_id} was already deleted at {deleted.at.isoformat()}")
-        if event.at > deleted.at:
+            return Reject(f"VM {vm_id} was already deleted at {vm.deleted_at.isoformat()}")
+        if event.at > vm.deleted_at:
             return Reject(f"{event.kind} at {event.at.isoformat()} is after VM {vm_id} was "
-                          f"deleted at {deleted.at.isoformat()}")
-    elif event.kind is Kind.DELETED:
-        latest = max(history, key=lambda e: e.order)
-        if latest.at > event.at:
-            return Reject(f"deletion at {event.at.isoformat()} of VM {vm_id} is before its "
-                          f"{latest.kind} at {latest.at.isoformat()}")
+                          f"deleted at {vm.deleted_at.isoformat()}")
+    elif event.kind is Kind.DELETED and vm.latest_at > event.at:
+        return Reject(f"deletion at {event.at.isoformat()} of VM {vm_id} is before its "
+                      f"latest event at {vm.latest_at.isoformat()}")
     if event.kind is Kind.RESIZE_FAILED:
         return Ignore()
     return Accept()
@@ -189,16 +214,24 @@ def ordered(history: Iterable[VmEvent]) -> list[VmEvent]:
     return sorted(history, key=lambda e: e.order)
 
 
-def replay(history: Iterable[VmEvent]) -> VmState:
-    """The state after every event of a history that starts with the VM's creation."""
+def replay(history: Iterable[VmEvent], since: Snapshot | None = None) -> VmState:
+    """The state after every event of a history that starts with the VM's creation, or, with
+    `since`, after the snapshot and the events from its instant on."""
     events = ordered(history)
+    if since is not None:
+        return _fold(since.state, events)
     if not events or events[0].kind is not Kind.CREATED:
         raise ValueError("a VM's history starts with its creation")
     first = events[0]
     assert first.size is not None
-    created_at, size, running, since = first.at, first.size, False, first.at
-    deleted_at = None
-    for e in events[1:]:
+    return _fold(VmState(first.at, None, False, first.size, first.at, first.at), events[1:])
+
+
+def _fold(state: VmState, events: Sequence[VmEvent]) -> VmState:
+    """`state` after `events`, which are in order and no earlier than what it was made of."""
+    created_at, deleted_at, running = state.created_at, state.deleted_at, state.running
+    size, since, last_event_at = state.size, state.since, state.last_event_at
+    for e in events:
         if e.kind is Kind.RESIZED:
             assert e.size is not None
             size = e.size
@@ -208,14 +241,45 @@ def replay(history: Iterable[VmEvent]) -> VmState:
             running, since = False, e.at
         if e.kind is Kind.DELETED:
             deleted_at = e.at
-    return VmState(created_at, deleted_at, running, size, since, events[-1].at)
+        last_event_at = e.at
+    return VmState(created_at, deleted_at, running, size, since, last_event_at)
 
 
-def running_spans(history: Iterable[VmEvent]) -> list[tuple[datetime, datetime | None, Size]]:
-    """[start, end) spans during which the VM ran at one size; the last may be open (None)."""
+# --- snapshots: a VM's past folded into one state -------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A VM's state made of all its events before `at` (an hour boundary). With the events
+    from `at` on, it answers every question about `at` and later exactly as the whole history
+    would, so metering reads a VM's events since its last closed hour, not since its
+    creation. An event that arrives dated before `at` (very late) changes the snapshot: the
+    whole history is read once and the snapshot made again (`take_snapshot`)."""
+
+    at: datetime
+    state: VmState
+
+    def covers(self, event: VmEvent) -> bool:
+        """Whether `event` is dated before the snapshot, so it is folded into it."""
+        return event.at < self.at
+
+
+def take_snapshot(history: Iterable[VmEvent], at: datetime,
+                  since: Snapshot | None = None) -> Snapshot:
+    """The snapshot at `at` of a history (or of `since` and the events after it), which
+    must hold the VM's creation before `at`."""
+    return Snapshot(at, replay([e for e in history if e.at < at], since))
+
+
+def running_spans(history: Iterable[VmEvent], since: Snapshot | None = None
+                  ) -> list[tuple[datetime, datetime | None, Size]]:
+    """[start, end) spans during which the VM ran at one size; the last may be open (None).
+    With `since`, the spans from the snapshot's instant on (`history` then holds the events
+    from that instant on)."""
     spans: list[tuple[datetime, datetime | None, Size]] = []
-    size: Size | None = None
+    size: Size | None = None if since is None else since.state.size
     started: datetime | None = None
+    if since is not None and since.state.running:
+        started = since.at
     for e in ordered(history):
         if e.kind in (Kind.CREATED, Kind.RESIZED):
             if started is not None and size is not None and e.size != size:
@@ -235,12 +299,16 @@ def running_spans(history: Iterable[VmEvent]) -> list[tuple[datetime, datetime |
     return spans
 
 
-def usage_by_hour(history: Iterable[VmEvent], start: datetime, end: datetime
-                  ) -> dict[datetime, HourUsage]:
+def usage_by_hour(history: Iterable[VmEvent], start: datetime, end: datetime,
+                  since: Snapshot | None = None) -> dict[datetime, HourUsage]:
     """Usage of every hour in [start, end) (hour boundaries) in which the VM ran a second or
-    more. Segments follow the order in which the sizes first ran within the hour."""
+    more. Segments follow the order in which the sizes first ran within the hour. With
+    `since`, `history` holds the events from the snapshot on, and `start` is no earlier."""
+    if since is not None and start < since.at:
+        raise ValueError(f"usage from {start.isoformat()} is not known from a snapshot at "
+                         f"{since.at.isoformat()}")
     micros: dict[datetime, dict[Size, int]] = {}
-    for span_start, span_end, size in running_spans(history):
+    for span_start, span_end, size in running_spans(history, since):
         a = max(span_start, start)
         b = end if span_end is None else min(span_end, end)
         hour = floor_hour(a)

@@ -185,13 +185,12 @@ class MeteringHandlers:
 
     async def _apply_events(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
                             marks: dict[int, PartitionMark], work: Work) -> None:
+        items = self._refuse_expired(items, marks, work)
         fresh = await claim_new(conn, repo.SCHEMA, items)
         if not fresh:
             return
         vms = await repo.lock_vms(conn, (i.message.vm_id for i in fresh))
-        histories = await repo.histories(conn, vms)
-        accepted: list[tuple[UUID, domain.VmEvent]] = []
-        earliest: dict[UUID, datetime] = {}
+        new_events: dict[UUID, list[domain.VmEvent]] = {}
         for item in fresh:
             message, partition = item.message, item.record.partition
             vm = vms.get(message.vm_id)
@@ -202,7 +201,7 @@ class MeteringHandlers:
                     " its events must be keyed by vm_id"))
                 continue
             event = to_domain(message)
-            verdict = domain.judge(histories.get(message.vm_id, []), event, message.vm_id)
+            verdict = domain.judge_known(vm.known if vm else None, event, message.vm_id)
             if isinstance(verdict, Reject):
                 work.send(dead_letter(self.settings, CONSUMER, item.record, verdict.reason))
                 continue
@@ -211,18 +210,61 @@ class MeteringHandlers:
             assert isinstance(verdict, Accept)
             if vm is None:
                 vm = vms[message.vm_id] = self._new_vm(message, partition, event.at, marks)
-            histories.setdefault(vm.vm_id, []).append(event)
-            accepted.append((vm.vm_id, event))
-            earliest[vm.vm_id] = min(event.at, earliest.get(vm.vm_id, event.at))
-        if not accepted:
+                vm.known = domain.Known(event.at, None, event.at)
+            else:
+                assert vm.known is not None
+                vm.known = vm.known.with_event(event)
+            new_events.setdefault(vm.vm_id, []).append(event)
+        if not new_events:
             return
-        for vm_id in earliest:
-            vms[vm_id].state = domain.replay(histories[vm_id])
-        await repo.save_vms(conn, [vms[vm_id] for vm_id in earliest])
-        await repo.insert_events(conn, accepted)
+        histories = await self._histories(conn, vms, new_events)
+        for vm_id in new_events:
+            vms[vm_id].state = domain.replay(histories[vm_id], vms[vm_id].snapshot)
+        await repo.save_vms(conn, [vms[vm_id] for vm_id in new_events])
+        await repo.insert_events(conn, [(vm_id, e) for vm_id, events in new_events.items()
+                                        for e in events])
+        earliest = {vm_id: min(e.at for e in events) for vm_id, events in new_events.items()}
         closed = {vm_id: vms[vm_id].closed_until(marks.get(vms[vm_id].source_partition))
                   for vm_id in earliest}
         await self._restate(conn, vms, histories, earliest, closed, work)
+
+    def _refuse_expired(self, items: Sequence[Incoming[Any]], marks: dict[int, PartitionMark],
+                        work: Work) -> list[Incoming[Any]]:
+        """Events dated before the inbox window, by their partition's clock, are refused:
+        their inbox rows may be pruned, so the inbox could no longer tell a repeat."""
+        kept: list[Incoming[Any]] = []
+        for partition in sorted({i.record.partition for i in items}):
+            mark = marks.get(partition)
+            young, old = self.runtime.refuse_expired(
+                [i for i in items if i.record.partition == partition],
+                mark.up_to if mark else None)
+            kept += young
+            work.send(*dead_letters(self.settings, CONSUMER, old))
+        return kept
+
+    @staticmethod
+    async def _histories(conn: asyncpg.Connection, vms: dict[UUID, VmRow],
+                         new_events: dict[UUID, list[domain.VmEvent]]
+                         ) -> dict[UUID, list[domain.VmEvent]]:
+        """Each VM's events from its snapshot on, with the batch's new ones. A VM with an
+        event dated before its snapshot (very late: its hour closed while the VM had other
+        events after it) reads its whole history instead, and its snapshot is made again
+        and dropped from `vms` for this batch, so what follows replays the whole history."""
+        since: dict[UUID, datetime | None] = {}
+        remade: dict[UUID, domain.Snapshot] = {}
+        for vm_id, events in new_events.items():
+            snapshot = vms[vm_id].snapshot
+            late = snapshot is not None and any(snapshot.covers(e) for e in events)
+            since[vm_id] = None if snapshot is None or late else snapshot.at
+        stored = await repo.events_since(conn, since)
+        histories = {vm_id: stored[vm_id] + new_events[vm_id] for vm_id in new_events}
+        for vm_id, start in since.items():
+            snapshot = vms[vm_id].snapshot
+            if start is None and snapshot is not None:
+                remade[vm_id] = domain.take_snapshot(histories[vm_id], snapshot.at)
+                vms[vm_id].snapshot = None
+        await repo.save_snapshots(conn, remade)
+        return histories
 
     @staticmethod
     def _new_vm(message: Any, partition: int, created_at: datetime,
@@ -247,7 +289,7 @@ class MeteringHandlers:
             return
         stated = await repo.latest_statements(conn, ranges)
         for vm_id, start, end in ranges:
-            computed = domain.usage_by_hour(histories[vm_id], start, end)
+            computed = domain.usage_by_hour(histories[vm_id], start, end, vms[vm_id].snapshot)
             for statement in domain.restatements(computed, stated[vm_id], start, end):
                 self._state(vms[vm_id], statement, work, work.out)
 
@@ -308,12 +350,19 @@ class MeteringHandlers:
                 out.append((topic, key, encode_usage(
                     vm_id, wallet_id, organisation_id, hour, 0, full, segments), target))
                 hour += HOUR
-        if busy:  # events inside the closed hours: replay their histories
-            histories = await repo.histories(conn, (vm.vm_id for vm in busy))
+        if busy:  # events inside the closed hours: replay them from the VMs' snapshots
+            snapshots = await repo.snapshots(conn, (vm.vm_id for vm in busy))
+            histories = await repo.events_since(
+                conn, {vm_id: s.at if s else None for vm_id, s in snapshots.items()})
             for vm in busy:
+                snapshot = snapshots[vm.vm_id]
                 for hour_usage in domain.usage_by_hour(histories[vm.vm_id], vm.closed_from,
-                                                       until).values():
+                                                       until, snapshot).values():
                     self._state(vm, Statement(hour_usage, 0), work, work.direct)
+            # Their hours up to `until` are closed: the next read of their events starts there.
+            await repo.save_snapshots(conn, {
+                vm.vm_id: domain.take_snapshot(histories[vm.vm_id], until,
+                                               snapshots[vm.vm_id]) for vm in busy})
 
     async def _advance(self, conn: asyncpg.Connection, mark: PartitionMark,
                        closed_until: datetime, up_to: datetime, work: Work) -> None:

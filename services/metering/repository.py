@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.metering.domain import HourUsage, Kind, VmEvent, VmState
+from services.metering.domain import HourUsage, Kind, Known, Snapshot, VmEvent, VmState
 from services.metering.messages import size_of_json, spec_json, usage_from_stored
 
 SCHEMA = "metering"
@@ -42,6 +42,8 @@ class VmRow:
     source_partition: int
     open_from: datetime
     state: VmState | None = None  # None until replayed
+    known: Known | None = None  # what judging its next event needs (None: a new VM)
+    snapshot: Snapshot | None = None
 
     def closed_until(self, mark: PartitionMark | None) -> datetime:
         """Every hour of the VM before this is closed."""
@@ -141,14 +143,35 @@ async def lock_vms(conn: asyncpg.Connection, vm_ids: Iterable[UUID]) -> dict[UUI
     if not ids:
         return {}
     rows = await conn.fetch(
-        f"""SELECT vm_id, organisation_id, wallet_id, source_partition, open_from
+        f"""SELECT vm_id, organisation_id, wallet_id, source_partition, open_from, created_at,
+                   deleted_at, last_event_at, {_SNAPSHOT_COLUMNS}
             FROM {SCHEMA}.vms WHERE vm_id = ANY($1::uuid[]) ORDER BY vm_id FOR UPDATE""", ids)
     return {r["vm_id"]: VmRow(r["vm_id"], r["organisation_id"], r["wallet_id"],
-                              r["source_partition"], r["open_from"]) for r in rows}
+                              r["source_partition"], r["open_from"],
+                              known=Known(r["created_at"], r["deleted_at"], r["last_event_at"]),
+                              snapshot=_snapshot(r)) for r in rows}
+
+
+_SNAPSHOT_COLUMNS = """snapshot_at, created_at AS snapshot_created_at, snapshot_deleted_at,
+                       snapshot_running, snapshot_spec, snapshot_since, snapshot_last_event_at"""
+
+
+def _snapshot(r: asyncpg.Record) -> Snapshot | None:
+    if r["snapshot_at"] is None:
+        return None
+    return Snapshot(r["snapshot_at"], VmState(
+        r["snapshot_created_at"], r["snapshot_deleted_at"], r["snapshot_running"],
+        size_of_json(r["snapshot_spec"]), r["snapshot_since"], r["snapshot_last_event_at"]))
+
+
+def _event(r: asyncpg.Record) -> VmEvent:
+    return VmEvent(r["event_id"], Kind(r["kind"]), r["occurred_at"],
+                   size_of_json(r["spec"]) if r["spec"] is not None else None)
 
 
 async def histories(conn: asyncpg.Connection, vm_ids: Iterable[UUID]
                     ) -> dict[UUID, list[VmEvent]]:
+    """Whole histories: for the runtime check an operator asks for, never per event."""
     ids = list(set(vm_ids))
     found: dict[UUID, list[VmEvent]] = {vm_id: [] for vm_id in ids}
     if not ids:
@@ -157,10 +180,62 @@ async def histories(conn: asyncpg.Connection, vm_ids: Iterable[UUID]
         f"""SELECT vm_id, event_id, kind, occurred_at, spec FROM {SCHEMA}.vm_events
             WHERE vm_id = ANY($1::uuid[])""", ids)
     for r in rows:
-        found[r["vm_id"]].append(VmEvent(
-            r["event_id"], Kind(r["kind"]), r["occurred_at"],
-            size_of_json(r["spec"]) if r["spec"] is not None else None))
+        found[r["vm_id"]].append(_event(r))
     return found
+
+
+async def events_since(conn: asyncpg.Connection, since: dict[UUID, datetime | None]
+                       ) -> dict[UUID, list[VmEvent]]:
+    """Each VM's events dated at or after its instant (None: all of them): an index range
+    per VM on (vm_id, occurred_at), so the read is bounded by the time since the VM's
+    snapshot, not by its age."""
+    found: dict[UUID, list[VmEvent]] = {vm_id: [] for vm_id in since}
+    if not since:
+        return found
+    # One index range per VM, whatever the planner would estimate: a plain join of many VMs
+    # hash-joined a sequential scan of the whole table (every event ever) per batch.
+    # OFFSET 0 keeps the lateral subquery from being flattened back into such a join.
+    rows = await conn.fetch(
+        f"""SELECT e.vm_id, e.event_id, e.kind, e.occurred_at, e.spec
+            FROM unnest($1::uuid[], $2::timestamptz[]) AS r(vm_id, since)
+            CROSS JOIN LATERAL (
+                SELECT v.vm_id, v.event_id, v.kind, v.occurred_at, v.spec
+                FROM {SCHEMA}.vm_events v
+                WHERE v.vm_id = r.vm_id
+                  AND v.occurred_at >= coalesce(r.since, '-infinity'::timestamptz)
+                OFFSET 0) e""",
+        list(since), list(since.values()))
+    for r in rows:
+        found[r["vm_id"]].append(_event(r))
+    return found
+
+
+async def snapshots(conn: asyncpg.Connection, vm_ids: Iterable[UUID]
+                    ) -> dict[UUID, Snapshot | None]:
+    ids = list(set(vm_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"""SELECT vm_id, {_SNAPSHOT_COLUMNS} FROM {SCHEMA}.vms
+            WHERE vm_id = ANY($1::uuid[])""", ids)
+    return {r["vm_id"]: _snapshot(r) for r in rows}
+
+
+async def save_snapshots(conn: asyncpg.Connection, taken: dict[UUID, Snapshot]) -> None:
+    if not taken:
+        return
+    states = [s.state for s in taken.values()]
+    await conn.execute(
+        f"""UPDATE {SCHEMA}.vms v SET snapshot_at = s.at, snapshot_deleted_at = s.deleted_at,
+                snapshot_running = s.running, snapshot_spec = s.spec,
+                snapshot_since = s.since, snapshot_last_event_at = s.last_event_at
+            FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bool[],
+                        $5::text[], $6::timestamptz[], $7::timestamptz[])
+                 AS s(vm_id, at, deleted_at, running, spec, since, last_event_at)
+            WHERE v.vm_id = s.vm_id""",
+        list(taken), [s.at for s in taken.values()], [s.deleted_at for s in states],
+        [s.running for s in states], [spec_json(s.size) for s in states],
+        [s.since for s in states], [s.last_event_at for s in states])
 
 
 async def insert_events(conn: asyncpg.Connection, events: Sequence[tuple[UUID, VmEvent]]) -> None:
@@ -239,12 +314,18 @@ async def enqueue(conn: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
 
 # --- closing hours ---------------------------------------------------------------------------
 
+# Implied by the deletion test of the queries below (the VM existed after the partition's
+# closed hours), spelled so that `vms_live_by_partition` finds the few VMs that still may
+# run instead of every VM the partition ever had.
+_MAY_RUN_AFTER_2 = """coalesce(deleted_at, 'infinity'::timestamptz)
+                      > coalesce($2::timestamptz, '-infinity'::timestamptz)"""
+
 async def open_vms(conn: asyncpg.Connection, partition: int, closed: datetime | None
                    ) -> tuple[datetime | None, int]:
     """The earliest open hour among a partition's VMs and how many VMs may still run."""
     row = await conn.fetchrow(
         f"""SELECT min(greatest(open_from, $2)) AS earliest, count(*) AS vms FROM {SCHEMA}.vms
-            WHERE source_partition = $1
+            WHERE source_partition = $1 AND {_MAY_RUN_AFTER_2}
               AND (deleted_at IS NULL OR deleted_at > greatest(open_from, $2))""",
         partition, closed)
     return row["earliest"], row["vms"]
@@ -259,7 +340,8 @@ async def due_vms(conn: asyncpg.Connection, partition: int, closed: datetime | N
         f"""SELECT * FROM (
                 SELECT vm_id, wallet_id, organisation_id, spec, running, last_event_at,
                        greatest(open_from, $2) AS closed_from, deleted_at
-                FROM {SCHEMA}.vms WHERE source_partition = $1 AND open_from < $3) v
+                FROM {SCHEMA}.vms WHERE source_partition = $1 AND open_from < $3
+                  AND {_MAY_RUN_AFTER_2}) v
             WHERE closed_from < $3 AND (deleted_at IS NULL OR deleted_at > closed_from)
               AND (running OR last_event_at > closed_from)""",
         partition, closed, until)

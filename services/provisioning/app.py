@@ -10,6 +10,7 @@ from services.provisioning.api import register_routes
 from services.provisioning.handlers import CONSUMER, ProvisioningHandlers
 from services.provisioning.repository import SCHEMA
 from shared.pricing import book_with
+from shared.retention import PrunedTable
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.topics import (
@@ -35,6 +36,8 @@ class ProvisioningService(ServiceRuntime):
         self.consume(WALLET_DECISIONS, CONSUMER, h.on_wallet_decisions, **pushes)
         self.consume(VCENTER_EVENTS, CONSUMER, h.on_vcenter_events, **pushes)
         self.consume(CLOCK_TICKS, CONSUMER, h.on_clock_ticks, **pushes)
+        # Each inbox consumer refuses messages older than the window (`_young_enough`).
+        self.pruned_tables = [PrunedTable(f"{SCHEMA}.inbox")]
         register_routes(self)
 
     async def start(self) -> None:

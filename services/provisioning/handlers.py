@@ -39,7 +39,7 @@ from services.provisioning.domain import (
 )
 from services.provisioning.intake import IntakeQueue
 from services.provisioning.messages import Messages
-from shared.consumer import Records, claim_new, dead_letter, dead_letters, parse_records
+from shared.consumer import Incoming, Records, claim_new, dead_letter, dead_letters, parse_records
 from shared.contracts.base import Envelope, deterministic_id
 from shared.contracts.clock import ClockTick
 from shared.contracts.portal import RequestVm
@@ -281,6 +281,14 @@ class ProvisioningHandlers:
         return Refused(409, "this Idempotency-Key was already used for a different request "
                             f"({prior.request_id})")
 
+    async def _young_enough(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
+                            messages: Messages) -> list[Incoming[Any]]:
+        """Messages dated before the inbox window are refused (dead letters naming why):
+        their inbox rows may be pruned, so a repeat could no longer be told."""
+        young, old = self.runtime.refuse_expired(items, await repo.clock_now(conn))
+        messages.out += dead_letters(self.settings, CONSUMER, old)
+        return young
+
     async def on_portal_requests(self, records: Records) -> None:
         good, bad = parse_records(records, PORTAL)
         messages = Messages(self.settings)
@@ -302,7 +310,8 @@ class ProvisioningHandlers:
         messages = Messages(self.settings)
         messages.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(conn, repo.SCHEMA, good)
+            fresh = await claim_new(
+                conn, repo.SCHEMA, await self._young_enough(conn, good, messages))
             requests = await repo.requests_by_id(
                 conn, (i.message.request_id for i in fresh), "FOR UPDATE")
             clock = await repo.clock_now(conn)
@@ -333,7 +342,8 @@ class ProvisioningHandlers:
         # Ticks share the topic to order metering; our timeouts follow clock.ticks instead.
         vm_events = [i for i in good if not isinstance(i.message, ClockTick)]
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(conn, repo.SCHEMA, vm_events)
+            fresh = await claim_new(
+                conn, repo.SCHEMA, await self._young_enough(conn, vm_events, messages))
             vm_ids = {i.message.vm_id for i in fresh}
             org_ids = await repo.organisations_of_vms(conn, vm_ids)
             org_ids |= {i.message.organisation_id for i in fresh
@@ -430,7 +440,8 @@ class ProvisioningHandlers:
             await repo.upsert_organisations(conn, [
                 Organisation(m.organisation_id, m.wallet_id, m.currency, m.billing_mode)
                 for m in opened], [m.occurred_at for m in opened])
-            fresh = await claim_new(conn, repo.SCHEMA, funds)
+            fresh = await claim_new(
+                conn, repo.SCHEMA, await self._young_enough(conn, funds, messages))
             org_ids = {i.message.organisation_id for i in fresh}
             # NO KEY UPDATE: blocks the vCenter consumer's share lock (so a power-on and a
             # depletion see each other) but not new requests referencing the organisation.

@@ -27,10 +27,13 @@ from services.metering.domain import (
     full_hour,
     hours,
     judge,
+    judge_known,
+    known,
     month_bounds,
     replay,
     restatements,
     runtime_seconds,
+    take_snapshot,
     usage_by_hour,
 )
 
@@ -397,3 +400,117 @@ def test_the_model_restates_a_late_event_once():
     published = meter([created(0), on, T0 + HOUR, T0 + 2 * HOUR, off])
     assert published[T0] == [usage(T0, 3600), usage(T0, 1800)]
     assert published[T0 + HOUR] == [usage(T0 + HOUR, 3600), HourUsage(T0 + HOUR, 0, ())]
+
+
+# --- snapshots: bounded reads of a VM's history ----------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.data())
+def test_a_snapshot_and_the_events_after_it_answer_as_the_whole_history(history, data):
+    start, end = window(history)
+    created_at = min(e.at for e in history)
+    cut = data.draw(st.sampled_from([h for h in hours(start, end) if h > created_at]))
+    snapshot = take_snapshot(history, cut)
+    after = [e for e in history if not snapshot.covers(e)]
+    assert replay(after, snapshot) == replay(history)
+    for first in hours(cut, end):
+        assert usage_by_hour(after, first, end, snapshot) == usage_by_hour(history, first, end)
+    # Snapshots chain: one taken from an earlier one equals one taken from the whole history.
+    later = data.draw(st.sampled_from(list(hours(cut, end + HOUR))))
+    assert take_snapshot(after, later, snapshot) == take_snapshot(history, later)
+
+
+def test_usage_before_a_snapshot_is_not_answered_from_it():
+    snapshot = take_snapshot([created(0), ev(Kind.POWERED_ON, 10)], T0 + HOUR)
+    assert snapshot.state.running and snapshot.at == T0 + HOUR
+    with pytest.raises(ValueError, match="not known from a snapshot"):
+        usage_by_hour([], T0, T0 + 2 * HOUR, snapshot)
+    assert usage_by_hour([], T0 + HOUR, T0 + 2 * HOUR, snapshot) == {
+        T0 + HOUR: usage(T0 + HOUR, 3600)}
+
+
+def test_a_very_late_event_is_covered_by_the_snapshot_and_makes_it_again():
+    history = [created(0), ev(Kind.POWERED_ON, 10)]
+    snapshot = take_snapshot(history, T0 + HOUR)
+    late = ev(Kind.POWERED_OFF, 40)
+    assert snapshot.covers(late) and not snapshot.covers(ev(Kind.POWERED_OFF, 60))
+    again = take_snapshot([*history, late], snapshot.at)
+    assert not again.state.running and again.state.since == late.at
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.data())
+def test_judging_by_what_is_known_equals_judging_by_the_history(history, data):
+    kind = data.draw(st.sampled_from(list(Kind)))
+    at = min(e.at for e in history) + timedelta(seconds=data.draw(st.integers(-600, 6 * 3600)))
+    event = VmEvent(uuid4(), kind, at, SMALL if kind in (Kind.CREATED, Kind.RESIZED) else None)
+    prefix = history[:data.draw(st.integers(0, len(history)))]
+    assert judge_known(known(prefix), event, "vm") == judge(prefix, event, "vm")
+    vm = known(prefix[:1])
+    for e in prefix[1:]:
+        assert vm is not None
+        vm = vm.with_event(e)
+    assert vm == known(prefix)
+
+
+def meter_with_snapshots(arrivals: list[VmEvent | datetime]) -> dict[datetime, list[HourUsage]]:
+    """`meter` as the service does it, reading no more than a snapshot and the events after
+    it: closing hours with events in them moves the snapshot to the end of those hours, and
+    an event dated before the snapshot (very late) makes it again from the whole history."""
+    history: list[VmEvent] = []
+    snapshot = None
+    closed_until: datetime | None = None
+    published: dict[datetime, list[HourUsage]] = {}
+
+    def publish(statements: list[Statement]) -> None:
+        for s in statements:
+            published.setdefault(s.usage.hour_start, []).append(s.usage)
+
+    def stated() -> dict[datetime, tuple[int, HourUsage]]:
+        return {h: (len(r) - 1, r[-1]) for h, r in published.items()}
+
+    def recent() -> list[VmEvent]:
+        return [e for e in history if snapshot is None or not snapshot.covers(e)]
+
+    for item in arrivals:
+        if isinstance(item, datetime):
+            if closed_until is not None and floor_hour(item) > closed_until:
+                until = floor_hour(item)
+                publish(restatements(usage_by_hour(recent(), closed_until, until, snapshot),
+                                     stated(), closed_until, until))
+                snapshot = take_snapshot(recent(), until, snapshot)
+                closed_until = until
+        else:
+            history.append(item)
+            if closed_until is None:
+                closed_until = floor_hour(item.at)
+                continue
+            if snapshot is not None and snapshot.covers(item):
+                snapshot = take_snapshot(history, snapshot.at)
+                start = floor_hour(item.at)
+                publish(restatements(usage_by_hour(history, start, closed_until), stated(),
+                                     start, closed_until))
+            elif floor_hour(item.at) < closed_until:
+                start = floor_hour(item.at)
+                publish(restatements(usage_by_hour(recent(), start, closed_until, snapshot),
+                                     stated(), start, closed_until))
+    return published
+
+
+@settings(max_examples=150, deadline=None)
+@given(histories(), st.randoms(use_true_random=False))
+def test_metering_from_snapshots_states_exactly_what_the_whole_history_states(history, rnd):
+    start, end = window(history)
+    ticks: list[VmEvent | datetime] = [start + i * HOUR for i in range(
+        int((end - start) / HOUR) + 1)]
+    creation, rest = history[0], history[1:]
+    rnd.shuffle(rest)
+    scrambled: list[VmEvent | datetime] = [creation]
+    queue = list(rest)
+    for tick in ticks:
+        take = rnd.randint(0, len(queue))
+        scrambled += queue[:take]
+        queue = queue[take:]
+        scrambled.append(tick)
+    scrambled += queue
+    assert meter_with_snapshots(scrambled) == meter(scrambled)

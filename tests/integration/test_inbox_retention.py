@@ -1,0 +1,61 @@
+"""Inbox retention against the real broker and database: rows older than the window leave in
+small batches, younger ones stay, the consumer keeps working, and a message replayed after
+its row left, now older than the window by the consumer's clock, is a dead letter naming the
+reason instead of being booked again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.topics import DEAD_LETTER, VCENTER_EVENTS
+from tests.integration.test_metering_service import Vm, metering
+from tests.kafka_helpers import settled
+
+OLD = timedelta(days=50)  # INBOX_RETENTION_DAYS is 45
+
+
+async def test_old_inbox_rows_leave_and_a_replay_older_than_the_window_is_refused(env, db):
+    pruned, kept = Vm(), Vm()
+    powered_on = pruned.on(5)
+    async with metering(env) as (service, m):
+        assert service.pruner is not None  # EVENT_CLOCK=wall: the pruner runs
+        service.pruner.batch = 2  # several batches for three old rows
+        await m.publish(pruned.created(0), powered_on, pruned.off(10), kept.created(0))
+        await m.closed(await m.tick(60))
+        usage_before = await db.fetchval("SELECT count(*) FROM metering.usage_hours")
+        assert usage_before == 1
+        # The first VM's rows were consumed 50 days ago, as far as the inbox can tell.
+        await db.execute(
+            """UPDATE metering.inbox SET consumed_at = consumed_at - $1::interval
+               WHERE message_id IN (SELECT event_id FROM metering.vm_events WHERE vm_id = $2)""",
+            OLD, pruned.vm_id)
+        assert await service.pruner.run_once() == 3
+        assert service.pruner.pruned == {"metering.inbox": 3}
+        assert await db.fetchval("SELECT count(*) FROM metering.inbox") == 1  # the young row
+        assert await service.pruner.run_once() == 0
+
+        # Fifty days on, the power-on is delivered again: too old for the inbox to judge.
+        later = await m.tick(60 + OLD.total_seconds() / 60)
+        await m.closed(later)
+        await m.publish(powered_on)
+        # The consumer goes on: a fresh event for the other VM is booked.
+        await m.publish(kept.on(60 + OLD.total_seconds() / 60 + 5))
+        await settled(m.kafka, env.settings, "metering", [VCENTER_EVENTS],
+                      database_url=env.database_url)
+        letters = await m.kafka.read_to_end(env.topic(DEAD_LETTER.name))
+    (letter,) = letters
+    assert "older than the inbox window" in letter["reason"], letter["reason"]
+    assert str(powered_on.event_id) in letter["reason"]
+    assert await db.fetchval("SELECT count(*) FROM metering.vm_events WHERE vm_id = $1",
+                             pruned.vm_id) == 3
+    assert await db.fetchval("SELECT count(*) FROM metering.vm_events WHERE vm_id = $1",
+                             kept.vm_id) == 2
+    assert await db.fetchval("SELECT count(*) FROM metering.usage_hours") == usage_before
+
+
+async def test_pruning_finds_the_oldest_rows_by_an_index(env, db):
+    plan = "\n".join(r[0] for r in await db.fetch(
+        """EXPLAIN DELETE FROM metering.inbox WHERE ctid IN (
+               SELECT ctid FROM metering.inbox WHERE consumed_at < now() - interval '45 days'
+               ORDER BY consumed_at LIMIT 1000)"""))
+    assert "inbox_by_consumed_at" in plan, plan
