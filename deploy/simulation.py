@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,13 +60,18 @@ class Outcome:
 
 async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int = 14,
                          start: datetime = DEFAULT_START, days: int, companies: int,
-                         report_dir: Path | None = None, progress: bool = True) -> Outcome:
+                         report_dir: Path | None = None, progress: bool = True,
+                         patience_s: float = 0.0,
+                         after_day: Callable[[datetime], None] | None = None) -> Outcome:
+    """`patience_s`: how long each HTTP call keeps trying while a service is down (a
+    fault-injection run); `after_day` is called after each simulated day."""
     scenario = generate(seed, start, days, companies)
     expected = Oracle(scenario).run()
     print(f"scenario: {len(scenario.companies)} companies, {scenario.start:%Y-%m-%d} to "
           f"{scenario.end:%Y-%m-%d} ({days} days), seed {seed}; the oracle expects "
           f"{expected.usage_events:,} usage events")
     portal = await Portal.signed_in(urls, settings)
+    portal.patience_s = patience_s
     await check_rate_cards(portal, scenario)
     bar = tqdm(total=days, unit="day", disable=not progress, dynamic_ncols=True)
     began = time.monotonic()
@@ -77,6 +83,8 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
         rate = usage_so_far / max(time.monotonic() - began, 1e-9)
         bar.set_postfix_str(f"{at:%Y-%m-%d} usage {rate:,.0f}/s refused {refused}")
         bar.update(1)
+        if after_day is not None:
+            after_day(at)
 
     try:
         seen = await Driver(scenario, settings, portal, on_day).run()
