@@ -50,6 +50,8 @@ class Injected:
     simulated_day: str
     recovery_s: float | None  # None: not recovered within RECOVERY_TIMEOUT_S
     during_workload: bool
+    started: float = 0.0  # monotonic, when the fault began
+    resumed_s: float | None = None  # from the fault until the simulation finished a day
 
 
 @dataclass
@@ -91,6 +93,7 @@ class FaultDriver:
     _due: queue.Queue[tuple[Fault, str] | None] = field(default_factory=queue.Queue)
     _days: int = 0
     _next: int = 0
+    _current: Injected | None = None  # the fault being injected
 
     def __post_init__(self) -> None:
         self._done = threading.Event()
@@ -99,7 +102,12 @@ class FaultDriver:
         self._thread.start()
 
     def day_done(self, at: datetime) -> None:
-        """The simulation's `after_day`: queue the faults due after this day."""
+        """The simulation's `after_day`: note the work resumed after the faults before it,
+        and queue the faults due after this day."""
+        now = time.monotonic()
+        for injected in list(self.injected) + ([self._current] if self._current else []):
+            if injected.resumed_s is None and injected.started < now:
+                injected.resumed_s = now - injected.started
         self._days += 1
         while self._next < len(self.faults) and self.faults[self._next].after_day <= self._days:
             self._due.put((self.faults[self._next], f"{at:%Y-%m-%d}"))
@@ -129,8 +137,10 @@ class FaultDriver:
                 at_s = time.monotonic() - self.began
                 during = not self.workload_done
                 tqdm.write(f"fault at {at_s:.0f} s (simulated {day}): {fault}")
-                recovery = self._inject(fault)
-                self.injected.append(Injected(fault, at_s, day, recovery, during))
+                self._current = Injected(fault, at_s, day, None, during, time.monotonic())
+                recovery = self._current.recovery_s = self._inject(fault)
+                self.injected.append(self._current)
+                self._current = None
                 shown = f"{recovery:.1f} s" if recovery is not None else "not recovered"
                 tqdm.write(f"  recovered in {shown}")
         finally:
@@ -250,13 +260,13 @@ def run_chaos(base: Settings, data_dir: Path, *, companies: int, days: int, seed
 
 
 def print_result(result: ChaosResult) -> None:
-    print("\nfaults injected (wall time since the start; recovery: until every process's "
-          "/health answers 200):")
+    print("\nfaults injected (wall time since the start; recovered: every process's /health "
+          "answers 200 again; resumed: the simulation finished a day after the fault began):")
     for i in result.injected:
-        recovery = f"{i.recovery_s:5.1f} s" if i.recovery_s is not None else "not recovered"
-        when = "" if i.during_workload else " (after the workload)"
-        print(f"  {i.at_s:6.0f} s  simulated {i.simulated_day:<18} {i.fault!s:<40} "
-              f"recovered in {recovery}{when}")
+        recovery = f"{i.recovery_s:5.1f} s" if i.recovery_s is not None else "never"
+        resumed = f"{i.resumed_s:5.1f} s" if i.resumed_s is not None else "after the workload"
+        print(f"  {i.at_s:6.0f} s  simulated {i.simulated_day:<18} {i.fault!s:<38} "
+              f"recovered {recovery}  resumed {resumed}")
     for at_s, name in result.self_exits:
         print(f"  {at_s:6.0f} s  {name} exited by itself and was started again")
     recoveries = [i.recovery_s for i in result.injected if i.recovery_s is not None]
