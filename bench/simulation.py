@@ -86,7 +86,7 @@ async def main(args: argparse.Namespace) -> None:
                 settings, {name: system.url(name) for name in system.processes},
                 seed=args.seed, start=DEFAULT_START, days=args.days, companies=args.companies,
                 report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report",
-                day_done=day_done)
+                after_day=day_done)
             cost.record_memory()
             await asyncio.gather(*counting)
         finally:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from deploy.processes import spawn, stop_all, tail
+from deploy.processes import free_port, spawn, stop_all, tail
 from deploy.stack import LocalStack
 from shared.cli import RUNNABLE
 from shared.db import migrate, with_database
@@ -33,9 +33,18 @@ class RunningSystem:
     stack: LocalStack | None
     processes: dict[str, Popen[bytes]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    # How each process was started (arguments, log, environment): `restart` starts it again.
+    commands: dict[str, tuple[list[str], Path, dict[str, str]]] = field(default_factory=dict)
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
+
+    def restart(self, name: str) -> Popen[bytes]:
+        """Start a process again with its own command and port (after it died or was
+        killed); returns the new process, not yet healthy."""
+        args, log, env = self.commands[name]
+        self.processes[name] = spawn(args, log, cwd=REPO_ROOT, env=env)
+        return self.processes[name]
 
     def stop(self) -> None:
         """All at once, so Ctrl-C takes seconds: every service is told to stop, then each
@@ -51,12 +60,23 @@ KAFKA_USERS = {"wallet": "wallet", "provisioning": "provisioning", "metering": "
                "billing": "billing", "vcenter-simulator": "vcenter-hooks"}
 
 
+# A second instance of a service is named `<service>#2` (same consumer groups, its own port).
+INSTANCE_MARK = "#"
+
+
+def service_of(process_name: str) -> str:
+    return process_name.partition(INSTANCE_MARK)[0]
+
+
 def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
-                 use_existing: bool = False, secure_kafka: bool = False) -> RunningSystem:
+                 use_existing: bool = False, secure_kafka: bool = False,
+                 instances_per_service: int = 1) -> RunningSystem:
     """Start (or, with `use_existing`, connect to the configured) Kafka and PostgreSQL, then
     create topics, migrate and start each service process, waiting until each is healthy.
     `secure_kafka`: the local broker requires SASL/SCRAM, and each service runs as its own
-    Kafka user within its ACLs."""
+    Kafka user within its ACLs. `instances_per_service`: how many processes of each service
+    that consumes Kafka (the extra ones `<service>#<n>`, in the same consumer groups, on
+    free HTTP ports); the portal runs once."""
     stack = None
     if not use_existing:
         stack = LocalStack(data_dir, kafka_port=_port(settings.kafka_bootstrap_servers),
@@ -82,17 +102,21 @@ def start_system(settings: Settings, data_dir: Path = DATA_DIR, *,
         env.update(PORTAL_WALLET_URL=local(settings.wallet_http_port),
                    PORTAL_PROVISIONING_URL=local(settings.provisioning_http_port),
                    PORTAL_BILLING_URL=local(settings.billing_http_port))
-        for name, (_module, port_setting) in RUNNABLE.items():
-            port = getattr(settings, port_setting)
-            system.ports[name] = port
-            kafka_user = stack.kafka_options(KAFKA_USERS[name]) \
-                if secure_kafka and stack and name in KAFKA_USERS else {}
-            system.processes[name] = spawn(
-                [sys.executable, "-m", "shared.cli", "serve", name, "--port", str(port)],
-                data_dir / "logs" / f"{name}.log", cwd=REPO_ROOT, env={
-                    **env, **({"KAFKA_SASL_USERNAME": kafka_user["sasl_plain_username"],
-                               "KAFKA_SASL_PASSWORD": kafka_user["sasl_plain_password"]}
-                              if kafka_user else {})})
+        for service, (_module, port_setting) in RUNNABLE.items():
+            copies = instances_per_service if service in KAFKA_USERS else 1
+            for copy in range(1, copies + 1):
+                name = service if copy == 1 else f"{service}{INSTANCE_MARK}{copy}"
+                port = getattr(settings, port_setting) if copy == 1 else free_port()
+                system.ports[name] = port
+                kafka_user = stack.kafka_options(KAFKA_USERS[service]) \
+                    if secure_kafka and stack and service in KAFKA_USERS else {}
+                system.commands[name] = (
+                    [sys.executable, "-m", "shared.cli", "serve", service, "--port", str(port)],
+                    data_dir / "logs" / f"{name}.log", {
+                        **env, **({"KAFKA_SASL_USERNAME": kafka_user["sasl_plain_username"],
+                                   "KAFKA_SASL_PASSWORD": kafka_user["sasl_plain_password"]}
+                                  if kafka_user else {})})
+                system.restart(name)
         for name in system.processes:
             _wait_healthy(name, system, data_dir)
     except BaseException:
@@ -109,7 +133,7 @@ async def _prepare(settings: Settings, kafka_admin: dict[str, Any]) -> None:
 
 def _wait_healthy(name: str, system: RunningSystem, data_dir: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    log = data_dir / "logs" / f"{name}.log"
+    log = system.commands[name][1]
     while time.monotonic() < deadline:
         if system.processes[name].poll() is not None:
             raise RuntimeError(f"{name} exited; its log ends:\n{tail(log)}")

@@ -61,15 +61,19 @@ class Outcome:
 async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int = 14,
                          start: datetime = DEFAULT_START, days: int, companies: int,
                          report_dir: Path | None = None, progress: bool = True,
-                         day_done: Callable[[datetime], None] | None = None) -> Outcome:
-    """Runs the scenario; `day_done(sync point)` is called once the system is quiet after
-    each simulated day (a benchmark samples its processes there)."""
+                         patience_s: float = 0.0,
+                         after_day: Callable[[datetime], None] | None = None) -> Outcome:
+    """Runs the scenario. `patience_s`: how long each HTTP call keeps trying while a service
+    is down (a fault-injection run); `after_day(sync point)` is called once the system is
+    quiet after each simulated day (a benchmark samples its processes there, the chaos run
+    injects its faults)."""
     scenario = generate(seed, start, days, companies)
     expected = Oracle(scenario).run()
     print(f"scenario: {len(scenario.companies)} companies, {scenario.start:%Y-%m-%d} to "
           f"{scenario.end:%Y-%m-%d} ({days} days), seed {seed}; the oracle expects "
           f"{expected.usage_events:,} usage events")
     portal = await Portal.signed_in(urls, settings)
+    portal.patience_s = patience_s
     await check_rate_cards(portal, scenario)
     bar = tqdm(total=days, unit="day", disable=not progress, dynamic_ncols=True)
     began = time.monotonic()
@@ -81,8 +85,8 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
         rate = usage_so_far / max(time.monotonic() - began, 1e-9)
         bar.set_postfix_str(f"{at:%Y-%m-%d} usage {rate:,.0f}/s refused {refused}")
         bar.update(1)
-        if day_done is not None:
-            day_done(at)
+        if after_day is not None:
+            after_day(at)
 
     try:
         seen = await Driver(scenario, settings, portal, on_day).run()

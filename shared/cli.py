@@ -315,3 +315,29 @@ def demo(use_existing: bool = USE_EXISTING,
         if system is not None:
             system.stop()
     raise typer.Exit(0 if outcome.exact else 1)
+
+
+@app.command()
+def chaos(companies: int = typer.Option(24, help="How many companies"),
+          days: int = typer.Option(75, help="Simulated days"),
+          seed: int = typer.Option(17, help="Seeds the scenario and the fault plan"),
+          faults: int = typer.Option(14, help="Faults to inject (at least one kill per "
+                                              "service, a broker and a PostgreSQL restart, "
+                                              "a pause)"),
+          start: str = typer.Option("2026-07-01", help="First simulated day (UTC)"),
+          report: str = typer.Option(".data/chaos/report", help="Report folder")) -> None:
+    """The simulation under faults, on its own Kafka and PostgreSQL: two instances of each
+    consuming service, instances killed and restarted, the broker and PostgreSQL restarted,
+    an instance paused past its session timeout; the oracle must still agree to the cent.
+    The last line: faults=<n> lost=<n> duplicated=<n> oracle=<exact|differs>; exits 1
+    unless nothing was lost or duplicated and the oracle agrees."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from deploy.chaos import main
+    from deploy.launcher import DATA_DIR
+
+    configure_logging("WARNING", json=False)
+    raise typer.Exit(main(companies, days, seed, faults,
+                          datetime.fromisoformat(start).replace(tzinfo=UTC),
+                          DATA_DIR / "chaos", Path(report)))

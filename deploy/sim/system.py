@@ -54,6 +54,9 @@ class Portal:
         self.webhook_secret = webhook_secret
         self.database_url = database_url
         self.keys: dict[UUID, str] = {}
+        # Seconds a call keeps trying while its service is down or restarting (connection
+        # errors, 5xx): 0 tries three times; a fault-injection run sets it (deploy/chaos.py).
+        self.patience_s = 0.0
         # Idle connections are dropped before uvicorn's keep-alive (5 s) closes them; a 429
         # waits as long as its Retry-After says.
         self.http = httpx.AsyncClient(
@@ -80,16 +83,27 @@ class Portal:
         await self.http.aclose()
 
     async def call(self, method: str, service: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Tried again on a connection error: every call of the simulation is idempotent
-        (payment, refund and request ids, idempotency keys)."""
-        for attempt in range(3):
+        """Tried again on a connection error (and, with `patience_s`, on a 5xx answer):
+        every call of the simulation after the opening is idempotent (payment, refund and
+        request ids, idempotency keys)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.patience_s
+        pause = 0.2
+        for attempt in range(1_000_000):
             check_stop()
+            patient = loop.time() < deadline
             try:
-                return await self.http.request(method, f"{self.urls[service]}{path}", **kwargs)
+                response = await self.http.request(method, f"{self.urls[service]}{path}",
+                                                   **kwargs)
             except httpx.TransportError:
-                if attempt == 2:
+                if attempt >= 2 and not patient:
                     raise
-                await asyncio.sleep(0.2)
+            else:
+                if response.status_code < 500 or not patient:
+                    return response
+            await asyncio.sleep(pause)
+            if patient:
+                pause = min(pause * 2, 2.0)
         raise AssertionError("unreachable")
 
     async def pay(self, wallet_id: UUID, payment_id: str, amount: int, at: datetime,
@@ -167,6 +181,13 @@ class Quiet:
         return False
 
     async def _snapshot(self) -> tuple[dict[TopicPartition, int], bool]:
+        try:
+            return await self._read_snapshot()
+        except KafkaError:  # the broker restarting: not quiet yet, ask again
+            await asyncio.sleep(0.5)
+            return {}, True
+
+    async def _read_snapshot(self) -> tuple[dict[TopicPartition, int], bool]:
         ends = await self.consumer.end_offsets(self.partitions)
         if not self.groups:  # every service's groups exist once it has started
             self.groups = await self._groups()
@@ -210,7 +231,17 @@ class WalletFeed:
         await self.consumer.stop()
 
     async def drain(self) -> None:
-        """Everything on the topic now (call it when the system is quiet)."""
+        """Everything on the topic now (call it when the system is quiet); asked again while
+        the broker restarts."""
+        for attempt in range(120):
+            try:
+                return await self._drain()
+            except KafkaError:
+                if attempt == 119:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _drain(self) -> None:
         ends = await self.consumer.end_offsets(self.partitions)
         while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
             batches = await self.consumer.getmany(timeout_ms=200, max_records=10_000)

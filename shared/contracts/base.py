@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import builtins
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Self
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -31,6 +31,24 @@ def _in_utc(moment: datetime) -> datetime:
 # Every time in a contract: with an offset, and as UTC once parsed, so a time that has no
 # UTC equivalent is an invalid message (a dead letter), not an error in a handler.
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+# Event time runs ahead of the wall clock in a simulation (over a year in the demo) and
+# behind it when old days are replayed, but an event further than this either way is a
+# mistake: a VM event in the year 9999 would move metering's hours there for good, and a
+# usage hour there would be billed into a month that never closes.
+MAX_CLOCK_SKEW = timedelta(days=3653)
+
+
+def _near_the_wall_clock(moment: datetime) -> datetime:
+    if abs(moment - utcnow()) > MAX_CLOCK_SKEW:
+        raise ValueError(f"event time must be within {MAX_CLOCK_SKEW.days} days of the wall "
+                         "clock")
+    return moment
+
+
+# When something happened (a message's `occurred_at`, a usage hour): within MAX_CLOCK_SKEW.
+EventTime = Annotated[AwareDatetime, AfterValidator(_in_utc),
+                      AfterValidator(_near_the_wall_clock)]
 
 
 def _storable(text: str) -> str:
@@ -61,7 +79,7 @@ class Envelope(BaseModel):
     event_id: UUID = Field(default_factory=uuid4)
     type: str
     version: int = 1
-    occurred_at: UtcDatetime = Field(default_factory=utcnow)
+    occurred_at: EventTime = Field(default_factory=utcnow)
     correlation_id: UUID | None = None
     causation_id: UUID | None = None
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field, field_validator
 
-from shared.contracts.base import Envelope, UtcDatetime, deterministic_id, utcnow
+from shared.contracts.base import (
+    MAX_CLOCK_SKEW,
+    Envelope,
+    UtcDatetime,
+    deterministic_id,
+    utcnow,
+)
 
-# Event time runs ahead of the wall clock in a simulation (over a year in the demo) and
-# behind it when old days are replayed, but a tick further than this either way is a
-# mistake, and one that no later tick undoes: consumers' clocks only move forward, so a
-# tick in the year 9999 would time out every saga and close every hour from then on.
-MAX_CLOCK_SKEW = timedelta(days=3653)
+# A tick further than MAX_CLOCK_SKEW from the wall clock is a mistake that no later tick
+# undoes: consumers' clocks only move forward, so a tick in the year 9999 would time out
+# every saga and close every hour from then on.
 
 
 class ClockTick(Envelope):

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from shared.contracts.base import Envelope, UtcDatetime, deterministic_id
+from shared.contracts.base import Envelope, EventTime, UtcDatetime, deterministic_id
 from shared.contracts.vm import VmSpec
 
 
@@ -32,7 +32,7 @@ class HourlyUsage(Envelope):
     vm_id: UUID
     wallet_id: UUID
     organisation_id: UUID
-    hour_start: UtcDatetime
+    hour_start: EventTime
     revision: int = Field(ge=0, le=2**31 - 1)  # stored as integer
     seconds: int = Field(ge=0, le=3600)
     segments: list[UsageSegment]

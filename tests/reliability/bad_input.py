@@ -20,6 +20,7 @@ from shared.topics import (
     ALL_TOPICS,
     BILLING_DEBITS,
     CLOCK_TICKS,
+    METERING_USAGE,
     PROVISIONING_OUTCOMES,
     PROVISIONING_REQUESTS,
     VCENTER_EVENTS,
@@ -192,6 +193,24 @@ def money_cases(wallet_id: UUID, organisation_id: UUID, booked_debit: dict[str, 
         Case(PROVISIONING_OUTCOMES.name, "an unknown VM decommissioned", _json(_envelope(
             "provisioning.vm_decommissioned", wallet_id=w, vm_id=vm)), key=w,
             expect=NOTHING_TO_ACT_ON),
+    ]
+    # other messages dated far from now: a VM event or usage hour years ahead would move
+    # metering's hours (or billing's month) there for good
+    cases += [
+        Case(VCENTER_EVENTS.name, "VM event far in the future", _json({
+            **_envelope("vcenter.vm_powered_on", vm_id=vm),
+            "occurred_at": "9999-12-31T00:00:00Z"}), key=vm, reason_has="within 3653 days"),
+        Case(VCENTER_EVENTS.name, "VM event far in the past", _json({
+            **_envelope("vcenter.vm_powered_off", vm_id=vm),
+            "occurred_at": "1970-01-01T00:00:00Z"}), key=vm, reason_has="within 3653 days"),
+        Case(METERING_USAGE.name, "usage hour far in the future", _json(_envelope(
+            "metering.hourly_usage", usage_id=str(uuid4()), vm_id=vm, wallet_id=w,
+            organisation_id=str(organisation_id), hour_start="9999-12-31T00:00:00Z",
+            revision=0, seconds=3600, segments=[])), key=w, reason_has="within 3653 days"),
+        Case(BILLING_DEBITS.name, "debit far in the future", _json({
+            **_envelope("billing.debit_wallet", debit_id=str(uuid4()), wallet_id=w,
+                        amount={"amount_minor": 500, "currency": "ZAR"}),
+            "occurred_at": "9999-12-31T00:00:00Z"}), key=w, reason_has="within 3653 days"),
     ]
     # ticks far from now: consumers' clocks only move forward, so one would stay for good
     for topic in (CLOCK_TICKS.name, VCENTER_EVENTS.name):
