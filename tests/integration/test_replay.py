@@ -263,11 +263,14 @@ async def run_scenario(s: System, ticks: AIOKafkaProducer) -> None:
 
 
 async def _usage_entry(database_url: str, wallet_id: UUID) -> int:
+    """The wallet's largest usage entry: its first may be a minute of an hour (the test
+    started just before the hour turned), a cent whose 95% refund cap is 0."""
     conn = await asyncpg.connect(database_url)
     try:
         entry = await conn.fetchval(
             """SELECT entry_id FROM wallet.wallet_transactions
-               WHERE wallet_id = $1 AND kind = 'usage_debit' ORDER BY entry_id LIMIT 1""",
+               WHERE wallet_id = $1 AND kind = 'usage_debit'
+               ORDER BY abs(amount) DESC, entry_id LIMIT 1""",
             wallet_id)
         assert entry is not None, "no usage was booked"
         return int(entry)
