@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -101,9 +102,11 @@ class FaultDriver:
         self._thread = threading.Thread(target=self._run, name="faults", daemon=True)
         self._thread.start()
 
-    def day_done(self, at: datetime) -> None:
+    def day_done(self, at: datetime) -> Awaitable[None]:
         """The simulation's `after_day`: note the work resumed after the faults before it,
-        and queue the faults due after this day."""
+        queue the faults due after this day, and hold the next day back until the driver has
+        begun every one of them: on a fast machine the workload would otherwise outrun the
+        faults, and the late ones would meet an idle system."""
         now = time.monotonic()
         for injected in list(self.injected) + ([self._current] if self._current else []):
             if injected.resumed_s is None and injected.started < now:
@@ -112,6 +115,11 @@ class FaultDriver:
         while self._next < len(self.faults) and self.faults[self._next].after_day <= self._days:
             self._due.put((self.faults[self._next], f"{at:%Y-%m-%d}"))
             self._next += 1
+        return self._all_begun()
+
+    async def _all_begun(self) -> None:
+        while not self._due.empty() and self._thread.is_alive():
+            await asyncio.sleep(0.1)  # the event loop goes on: the simulation's consumers too
 
     def finish(self) -> None:
         """After the workload: the faults not injected yet still are, then all recover."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,11 +62,12 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
                          start: datetime = DEFAULT_START, days: int, companies: int,
                          report_dir: Path | None = None, progress: bool = True,
                          patience_s: float = 0.0,
-                         after_day: Callable[[datetime], None] | None = None) -> Outcome:
+                         after_day: Callable[[datetime], Awaitable[None] | None] | None = None
+                         ) -> Outcome:
     """Runs the scenario. `patience_s`: how long each HTTP call keeps trying while a service
     is down (a fault-injection run); `after_day(sync point)` is called once the system is
     quiet after each simulated day (a benchmark samples its processes there, the chaos run
-    injects its faults)."""
+    injects its faults); the next day waits for the awaitable it may return."""
     scenario = generate(seed, start, days, companies)
     expected = Oracle(scenario).run()
     print(f"scenario: {len(scenario.companies)} companies, {scenario.start:%Y-%m-%d} to "
@@ -79,14 +80,13 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
     began = time.monotonic()
     usage_so_far = 0
 
-    def on_day(at: datetime, refused: int) -> None:
+    def on_day(at: datetime, refused: int) -> Awaitable[None] | None:
         nonlocal usage_so_far
         usage_so_far += expected.usage_by_day.get(at.date(), 0)
         rate = usage_so_far / max(time.monotonic() - began, 1e-9)
         bar.set_postfix_str(f"{at:%Y-%m-%d} usage {rate:,.0f}/s refused {refused}")
         bar.update(1)
-        if after_day is not None:
-            after_day(at)
+        return after_day(at) if after_day is not None else None
 
     try:
         seen = await Driver(scenario, settings, portal, on_day).run()

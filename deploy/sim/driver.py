@@ -63,7 +63,8 @@ class Observed:
 
 class Driver:
     def __init__(self, scenario: Scenario, settings: Settings, portal: Portal,
-                 on_day: Callable[[datetime, int], None] | None = None) -> None:
+                 on_day: Callable[[datetime, int], Awaitable[None] | None] | None = None
+                 ) -> None:
         self.s = scenario
         self.settings = settings
         self.portal = portal
@@ -98,7 +99,10 @@ class Driver:
                         balances=False))
                 await timed("power changes", self.power(at))
                 self.count_fleet(at)
-                self.on_day(at, sum(1 for v in self.seen.requests.values() if v == "rejected"))
+                day_done = self.on_day(
+                    at, sum(1 for v in self.seen.requests.values() if v == "rejected"))
+                if day_done is not None:  # the caller holds the next day back until it is done
+                    await day_done
             return self.seen
         finally:
             # Bounded: after Ctrl-C the broker may already be gone, and a client's goodbye
