@@ -48,7 +48,10 @@ async def bench_settings(**overrides: object) -> AsyncIterator[Settings]:
         fields.update(overrides)
         yield Settings(**fields)  # type: ignore[arg-type]
     finally:
-        await drop_database(url)
+        if os.environ.get("BENCH_KEEP_DATABASE"):  # to look at it afterwards (EXPLAIN, sizes)
+            print(f"kept database {url}", file=sys.stderr)
+        else:
+            await drop_database(url)
         await delete_topics(kafka, f"b{tag}.")
         if stack is not None:
             stack.stop()
