@@ -395,6 +395,7 @@ class WalletHandlers:
         claimed, reused, wallets = await self._claim(
             conn, items, lambda m: payment_claim_id(m.payment_id), subject_digest)
         fresh = {id(i) for i in claimed}
+        # by record (the webhook's one item has none: None is then that item)
         refused = {id(r.record) for r in reused}
         results: list[tuple[Incoming[TopUpWallet], WalletError | None, bool]] = []
         for item in items:
@@ -402,7 +403,7 @@ class WalletHandlers:
             wallet = wallets.get(m.wallet_id)
             if id(item) not in fresh:
                 error = PaymentReused(f"{REUSED_ID}: payment {m.payment_id} was applied with "
-                                      "another amount, wallet or source") \
+                                      "another amount, currency, wallet or source") \
                     if id(item.record) in refused else None
                 results.append((item, error, False))
                 continue
