@@ -1,10 +1,12 @@
 """Batch consumption: parse a Kafka batch record by record, send what cannot be parsed to
-the dead-letter topic with the reason, and skip messages already consumed (inbox)."""
+the dead-letter topic with the reason, and skip messages already consumed (inbox); a
+message whose id was consumed before with other content is a dead letter, not a repeat."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -17,7 +19,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.contracts.base import deterministic_id
 from shared.contracts.deadletter import DeadLetter
@@ -96,30 +98,85 @@ def dead_letters(settings: Settings, consumer: str, rejected: Sequence[Rejected]
     return [dead_letter(settings, consumer, r.record, r.reason) for r in rejected]
 
 
+# The dead letter's reason when a message id the inbox holds comes with other content.
+REUSED_ID = "message id reused with other content"
+
+# What a message about the same thing may carry anew: the envelope's identity, time and
+# lineage. Claims keyed by a business id (a payment, a request) leave them out of the digest.
+ENVELOPE_FIELDS = {"event_id", "occurred_at", "correlation_id", "causation_id"}
+
+
+def content_digest(message: BaseModel, exclude: set[str] | None = None) -> bytes:
+    """sha256 of the parsed message's JSON (pydantic's, fields in the model's order): the
+    same content hashes the same whatever the producer's key order, spacing or time offset
+    (times are UTC once parsed), so only other content differs. About 1 µs a message."""
+    serializer = type(message).__pydantic_serializer__
+    return hashlib.sha256(serializer.to_json(message, exclude=exclude)).digest()
+
+
+def subject_digest(message: BaseModel) -> bytes:
+    """The digest for a claim keyed by a business id: the content without the envelope."""
+    return content_digest(message, ENVELOPE_FIELDS)
+
+
+def _whole_digest(message: Any) -> bytes:
+    return content_digest(message)
+
+
+# The claim statement's batch: each id once with the digest of its first occurrence (the one
+# booked), in an order (`n`) that makes DISTINCT ON keep the first.
+CLAIM_BATCH = """SELECT DISTINCT ON (id) id, digest
+    FROM unnest($1::uuid[], $2::bytea[]) WITH ORDINALITY AS b(id, digest, n) ORDER BY id, n"""
+
+
 async def claim_new(conn: asyncpg.Connection, schema: str, items: Sequence[Incoming[Any]],
-                    id_of: Callable[[Any], UUID] = lambda m: m.event_id) -> list[Incoming[Any]]:
-    """Record the batch's message ids in the inbox and keep only those not seen before
-    (also dropping repeats within the batch). Must run in the handler's transaction."""
+                    id_of: Callable[[Any], UUID] = lambda m: m.event_id,
+                    digest_of: Callable[[Any], bytes] = _whole_digest
+                    ) -> tuple[list[Incoming[Any]], list[Rejected]]:
+    """Record the batch's message ids, with their content's digest, in the inbox: the
+    messages not seen before (each id once), and those refused because their id was seen
+    (before, or earlier in the batch) with other content (`REUSED_ID`). One round trip;
+    must run in the handler's transaction."""
     if not items:
-        return []
+        return [], []
     ids = [id_of(i.message) for i in items]
-    fresh = {r["message_id"] for r in await conn.fetch(
-        f"""INSERT INTO {schema}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
-            ON CONFLICT DO NOTHING RETURNING message_id""", ids)}
-    return keep_fresh(items, ids, fresh)
+    digests = [digest_of(i.message) for i in items]
+    # The statement's sub-queries share one snapshot: `seen` reads the rows stored before
+    # it, never the ones `claimed` inserts.
+    rows = await conn.fetch(
+        f"""WITH batch AS ({CLAIM_BATCH}), claimed AS (
+                INSERT INTO {schema}.inbox (message_id, digest) SELECT id, digest FROM batch
+                ON CONFLICT DO NOTHING RETURNING message_id
+            )
+            SELECT message_id, true AS fresh, NULL::bytea AS digest FROM claimed
+            UNION ALL
+            SELECT i.message_id, false, i.digest FROM {schema}.inbox i
+            JOIN batch b ON b.id = i.message_id""", ids, digests)
+    fresh = {r["message_id"] for r in rows if r["fresh"]}
+    stored = {r["message_id"]: r["digest"] for r in rows if not r["fresh"]}
+    return judge_claims(items, ids, digests, fresh, stored)
 
 
-def keep_fresh(items: Sequence[Incoming[T]], ids: Sequence[UUID], fresh: set[UUID]
-               ) -> list[Incoming[T]]:
-    """The items whose message id the inbox claim returned (`fresh`), each id once: for a
-    handler that claims inside a statement of its own."""
-    fresh = set(fresh)
+def judge_claims(items: Sequence[Incoming[T]], ids: Sequence[UUID], digests: Sequence[bytes],
+                 fresh: Set[UUID], stored: Mapping[UUID, bytes | None]
+                 ) -> tuple[list[Incoming[T]], list[Rejected]]:
+    """Split a claimed batch: the items to handle (ids the claim inserted, each once) and
+    those refused as `REUSED_ID` (content other than what their id was first consumed
+    with: the stored digest, or the batch's first occurrence). The rest are redeliveries,
+    skipped; so is an id stored without a digest (before digests were kept) or one a
+    concurrent transaction stored after this one's snapshot (`stored` does not name it)."""
     kept: list[Incoming[T]] = []
-    for item, message_id in zip(items, ids, strict=True):
-        if message_id in fresh:
-            fresh.discard(message_id)
+    refused: list[Rejected] = []
+    first: dict[UUID, bytes] = {}
+    for item, message_id, digest in zip(items, ids, digests, strict=True):
+        if message_id in fresh and message_id not in first:
+            first[message_id] = digest
             kept.append(item)
-    return kept
+            continue
+        known = first.get(message_id, stored.get(message_id))
+        if known is not None and known != digest:
+            refused.append(Rejected(item.record, REUSED_ID))
+    return kept, refused
 
 
 BatchHandler = Callable[[Records], Awaitable[None]]

@@ -35,6 +35,11 @@ class RatingError(ValueError):
     """Usage billing cannot rate; the message is the reason given in the dead letter."""
 
 
+class UsageReused(ValueError):
+    """A VM hour's revision billed before, now with other seconds: not billed, not a
+    redelivery (a dead letter, no issue: what was billed stands and is right)."""
+
+
 # --- auto top-up -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -284,12 +289,20 @@ class Biller:
 
     def apply(self, usage: HourlyUsage, partition: int) -> Line | None:
         """Bill one usage; None for a duplicate of the revision already billed. Raises
-        RatingError for usage that cannot be rated (nothing changes then)."""
+        RatingError for usage that cannot be rated, UsageReused for the latest revision
+        billed again with other seconds (nothing changes then)."""
         assert self.rater is not None
         key = (usage.vm_id, usage.hour_start)
         previous = self.hours.get(key)
         if previous is not None and (usage.revision == previous.revision
                                      or usage.revision in previous.revisions):
+            # Only the latest revision's seconds are kept: an earlier one's repeat cannot
+            # be compared, and stays a repeat.
+            if usage.revision == previous.revision and usage.seconds != previous.seconds:
+                raise UsageReused(
+                    f"usage reused with other content: vm {usage.vm_id} hour "
+                    f"{usage.hour_start.isoformat()} revision {usage.revision} was billed "
+                    f"for {previous.seconds} s, not {usage.seconds} s")
             # Before rating: a usage billed before stays billed (and its charge can be sent
             # again) even if today's rate cards could no longer price it.
             return None

@@ -33,6 +33,7 @@ from services.billing.domain import (
     Line,
     Rater,
     UsageEntry,
+    UsageReused,
     booked_month,
     line_id,
     low_watermark,
@@ -213,6 +214,8 @@ class BillingHandlers:
             m = item.message
             try:
                 billed.append((item, biller.apply(m, item.record.partition)))
+            except UsageReused as error:
+                out.append(dead_letter(self.settings, CONSUMER, item.record, str(error)))
             except ValueError as error:  # RatingError, or a currency the book cannot price
                 reason = f"usage {m.usage_id} not billed: {error}"
                 out.append(dead_letter(self.settings, CONSUMER, item.record, reason))

@@ -186,7 +186,8 @@ class MeteringHandlers:
     async def _apply_events(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
                             marks: dict[int, PartitionMark], work: Work) -> None:
         items = self._refuse_expired(items, marks, work)
-        fresh = await claim_new(conn, repo.SCHEMA, items)
+        fresh, reused = await claim_new(conn, repo.SCHEMA, items)
+        work.send(*dead_letters(self.settings, CONSUMER, reused))
         if not fresh:
             return
         vms = await repo.lock_vms(conn, (i.message.vm_id for i in fresh))

@@ -310,8 +310,9 @@ class ProvisioningHandlers:
         messages = Messages(self.settings)
         messages.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(
+            fresh, reused = await claim_new(
                 conn, repo.SCHEMA, await self._young_enough(conn, good, messages))
+            messages.out += dead_letters(self.settings, CONSUMER, reused)
             requests = await repo.requests_by_id(
                 conn, (i.message.request_id for i in fresh), "FOR UPDATE")
             clock = await repo.clock_now(conn)
@@ -342,8 +343,9 @@ class ProvisioningHandlers:
         # Ticks share the topic to order metering; our timeouts follow clock.ticks instead.
         vm_events = [i for i in good if not isinstance(i.message, ClockTick)]
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await claim_new(
+            fresh, reused = await claim_new(
                 conn, repo.SCHEMA, await self._young_enough(conn, vm_events, messages))
+            messages.out += dead_letters(self.settings, CONSUMER, reused)
             vm_ids = {i.message.vm_id for i in fresh}
             org_ids = await repo.organisations_of_vms(conn, vm_ids)
             org_ids |= {i.message.organisation_id for i in fresh
@@ -440,8 +442,9 @@ class ProvisioningHandlers:
             await repo.upsert_organisations(conn, [
                 Organisation(m.organisation_id, m.wallet_id, m.currency, m.billing_mode)
                 for m in opened], [m.occurred_at for m in opened])
-            fresh = await claim_new(
+            fresh, reused = await claim_new(
                 conn, repo.SCHEMA, await self._young_enough(conn, funds, messages))
+            messages.out += dead_letters(self.settings, CONSUMER, reused)
             org_ids = {i.message.organisation_id for i in fresh}
             # NO KEY UPDATE: blocks the vCenter consumer's share lock (so a power-on and a
             # depletion see each other) but not new requests referencing the organisation.

@@ -31,9 +31,9 @@ from services.wallet.domain import (
     burn_rate,
     ledger_key,
 )
-from services.wallet.handlers import Events
+from services.wallet.handlers import Events, PaymentReused
 from shared.api_keys import register_organisation
-from shared.consumer import validation_problems
+from shared.consumer import content_digest, validation_problems
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.wallet import TopUpWallet, WalletOpened
 from shared.event_time import event_time_now
@@ -293,12 +293,15 @@ def register_routes(service: WalletService) -> None:
             media_type="application/json")
 
     @router.post("/webhooks/payments", responses={
-        401: {"description": "No valid signature, or a timestamp over 5 minutes away"}},
+        401: {"description": "No valid signature, or a timestamp over 5 minutes away"},
+        409: {"description": "The webhook-id or the payment id was applied before with "
+                             "another notification (amount, wallet, currency...)"}},
         openapi_extra=WEBHOOK_OPENAPI)
     async def payment_webhook(request: Request) -> dict[str, object]:
         """Top-up from the payment gateway, signed the Standard Webhooks way (webhook-id,
         webhook-timestamp, webhook-signature over the raw body); no API key. A message id
-        seen before is answered without effect."""
+        seen before is answered without effect; seen with another notification, or a payment
+        applied before with another amount or wallet, is refused (409)."""
         body = await request.body()
         try:
             message_id = verified_message_id(
@@ -309,15 +312,20 @@ def register_routes(service: WalletService) -> None:
                                      "more than 5 minutes from now") from None
         if not 1 <= len(message_id) <= 200:
             raise HTTPException(400, "webhook-id must be 1 to 200 characters")
-        async with service.pool.acquire() as conn:
-            seen = await audit.webhook_message_payment(conn, message_id)
-        if seen is not None:
-            return {"applied": False, "duplicate_message": True, "payment_id": seen}
         try:
             payment = PaymentWebhook.model_validate_json(body)
         except ValidationError as error:
             problems = validation_problems(error, whole="body", limit=3)
             raise HTTPException(422, f"invalid payment notification: {problems}") from None
+        digest = content_digest(payment)  # parsed: the gateway's extra fields do not count
+        async with service.pool.acquire() as conn:
+            seen = await audit.webhook_message(conn, message_id)
+        if seen is not None:
+            seen_payment, seen_digest = seen
+            if seen_digest is not None and seen_digest != digest:
+                raise HTTPException(409, "webhook-id reused with other content: this message "
+                                         "was applied with another notification")
+            return {"applied": False, "duplicate_message": True, "payment_id": seen_payment}
         if payment.status != "succeeded":
             return {"applied": False, "reason": "payment did not succeed"}
         message = TopUpWallet(
@@ -328,12 +336,14 @@ def register_routes(service: WalletService) -> None:
             applied = await service.handlers.top_up(message)
         except UnknownWallet as error:
             raise HTTPException(404, str(error)) from None
+        except PaymentReused as error:
+            raise HTTPException(409, str(error)) from None
         except WalletError as error:
             raise HTTPException(422, str(error)) from None
         # After the top-up (idempotent by its payment id): a crash in between only lets the
         # message be applied, without effect, once more.
         async with service.pool.acquire() as conn:
-            await audit.record_webhook_message(conn, message_id, payment.payment_id)
+            await audit.record_webhook_message(conn, message_id, payment.payment_id, digest)
         service.relay.notify()
         return {"applied": applied, "payment_id": payment.payment_id}
 

@@ -38,15 +38,19 @@ async def keys_of_entries(conn: asyncpg.Connection, entry_ids: list[int]) -> dic
     return {r["entry_id"]: r["key_id"] for r in rows}
 
 
-async def webhook_message_payment(conn: asyncpg.Connection, message_id: str) -> str | None:
-    """The payment an already applied webhook message carried, if it was applied."""
-    payment_id: str | None = await conn.fetchval(
-        f"SELECT payment_id FROM {SCHEMA}.webhook_messages WHERE message_id = $1", message_id)
-    return payment_id
+async def webhook_message(conn: asyncpg.Connection, message_id: str
+                          ) -> tuple[str, bytes | None] | None:
+    """The payment an already applied webhook message carried and its content's digest
+    (None if recorded before digests were kept), if it was applied."""
+    row = await conn.fetchrow(
+        f"SELECT payment_id, digest FROM {SCHEMA}.webhook_messages WHERE message_id = $1",
+        message_id)
+    return None if row is None else (row["payment_id"], row["digest"])
 
 
 async def record_webhook_message(conn: asyncpg.Connection, message_id: str,
-                                 payment_id: str) -> None:
+                                 payment_id: str, digest: bytes) -> None:
     await conn.execute(
-        f"""INSERT INTO {SCHEMA}.webhook_messages (message_id, payment_id) VALUES ($1, $2)
-            ON CONFLICT (message_id) DO NOTHING""", message_id, payment_id)
+        f"""INSERT INTO {SCHEMA}.webhook_messages (message_id, payment_id, digest)
+            VALUES ($1, $2, $3) ON CONFLICT (message_id) DO NOTHING""",
+        message_id, payment_id, digest)

@@ -37,7 +37,18 @@ from services.wallet.domain import (
     ledger_key,
     usage_description,
 )
-from shared.consumer import Incoming, Records, dead_letter, dead_letters, keep_fresh, parse_records
+from shared import consumer
+from shared.consumer import (
+    REUSED_ID,
+    Incoming,
+    Records,
+    content_digest,
+    dead_letter,
+    dead_letters,
+    judge_claims,
+    parse_records,
+    subject_digest,
+)
 from shared.contracts.base import Envelope, deterministic_id
 from shared.contracts.clock import ClockTick
 from shared.contracts.wallet import (
@@ -78,6 +89,10 @@ OUTCOMES: TypeAdapter[Any] = TypeAdapter(ProvisioningOutcome)
 CHARGES: TypeAdapter[Any] = TypeAdapter(BillingCharge)
 TOPUPS = TypeAdapter(TopUpWallet)
 TICKS = TypeAdapter(ClockTick)
+
+
+class PaymentReused(WalletError):
+    """A payment id applied before, now with other content: not booked (a 409 by HTTP)."""
 
 
 def payment_claim_id(payment_id: str) -> UUID:
@@ -173,12 +188,18 @@ class WalletHandlers:
 
     @staticmethod
     async def _claim(conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
-                     id_of: Callable[[Any], UUID] = lambda m: m.event_id
-                     ) -> tuple[list[Incoming[Any]], dict[UUID, Wallet]]:
-        """The batch's messages not seen before, and its wallets locked: one round trip."""
+                     id_of: Callable[[Any], UUID] = lambda m: m.event_id,
+                     digest_of: Callable[[Any], bytes] = content_digest
+                     ) -> tuple[list[Incoming[Any]], list[consumer.Rejected],
+                                dict[UUID, Wallet]]:
+        """The batch's messages not seen before, those whose id was seen with other content
+        (`REUSED_ID`, for dead letters), and its wallets locked: one round trip."""
         ids = [id_of(i.message) for i in items]
-        fresh, wallets = await repo.claim_and_lock(conn, ids, (i.message.wallet_id for i in items))
-        return keep_fresh(items, ids, fresh), wallets
+        digests = [digest_of(i.message) for i in items]
+        fresh, stored, wallets = await repo.claim_and_lock(
+            conn, ids, digests, (i.message.wallet_id for i in items))
+        kept, refused = judge_claims(items, ids, digests, fresh, stored)
+        return kept, refused, wallets
 
     # --- provisioning.requests: reserve or reject ---------------------------------------
 
@@ -187,8 +208,10 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh, wallets = await self._claim(
-                conn, good, lambda m: deterministic_id("reserve", m.request_id))
+            # by request: the same request sent again with a new envelope is a repeat
+            fresh, reused, wallets = await self._claim(
+                conn, good, lambda m: deterministic_id("reserve", m.request_id), subject_digest)
+            events.out += dead_letters(self.settings, CONSUMER, reused)
             new_holds: list[Hold] = []
             for item in fresh:
                 m = item.message
@@ -215,7 +238,8 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh, wallets = await self._claim(conn, good)
+            fresh, reused, wallets = await self._claim(conn, good)
+            events.out += dead_letters(self.settings, CONSUMER, reused)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_request = {h.request_id: h for h in holds}
             # Whose hold each named request is: an outcome naming another wallet's request
@@ -280,9 +304,11 @@ class WalletHandlers:
         events.out += letters
         async with self.pool.acquire() as conn, conn.transaction():
             wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in items))
-            booked = await repo.booked_keys(conn, [
+            # what each key booked (before, or earlier in the batch): a charge under a key
+            # booked with another amount is not a redelivery (`charge_reuse`)
+            booked = await repo.booked_charges(conn, [
                 (i.message.wallet_id, c.key) for i in items for c in charges_of(i.message)
-            ]) if skip_booked else set()
+            ]) if skip_booked else {}
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_vm = holds_by_vm(holds)  # each wallet draws only its own (Wallet._draw)
             applied: dict[UUID, tuple[list[UUID], list[UUID], int, int, Envelope]] = {}
@@ -294,12 +320,18 @@ class WalletHandlers:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   reason or "unknown wallet"))
                     continue
+                charges = charges_of(m)
+                reuse = charge_reuse(m, charges, wallet.wallet_id, booked)
+                if reuse is not None:
+                    events.out.append(dead_letter(self.settings, CONSUMER, item.record, reuse))
+                    continue
                 debits, credits, debited, credited, _ = applied.get(
                     wallet.wallet_id, ([], [], 0, 0, m))
-                for c in charges_of(m):
+                for c in charges:
                     if (wallet.wallet_id, c.key) in booked:
                         continue
-                    booked.add((wallet.wallet_id, c.key))  # once, if the batch repeats it
+                    # once, if the batch repeats it
+                    booked[(wallet.wallet_id, c.key)] = (c.amount, c.description)
                     if c.kind == "debit":
                         wallet.debit_usage(amount=c.amount, key=c.key, at=c.at, vm_id=c.vm_id,
                                            holds=by_vm, description=c.description,
@@ -340,7 +372,9 @@ class WalletHandlers:
 
     async def top_up(self, message: TopUpWallet) -> bool:
         """Apply a settled payment (from the webhook); False if it was applied before.
-        A refusal raises and rolls back, claim included, so the gateway may try again."""
+        A refusal raises and rolls back, claim included, so the gateway may try again; a
+        payment applied before with another amount, wallet or source raises
+        `PaymentReused`."""
         events = Events(self.settings)
         async with self.pool.acquire() as conn, conn.transaction():
             wallets, [(_, error, applied)] = await self._apply_top_ups(
@@ -357,14 +391,21 @@ class WalletHandlers:
                                                                  WalletError | None, bool]]]:
         """Claim the payments, lock their wallets and book each top-up: per item, the
         refusal (or None) and whether it was booked now (False: booked before)."""
-        claimed, wallets = await self._claim(conn, items, lambda m: payment_claim_id(m.payment_id))
+        # by payment: a payment notified again (a new event, another time) is a repeat
+        claimed, reused, wallets = await self._claim(
+            conn, items, lambda m: payment_claim_id(m.payment_id), subject_digest)
         fresh = {id(i) for i in claimed}
+        # by record (the webhook's one item has none: None is then that item)
+        refused = {id(r.record) for r in reused}
         results: list[tuple[Incoming[TopUpWallet], WalletError | None, bool]] = []
         for item in items:
             m = item.message
             wallet = wallets.get(m.wallet_id)
             if id(item) not in fresh:
-                results.append((item, None, False))
+                error = PaymentReused(f"{REUSED_ID}: payment {m.payment_id} was applied with "
+                                      "another amount, currency, wallet or source") \
+                    if id(item.record) in refused else None
+                results.append((item, error, False))
                 continue
             try:
                 if wallet is None:
@@ -473,6 +514,28 @@ def usage_entry_key(entry: UsageEntry) -> str:
     if entry.line_ids == [entry.entry_id]:
         return ledger_key(entry.kind, entry.entry_id)
     return ledger_key("usage", entry.entry_id)
+
+
+def charge_reuse(m: Any, charges: Sequence[Charge], wallet_id: UUID,
+                 booked: dict[tuple[UUID, str], tuple[int, str]]) -> str | None:
+    """Why a charge message is not a redelivery although a key of it is booked (it goes to
+    the dead letters, none of its charges booked), or None: a key booked with another
+    amount, or (a debit or credit message, whose description is the caller's) another
+    description. A usage entry's description is not compared: an entry sent for a line
+    booked per line before entries existed keeps its key under another description."""
+    compare_description = isinstance(m, DebitWallet | CreditWallet)
+    for c in charges:
+        prior = booked.get((wallet_id, c.key))
+        if prior is None:
+            continue
+        amount, description = prior
+        if amount != c.amount:
+            return (f"charge key reused with other content: {c.key} was booked for {amount}, "
+                    f"not {c.amount}")
+        if compare_description and description != c.description:
+            return (f"charge key reused with other content: {c.key} was booked with another "
+                    "description")
+    return None
 
 
 def charge_refusal(m: Any, wallet: Wallet | None) -> str | None:

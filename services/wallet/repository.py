@@ -20,6 +20,7 @@ from services.wallet.domain import (
     Refundable,
     Wallet,
 )
+from shared.consumer import CLAIM_BATCH
 from shared.db import advance_stored_clock, stored_clock
 from shared.outbox import COPY_THRESHOLD, Outgoing, Queued, enqueue, queued
 
@@ -65,29 +66,45 @@ async def lock_wallets(conn: asyncpg.Connection, wallet_ids: Iterable[UUID]) -> 
 
 
 async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
-                         wallet_ids: Iterable[UUID]) -> tuple[set[UUID], dict[UUID, Wallet]]:
+                         digests: Sequence[bytes], wallet_ids: Iterable[UUID]
+                         ) -> tuple[set[UUID], dict[UUID, bytes | None], dict[UUID, Wallet]]:
     """A batch's inbox claim and the row locks on its wallets in one round trip: the ids not
-    seen before, and the wallets (of every message, repeats too: locking one more changes
-    nothing), locked in id order so concurrent batches cannot deadlock."""
+    seen before, the ids seen before with the digest stored for each (`judge_claims` tells
+    a redelivery from an id reused with other content), and the wallets (of every message,
+    repeats too: locking one more changes nothing), locked in id order so concurrent
+    batches cannot deadlock."""
     rows = await conn.fetch(
-        f"""WITH claimed AS (
-                INSERT INTO {SCHEMA}.inbox (message_id) SELECT DISTINCT unnest($1::uuid[])
+        f"""WITH batch AS ({CLAIM_BATCH}), claimed AS (
+                INSERT INTO {SCHEMA}.inbox (message_id, digest) SELECT id, digest FROM batch
                 ON CONFLICT DO NOTHING RETURNING message_id
+            ), seen AS (
+                -- the rows stored before this statement (its parts share one snapshot)
+                SELECT i.message_id, i.digest FROM {SCHEMA}.inbox i
+                JOIN batch b ON b.id = i.message_id
             ), locked AS (
                 -- after the claim (it reads `claimed`), as it was in two statements: a
                 -- claim taken after a wallet lock could deadlock with the webhook's top-up
                 SELECT {_WALLET_COLUMNS} FROM {SCHEMA}.organisation_wallets w
-                WHERE w.wallet_id = ANY($2::uuid[]) AND (SELECT count(*) FROM claimed) >= 0
+                WHERE w.wallet_id = ANY($3::uuid[]) AND (SELECT count(*) FROM claimed) >= 0
                 ORDER BY w.wallet_id FOR UPDATE
             )
-            -- the claimed ids once, on the first row (not repeated on every wallet's)
+            -- the claim's answer once, on the first row (not repeated on every wallet's)
             SELECT CASE WHEN l.n IS NULL OR l.n = 1
-                        THEN (SELECT array_agg(message_id) FROM claimed) END AS fresh, l.*
+                        THEN (SELECT array_agg(message_id) FROM claimed) END AS fresh,
+                   CASE WHEN l.n IS NULL OR l.n = 1
+                        THEN (SELECT array_agg(message_id ORDER BY message_id) FROM seen)
+                        END AS seen_ids,
+                   CASE WHEN l.n IS NULL OR l.n = 1
+                        THEN (SELECT array_agg(digest ORDER BY message_id) FROM seen)
+                        END AS seen_digests,
+                   l.n IS NULL OR l.n = 1 AS head, l.*
             FROM (VALUES (1)) AS one(x)
             LEFT JOIN (SELECT locked.*, row_number() OVER () AS n FROM locked) l ON true""",
-        list(message_ids), sorted(set(wallet_ids)))
-    fresh = set(next((r["fresh"] for r in rows if r["fresh"] is not None), ()))
-    return fresh, {r["wallet_id"]: _wallet(r) for r in rows if r["wallet_id"] is not None}
+        list(message_ids), list(digests), sorted(set(wallet_ids)))
+    [first] = [r for r in rows if r["head"]]
+    stored = dict(zip(first["seen_ids"] or (), first["seen_digests"] or (), strict=True))
+    return (set(first["fresh"] or ()), stored,
+            {r["wallet_id"]: _wallet(r) for r in rows if r["wallet_id"] is not None})
 
 
 async def get_wallet(conn: asyncpg.Connection, wallet_id: UUID) -> Wallet | None:
@@ -264,17 +281,20 @@ async def insert_entries(conn: asyncpg.Connection, entries: Sequence[LedgerEntry
     return [r["entry_id"] for r in rows]
 
 
-async def booked_keys(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
-                      ) -> set[tuple[UUID, str]]:
-    """Which of these (wallet, idempotency key) pairs the ledger holds."""
+async def booked_charges(conn: asyncpg.Connection, keys: Sequence[tuple[UUID, str]]
+                         ) -> dict[tuple[UUID, str], tuple[int, str]]:
+    """Which of these (wallet, idempotency key) pairs the ledger holds, each with what it
+    booked: the amount (unsigned) and the description."""
     if not keys:
-        return set()
+        return {}
     rows = await conn.fetch(
-        f"""SELECT t.wallet_id, t.idempotency_key FROM {SCHEMA}.wallet_transactions t
+        f"""SELECT t.wallet_id, t.idempotency_key, abs(t.amount) AS amount, t.description
+            FROM {SCHEMA}.wallet_transactions t
             JOIN unnest($1::uuid[], $2::text[]) AS k(wallet_id, idempotency_key)
             USING (wallet_id, idempotency_key)""",
         [w for w, _ in keys], [k for _, k in keys])
-    return {(r["wallet_id"], r["idempotency_key"]) for r in rows}
+    return {(r["wallet_id"], r["idempotency_key"]): (r["amount"], r["description"])
+            for r in rows}
 
 
 async def booked_entry(conn: asyncpg.Connection, wallet_id: UUID, key: str

@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from shared.asyncapi import TOPIC_MESSAGES
+from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import MAX_CHARGES_PER_MESSAGE
 from shared.money import MAX_AMOUNT_MINOR
 from shared.topics import (
@@ -21,9 +22,12 @@ from shared.topics import (
     BILLING_DEBITS,
     CLOCK_TICKS,
     METERING_USAGE,
+    PORTAL_VM_REQUESTS,
     PROVISIONING_OUTCOMES,
     PROVISIONING_REQUESTS,
     VCENTER_EVENTS,
+    WALLET_DECISIONS,
+    WALLET_EVENTS,
     WALLET_TOPUPS,
 )
 from tests.consumed_types import CONSUMER_OF_ROLE, OUTSIDE, message_type
@@ -32,9 +36,8 @@ DEAD_LETTER = "dead letter"
 # A reservation the wallet cannot grant is answered, not dead-lettered: provisioning waits
 # for a decision on every request (FundsRejected with the reason, docs/architecture.md).
 REJECTED = "funds rejected"
-# The same id again: at-least-once delivery makes this a redelivery, booked once; its
-# content is not compared (the first one's stands).
-IGNORED_AS_REPEAT = "ignored as a repeat"
+# An id (or idempotency key) consumed before, with other content: not a redelivery.
+REUSED = "reused with other content"
 # About something that does not exist: a dead letter or nothing, as the consumer documents;
 # what the matrix asserts is that nothing changed and the consumer went on.
 NOTHING_TO_ACT_ON = "nothing to act on"
@@ -49,6 +52,11 @@ class Case:
     expect: str = DEAD_LETTER
     key: str | None = None
     reason_has: str = ""  # what the dead letter's reason (or the rejection) must say
+    # (consumer, expect) where a consumer of the topic answers otherwise than `expect`
+    expect_of: tuple[tuple[str, str], ...] = ()
+
+    def expect_for(self, consumer: str) -> str:
+        return dict(self.expect_of).get(consumer, self.expect)
 
 
 def consumers_of(topic: str) -> set[str]:
@@ -158,17 +166,19 @@ def money_cases(wallet_id: UUID, organisation_id: UUID, booked_debit: dict[str, 
                 {"line_id": str(uuid4()), "kind": "debit", "amount_minor": 1,
                  "period_start": "2026-12-01T10:00:00Z"}
             ] * (MAX_CHARGES_PER_MESSAGE + 1))), key=w, reason_has="charges"),
+        # the ledger key (the debit id) booked before, with other content
         Case(BILLING_DEBITS.name, "repeat of a booked debit with another amount",
              _json({**booked_debit, "event_id": str(uuid4()),
                     "amount": {"amount_minor": 99_999, "currency": "ZAR"}}), key=w,
-             expect=IGNORED_AS_REPEAT),
+             reason_has=REUSED),
         Case(BILLING_DEBITS.name, "repeat of a booked debit's event id with other content",
              _json({**booked_debit, "debit_id": booked_debit["debit_id"],
-                    "description": "changed"}), key=w, expect=IGNORED_AS_REPEAT),
+                    "description": "changed"}), key=w, reason_has=REUSED),
+        # the payment (the wallet's claim is by payment id) booked before, another amount
         Case(WALLET_TOPUPS.name, "repeat of a booked payment with another amount",
              _json({**booked_topup, "event_id": str(uuid4()),
                     "amount": {"amount_minor": 77_777, "currency": "ZAR"}}), key=w,
-             expect=IGNORED_AS_REPEAT),
+             reason_has=REUSED),
         Case(BILLING_DEBITS.name, "debit dated in the year 1", _json({
             **_envelope("billing.debit_wallet", debit_id=str(uuid4()), wallet_id=w,
                         amount={"amount_minor": 500, "currency": "ZAR"}),
@@ -222,4 +232,82 @@ def money_cases(wallet_id: UUID, organisation_id: UUID, booked_debit: dict[str, 
                 "clock.tick", at="1970-01-01T00:00:00Z")), key="clock",
                 reason_has="within 3653 days"),
         ]
+    return cases
+
+
+# Consumed topics with no "same id, other content" case, and why.
+NO_REUSE_CASE = {
+    # The vCenter simulator stands in for vCenter (no database): it answers a command by
+    # events whose ids derive from the command's, so a command id reused with other content
+    # yields events under ids already consumed, which metering's and provisioning's inboxes
+    # refuse as reused (the vcenter.events cases).
+    "vcenter.commands": "the simulator's; its events' ids derive from the command's",
+}
+
+
+def reuse_cases(wallet_id: UUID, organisation_id: UUID, booked_vm_key: str,
+                booked_usage: dict[str, Any]) -> list[Case]:
+    """For every consumed topic (but `NO_REUSE_CASE`), an id consumed before sent again with
+    other content; the original is either booked before the matrix (`booked_*`: the VM
+    request's idempotency key, a billed usage hour) or sent just before its reuse, one
+    that changes nothing (about an unknown VM, request or organisation). The repeats of
+    booked debits and payments are in `money_cases`."""
+    w, org = str(wallet_id), str(organisation_id)
+    cases: list[Case] = []
+
+    def pair(topic: str, what: str, original: dict[str, Any], changes: dict[str, Any],
+             key: str, first: str = NOTHING_TO_ACT_ON, first_reason: str = "",
+             then: str = DEAD_LETTER, quiet: tuple[str, ...] = ()) -> None:
+        """The original, then its id with `changes`; `quiet` consumers answer neither."""
+        calm = tuple((c, NOTHING_TO_ACT_ON) for c in quiet)
+        cases.append(Case(topic, f"{what}: the original", _json(original), key=key,
+                          expect=first, reason_has=first_reason, expect_of=calm))
+        cases.append(Case(topic, f"{what}: its id again with other content",
+                          _json({**original, **changes}), key=key, expect=then,
+                          reason_has=REUSED, expect_of=calm))
+
+    vm = str(uuid4())
+    pair(VCENTER_EVENTS.name, "power-on of an unknown VM",
+         _envelope("vcenter.vm_powered_on", vm_id=vm), {"vm_id": str(uuid4())}, key=vm)
+    pair(PROVISIONING_OUTCOMES.name, "success of an unknown request",
+         _envelope("provisioning.succeeded", request_id=str(uuid4()), wallet_id=w, vm_id=vm),
+         {"request_id": str(uuid4())}, key=w)
+    # the wallet claims a reservation by its request id: another amount for it is a reuse
+    request = str(uuid4())
+    pair(PROVISIONING_REQUESTS.name, "reservation for an unknown wallet",
+         _envelope("wallet.reserve_funds", request_id=request, wallet_id=str(uuid4()),
+                   organisation_id=org, vm_id=vm,
+                   amount={"amount_minor": 500, "currency": "ZAR"}),
+         {"event_id": str(uuid4()), "amount": {"amount_minor": 600, "currency": "ZAR"}},
+         key=w, first=REJECTED, first_reason="unknown wallet")
+    pair(WALLET_DECISIONS.name, "funds reserved for an unknown request",
+         _envelope("wallet.funds_reserved", request_id=str(uuid4()), wallet_id=w, vm_id=vm,
+                   hold_id=str(uuid4()), amount={"amount_minor": 500, "currency": "ZAR"},
+                   available_after={"amount_minor": 0, "currency": "ZAR"},
+                   expires_at="2026-12-01T11:00:00Z"),
+         {"hold_id": str(uuid4())}, key=w, first=DEAD_LETTER,
+         first_reason="no provisioning request")
+    # provisioning claims depletions by event id; billing has no inbox and nothing to do
+    # with a depletion (its effects are keyed by their own ids: docs/reliability.md)
+    pair(WALLET_EVENTS.name, "depletion of an unknown organisation",
+         _envelope("wallet.depleted", wallet_id=w, organisation_id=str(uuid4()),
+                   billing_mode="PAYG", available={"amount_minor": 0, "currency": "ZAR"}),
+         {"organisation_id": str(uuid4())}, key=w, first=DEAD_LETTER,
+         first_reason="unknown organisation", quiet=("billing",))
+    # provisioning's intake is keyed by the portal's idempotency key (the set-up's request)
+    cases.append(Case(PORTAL_VM_REQUESTS.name, "the booked VM request's key with another name",
+                      _json(_envelope("portal.request_vm", idempotency_key=booked_vm_key,
+                                      organisation_id=org, name="another",
+                                      spec=VmSpec.of_tier("small").model_dump())),
+                      key=org, reason_has="already used for a different request"))
+    # billing keeps the latest revision's seconds of each VM hour it billed
+    cases.append(Case(METERING_USAGE.name, "the billed usage hour with other seconds",
+                      _json({**booked_usage, "event_id": str(uuid4()), "seconds": 1800,
+                             "segments": [{**booked_usage["segments"][0], "seconds": 1800}]}),
+                      key=w, reason_has=REUSED))
+    # ticks are not claimed: the latest wins and clocks only move forward, so a tick id
+    # again with another (older) time is one more tick that changes nothing
+    for topic in (CLOCK_TICKS.name, VCENTER_EVENTS.name):
+        pair(topic, "tick", _envelope("clock.tick", at="2020-01-01T00:00:00Z"),
+             {"at": "2020-01-02T00:00:00Z"}, key="clock", then=NOTHING_TO_ACT_ON)
     return cases

@@ -5,7 +5,10 @@ The routes come from the running FastAPI apps, so a new endpoint gets the generi
 itself (no key; unknown and malformed ids in its path; for a body, malformed JSON, a
 non-object, an empty object, an oversized body, an unexpected field), and a new endpoint
 with a body fails `test_every_endpoint_has_cases` until it has a valid body here to spoil
-(amounts negative, zero, huge, as floats and strings; an unknown currency; unknown ids)."""
+(amounts negative, zero, huge, as floats and strings; an unknown currency; unknown ids).
+
+Every endpoint that takes an idempotency key or a caller's id (`IDEMPOTENT`) also gets the
+key of a request made before with another body: a 409, not the first answer replayed."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
 
@@ -24,8 +28,11 @@ from services.provisioning.app import ProvisioningService
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
 from services.wallet.app import WalletService
-from shared.money import MAX_AMOUNT_MINOR
+from shared.contracts.wallet import DebitWallet
+from shared.money import MAX_AMOUNT_MINOR, MoneyModel
+from shared.topics import BILLING_DEBITS
 from shared.webhooks import webhook_headers
+from tests.integration.test_provisioning_support import eventually
 from tests.kafka_helpers import KafkaProbe, quiesce
 from tests.keys import KeyRing, key_ring
 from tests.state import differences, snapshot
@@ -72,6 +79,18 @@ BODIES: dict[tuple[str, str, str], Body] = {
 }
 
 
+# Endpoints that take an idempotency key (the header) or a caller's id for what they book:
+# the same key with another body must be refused (409), not answered as the first was.
+# `test_every_idempotent_endpoint_has_a_reuse_case` finds the header ones in the OpenAPI
+# documents; the ids in bodies are named here.
+IDEMPOTENT = {
+    ("provisioning", "POST", "/vm-requests"): "Idempotency-Key",
+    ("provisioning", "POST", "/vms/{vm_id}/resize"): "Idempotency-Key",
+    ("wallet", "POST", "/wallets/{wallet_id}/refunds"): "refund_id",
+    ("wallet", "POST", "/webhooks/payments"): "webhook-id and payment_id",
+}
+
+
 @dataclass(frozen=True)
 class Request:
     service: str
@@ -81,6 +100,7 @@ class Request:
     path: str
     body: bytes | None = None
     keyless: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # instead of a new Idempotency-Key
 
 
 class Running:
@@ -213,6 +233,114 @@ def test_every_endpoint_has_cases() -> None:
         assert covered == expected, name
 
 
+def test_every_idempotent_endpoint_has_a_reuse_case() -> None:
+    """An endpoint taking an Idempotency-Key (by its OpenAPI document) is in `IDEMPOTENT`,
+    and every one there gets a reuse case (`reuse_requests`)."""
+    from shared.settings import Settings
+
+    settings = Settings(database_url="postgresql://unused/x")
+    services = {"wallet": WalletService(settings), "provisioning": ProvisioningService(settings),
+                "metering": MeteringService(settings), "billing": BillingService(settings),
+                "vcenter-simulator": VcenterSimulator(settings, SimulatorConfig())}
+    keyed = {(name, method.upper(), path)
+             for name, service in services.items()
+             for path, ops in service.http.openapi()["paths"].items()
+             for method, op in ops.items()
+             if any(p.get("name") == "Idempotency-Key" for p in op.get("parameters", []))}
+    assert keyed and keyed <= set(IDEMPOTENT)
+    made = Made(webhook_id="w", payment_id="p", vm_key="k", vm_id=str(uuid4()),
+                resize_key="r", refund_id=str(uuid4()), entry_id=1)
+    ids = {"organisation_id": str(uuid4()), "wallet_id": str(uuid4())}
+    covered = {(q.service, *q.route.split(" ", 1))
+               for q in reuse_requests(made, ids, settings.payment_webhook_secret)}
+    assert covered == set(IDEMPOTENT)
+
+
+@dataclass(frozen=True)
+class Made:
+    """What the set-up booked under a key, for the reuse cases."""
+    webhook_id: str
+    payment_id: str
+    vm_key: str
+    vm_id: str
+    resize_key: str
+    refund_id: str
+    entry_id: int
+
+
+def reuse_requests(made: Made, ids: dict[str, str], secret: str) -> list[Request]:
+    """Each idempotent endpoint's key of a request made in the set-up, with another body."""
+    org, wallet_id = ids["organisation_id"], ids["wallet_id"]
+    other_payment = json.dumps({"payment_id": made.payment_id, "wallet_id": wallet_id,
+                                "amount_minor": 77_777, "status": "succeeded"}).encode()
+    return [
+        Request("wallet", "POST /webhooks/payments", "webhook-id reused with another payment",
+                "POST", "/webhooks/payments", other_payment, headers=tuple(webhook_headers(
+                    secret, other_payment, message_id=made.webhook_id).items())),
+        Request("wallet", "POST /webhooks/payments", "payment id reused with another amount",
+                "POST", "/webhooks/payments", other_payment,
+                headers=tuple(webhook_headers(secret, other_payment).items())),
+        Request("provisioning", "POST /vm-requests", "Idempotency-Key reused for another VM",
+                "POST", "/vm-requests", json.dumps({"organisation_id": org, "name": "other",
+                                                    "tier": "small"}).encode(),
+                headers=(("Idempotency-Key", made.vm_key),)),
+        Request("provisioning", "POST /vms/{vm_id}/resize",
+                "Idempotency-Key reused for another size", "POST",
+                f"/vms/{made.vm_id}/resize", json.dumps({"tier": "large"}).encode(),
+                headers=(("Idempotency-Key", made.resize_key),)),
+        Request("wallet", "POST /wallets/{wallet_id}/refunds",
+                "refund id reused with another amount", "POST",
+                f"/wallets/{wallet_id}/refunds", json.dumps({
+                    "refund_id": made.refund_id, "charge_entry_id": made.entry_id,
+                    "amount_minor": 200}).encode()),
+    ]
+
+
+async def book_under_keys(r: Running, ids: dict[str, str], webhook_id: str,
+                          payment_id: str) -> Made:
+    """A VM (its request's key), its resize (another key) and a refund of a usage debit."""
+    org, wallet_id = ids["organisation_id"], ids["wallet_id"]
+    vm_key, resize_key, refund_id = uuid4().hex, uuid4().hex, str(uuid4())
+    async with r.client("provisioning") as provisioning:
+        await eventually(lambda: provisioning.get(f"/organisations/{org}"),
+                         lambda resp: resp.status_code == 200, what="provisioning knows the org")
+        asked = await provisioning.post("/vm-requests", json={
+            "organisation_id": org, "name": "m", "tier": "small"},
+            headers={"Idempotency-Key": vm_key})
+        assert asked.status_code == 202, asked.text
+        request = asked.json()
+
+        async def status(request_id: str) -> httpx.Response:
+            return await provisioning.get(f"/vm-requests/{request_id}")
+
+        await eventually(lambda: status(request["request_id"]),
+                         lambda a: a.json()["status"] == "succeeded", what="the VM")
+        resized = await provisioning.post(f"/vms/{request['vm_id']}/resize",
+                                          json={"tier": "medium"},
+                                          headers={"Idempotency-Key": resize_key})
+        assert resized.status_code == 202, resized.text
+        await eventually(lambda: status(resized.json()["request_id"]),
+                         lambda a: a.json()["status"] == "succeeded", what="the resize")
+    async with KafkaProbe(r.settings.kafka_bootstrap_servers) as kafka:
+        await kafka.publish(r.env.topic(BILLING_DEBITS.name), wallet_id, DebitWallet(
+            debit_id=uuid4(), wallet_id=wallet_id, vm_id=request["vm_id"],
+            amount=MoneyModel(amount_minor=10_000)))
+    conn = await asyncpg.connect(r.env.database_url)
+    try:
+        entry_id = await eventually(lambda: conn.fetchval(
+            """SELECT entry_id FROM wallet.wallet_transactions
+               WHERE wallet_id = $1 AND kind = 'usage_debit'""", UUID(wallet_id)),
+            lambda e: e is not None, what="the usage debit")
+    finally:
+        await conn.close()
+    async with r.client("wallet") as wallet:
+        refunded = await wallet.post(f"/wallets/{wallet_id}/refunds", json={
+            "refund_id": refund_id, "charge_entry_id": entry_id, "amount_minor": 100})
+        assert refunded.status_code == 201, refunded.text
+    return Made(webhook_id, payment_id, vm_key, request["vm_id"], resize_key, refund_id,
+                entry_id)
+
+
 async def test_bad_requests_are_refused_with_problems_and_change_nothing(
         running: Running) -> None:
     r = running
@@ -223,22 +351,30 @@ async def test_bad_requests_are_refused_with_problems_and_change_nothing(
         assert opened.status_code == 201, opened.text
         ids = {k: str(v) for k, v in opened.json().items()}
         await r.keys.opened(ids["organisation_id"])
-        body = json.dumps({"payment_id": uuid4().hex, "wallet_id": ids["wallet_id"],
-                           "amount_minor": 50_000, "status": "succeeded"}).encode()
+        payment_id, webhook_id = uuid4().hex, f"msg_{uuid4().hex}"
+        body = json.dumps({"payment_id": payment_id, "wallet_id": ids["wallet_id"],
+                           "amount_minor": 500_000, "status": "succeeded"}).encode()
         paid = await wallet.post("/webhooks/payments", content=body, headers=webhook_headers(
-            r.settings.payment_webhook_secret, body))
+            r.settings.payment_webhook_secret, body, message_id=webhook_id))
         assert paid.status_code == 200, paid.text
+    made = await book_under_keys(r, ids, webhook_id, payment_id)
     await r.settled()
+    async with r.client("wallet") as wallet:
+        status_before = (await wallet.get(f"/wallets/{ids['wallet_id']}")).json()
     before = await snapshot(r.env.database_url)
 
     problems: list[str] = []
     sent = 0
     for name, service in r.services.items():
         async with r.client(name) as http, r.client(name, auth=False) as keyless:
-            for q in requests_for(name, service, ids):
+            reuses = [q for q in reuse_requests(made, ids, r.settings.payment_webhook_secret)
+                      if q.service == name]
+            for q in requests_for(name, service, ids) + reuses:
                 headers = {"Content-Type": "application/json",
                            "Idempotency-Key": uuid4().hex}
-                if q.path == "/webhooks/payments" and not q.keyless:
+                if q.headers:
+                    headers = {"Content-Type": "application/json", **dict(q.headers)}
+                elif q.path == "/webhooks/payments" and not q.keyless:
                     headers |= webhook_headers(r.settings.payment_webhook_secret,
                                                q.body or b"")
                 client = keyless if q.keyless else http
@@ -247,6 +383,8 @@ async def test_bad_requests_are_refused_with_problems_and_change_nothing(
                     headers=headers)
                 sent += 1
                 problem = judge(response)
+                if q in reuses and not problem and response.status_code != 409:
+                    problem = f"answered {response.status_code}, not 409: {response.text[:200]}"
                 if problem:
                     problems.append(f"{name} {q.route} / {q.case}: {problem}")
     assert sent > 100
@@ -257,7 +395,8 @@ async def test_bad_requests_are_refused_with_problems_and_change_nothing(
     async with r.client("wallet") as wallet:
         status = (await wallet.get(f"/wallets/{ids['wallet_id']}")).json()
         check = (await wallet.get(f"/wallets/{ids['wallet_id']}/reconciliation")).json()
-    assert status["balance_minor"] == 50_000 and status["held_minor"] == 0
+    assert status["balance_minor"] == status_before["balance_minor"]
+    assert status["held_minor"] == status_before["held_minor"]
     assert check["consistent"], check
 
 

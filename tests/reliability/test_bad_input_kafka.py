@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -25,22 +26,36 @@ from services.provisioning.app import ProvisioningService
 from services.vcenter_simulator.app import VcenterSimulator
 from services.vcenter_simulator.domain import SimulatorConfig
 from services.wallet.app import WalletService
+from shared.contracts.clock import ClockTick
+from shared.contracts.vm import VmSpec
 from shared.contracts.wallet import DebitWallet, TopUpWallet
 from shared.money import MoneyModel
-from shared.topics import BILLING_DEBITS, DEAD_LETTER, WALLET_DECISIONS, WALLET_TOPUPS
+from shared.topics import (
+    BILLING_DEBITS,
+    CLOCK_TICKS,
+    DEAD_LETTER,
+    METERING_USAGE,
+    VCENTER_EVENTS,
+    WALLET_DECISIONS,
+    WALLET_TOPUPS,
+)
 from shared.webhooks import webhook_headers
 from tests.consumed_types import consumed_types
+from tests.integration.test_billing_support import usage
 from tests.integration.test_provisioning_support import eventually
 from tests.kafka_helpers import KafkaProbe, quiesce
 from tests.keys import KeyRing, key_ring
 from tests.reliability.bad_input import DEAD_LETTER as EXPECT_LETTER
 from tests.reliability.bad_input import (
+    NO_REUSE_CASE,
     NOTHING_TO_ACT_ON,
     REJECTED,
+    REUSED,
     Case,
     consumed_topic_names,
     consumers_of,
     money_cases,
+    reuse_cases,
     structural_cases,
 )
 from tests.state import differences, snapshot
@@ -87,7 +102,8 @@ async def running(env: Any) -> AsyncIterator[Running]:
                 await service.stop()
 
 
-async def open_wallet_with_a_vm(r: Running) -> tuple[UUID, UUID]:
+async def open_wallet_with_a_vm(r: Running) -> tuple[UUID, UUID, str, UUID]:
+    """A wallet with money and a VM: the organisation, wallet, VM request's key and VM."""
     assert r.keys is not None
     async with r.client(r.wallet, "wallet") as wallet:
         opened = await wallet.post("/organisations", json={"name": "matrix",
@@ -104,15 +120,16 @@ async def open_wallet_with_a_vm(r: Running) -> tuple[UUID, UUID]:
     async with r.client(r.services[1], "provisioning") as provisioning:
         await eventually(lambda: provisioning.get(f"/organisations/{org}"),
                          lambda resp: resp.status_code == 200, what="provisioning knows the org")
+        vm_key = uuid4().hex
         asked = await provisioning.post("/vm-requests", json={
             "organisation_id": str(org), "name": "vm-1", "tier": "small"},
-            headers={"Idempotency-Key": uuid4().hex})
+            headers={"Idempotency-Key": vm_key})
         assert asked.status_code == 202, asked.text
         request = asked.json()["request_id"]
         await eventually(lambda: provisioning.get(f"/vm-requests/{request}"),
                          lambda resp: resp.status_code == 200
                          and resp.json()["status"] == "succeeded", what="the VM is provisioned")
-    return org, wallet_id
+    return org, wallet_id, vm_key, UUID(asked.json()["vm_id"])
 
 
 async def send(r: Running, cases: list[Case]) -> dict[tuple[int, int], Case]:
@@ -135,11 +152,18 @@ def test_every_consumed_topic_has_cases() -> None:
     for _, topic, message_type in consumed_types():
         names = {c.name for c in cases if c.topic == topic}
         assert {f"{message_type}: wrong version", f"{message_type}: missing fields"} <= names
+    # an id consumed before, again with other content: on every consumed topic but those
+    # `NO_REUSE_CASE` explains
+    reused = reuse_cases(uuid4(), uuid4(), "key", {"segments": [{"seconds": 3600}]}) + [
+        c for c in money_cases(uuid4(), uuid4(), {"debit_id": "d"}, {})
+        if c.reason_has == REUSED]
+    assert {c.topic for c in reused} | set(NO_REUSE_CASE) == set(consumed_topic_names())
+    assert not {c.topic for c in reused} & set(NO_REUSE_CASE)
 
 
 async def test_bad_records_are_dead_lettered_and_change_nothing(running: Running) -> None:
     r = running
-    org, wallet_id = await open_wallet_with_a_vm(r)
+    org, wallet_id, vm_key, vm_id = await open_wallet_with_a_vm(r)
     booked_debit = DebitWallet(debit_id=uuid4(), wallet_id=wallet_id,
                                amount=MoneyModel(amount_minor=1_000))
     booked_topup = TopUpWallet(payment_id=uuid4().hex, wallet_id=wallet_id,
@@ -149,12 +173,26 @@ async def test_bad_records_are_dead_lettered_and_change_nothing(running: Running
     await r.settled()
     balance = await r.balance(wallet_id)
     assert balance == 500_000 - 1_000 + 2_000
+    # a usage hour billed (and charged), whose seconds a case changes
+    booked_usage = usage(vm_id, wallet_id, org, datetime(2026, 12, 1, 9, tzinfo=UTC),
+                         [(VmSpec.of_tier("small"), 3600)])
+    await r.kafka.publish(r.env.topic(METERING_USAGE.name), wallet_id, booked_usage)
+    # clocks set (to a day long past), so the reused ticks' older times change nothing
+    tick = ClockTick(at=datetime(2020, 1, 3, tzinfo=UTC))
+    await r.kafka.publish(r.env.topic(CLOCK_TICKS.name), "clock", tick)
+    for partition in range(VCENTER_EVENTS.partitions):
+        await r.kafka.publish(r.env.topic(VCENTER_EVENTS.name), "clock", tick,
+                              partition=partition)
+    await r.settled()
+    balance = await eventually(lambda: r.balance(wallet_id), lambda b: b < 501_000,
+                               what="the usage hour charged")
     before = await snapshot(r.env.database_url)
     letters_before = len(await r.kafka.read_to_end(r.env.topic(DEAD_LETTER.name)))
 
     cases = structural_cases() + money_cases(
         wallet_id, org, json.loads(booked_debit.model_dump_json()),
-        json.loads(booked_topup.model_dump_json()))
+        json.loads(booked_topup.model_dump_json())) + reuse_cases(
+        wallet_id, org, vm_key, json.loads(booked_usage.model_dump_json()))
     sent: dict[str, dict[tuple[int, int], Case]] = {}
     for topic in sorted({c.topic for c in cases}):
         sent[topic] = await send(r, [c for c in cases if c.topic == topic])
@@ -178,7 +216,8 @@ async def test_bad_records_are_dead_lettered_and_change_nothing(running: Running
             what = f"{topic} / {case.name}"
             for consumer in sorted(consumers_of(topic)):
                 letter = by_source.get((r.env.topic(topic), partition, offset, consumer))
-                if case.expect == EXPECT_LETTER:
+                expect = case.expect_for(consumer)
+                if expect == EXPECT_LETTER:
                     if letter is None:
                         problems.append(f"{what}: no dead letter from {consumer}")
                     elif case.reason_has.lower() not in letter["reason"].lower():
@@ -187,7 +226,7 @@ async def test_bad_records_are_dead_lettered_and_change_nothing(running: Running
                     elif case.value and len(case.value) > 200 and \
                             case.value[:200].decode(errors="replace") in letter["reason"]:
                         problems.append(f"{what}: the reason echoes the record")
-                elif letter is not None and case.expect != NOTHING_TO_ACT_ON:
+                elif letter is not None and expect != NOTHING_TO_ACT_ON:
                     problems.append(f"{what}: unexpected dead letter {letter['reason']!r}")
             if case.expect == REJECTED:
                 request_id = json.loads(case.value or b"{}")["request_id"]

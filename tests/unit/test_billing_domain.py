@@ -14,6 +14,7 @@ from services.billing.domain import (
     MonthInput,
     RatingError,
     UsageEntry,
+    UsageReused,
     VmBooked,
     VmHours,
     VmMonth,
@@ -174,6 +175,17 @@ def test_a_duplicate_revision_makes_no_line():
     assert b.apply(first, 0) is None
     assert b.apply(usage(0), 0) is None  # same vm, hour, revision: the same usage
     assert len(b.lines) == 1
+
+
+def test_the_latest_revision_again_with_other_seconds_is_refused_not_a_repeat():
+    b = biller()
+    b.apply(usage(0, seconds=3600), 0)
+    with pytest.raises(UsageReused, match=r"reused with other content.*3600 s, not 1800 s"):
+        b.apply(usage(0, seconds=1800), 0)
+    b.apply(usage(0, seconds=1800, revision=1), 0)
+    # an earlier revision's seconds are not kept: its repeat cannot be told from a reuse
+    assert b.apply(usage(0, seconds=60), 0) is None
+    assert len(b.lines) == 2
 
 
 def test_a_usage_billed_before_is_a_repeat_even_if_it_could_no_longer_be_rated():
