@@ -44,12 +44,18 @@ class Month:
     # Records that arrived on each service's input topics (ticks included): the work it was
     # given, whatever its kind.
     inputs: dict[str, int] = field(default_factory=dict)
+    # HTTP requests the simulation sent to each service: work too, and for provisioning a
+    # share that grows as more companies run dry (their status is asked for)
+    requests: dict[str, int] = field(default_factory=dict)
 
     def cpu_per_1000(self, service: str) -> float:
         return 1000 * self.cpu_s.get(service, 0.0) / max(self.usage_events, 1)
 
+    def work(self, service: str) -> int:
+        return self.inputs.get(service, 0) + self.requests.get(service, 0)
+
     def cpu_per_1000_inputs(self, service: str) -> float:
-        return 1000 * self.cpu_s.get(service, 0.0) / max(self.inputs.get(service, 0), 1)
+        return 1000 * self.cpu_s.get(service, 0.0) / max(self.work(service), 1)
 
     @property
     def events_per_s(self) -> float:
@@ -87,21 +93,32 @@ class CostMeter:
         self._last_cpu = {name: cpu_seconds(p) for name, p in self.processes.items()}
         self._last_clock = clock
         self._last_inputs: dict[str, int] = {}
+        self._last_requests: dict[str, int] = {}
 
     def inputs_seen(self, day_start: datetime, totals: Mapping[str, int]) -> None:
         """Records on each service's input topics so far (end offsets), after a day."""
-        ended = (day_start - timedelta(microseconds=1)).date()
-        month = self.months.setdefault(date(ended.year, ended.month, 1), Month())
+        month = self._month_ending(day_start)
         for name, total in totals.items():
             month.inputs[name] = month.inputs.get(name, 0) + total - \
                 self._last_inputs.get(name, 0)
             self._last_inputs[name] = total
 
+    def requests_seen(self, day_start: datetime, totals: Mapping[str, int]) -> None:
+        """HTTP requests sent to each service so far, after a day."""
+        month = self._month_ending(day_start)
+        for name, total in totals.items():
+            month.requests[name] = month.requests.get(name, 0) + total - \
+                self._last_requests.get(name, 0)
+            self._last_requests[name] = total
+
+    def _month_ending(self, day_start: datetime) -> Month:
+        ended = (day_start - timedelta(microseconds=1)).date()
+        return self.months.setdefault(date(ended.year, ended.month, 1), Month())
+
     def day_done(self, day_start: datetime, clock: float) -> None:
         # The sync point `day_start` closed the hours before it: the work since the last one
         # belongs to the day that ended there.
-        ended = (day_start - timedelta(microseconds=1)).date()
-        month = self.months.setdefault(date(ended.year, ended.month, 1), Month())
+        month = self._month_ending(day_start)
         month.wall_s += clock - self._last_clock
         self._last_clock = clock
         for name, process in self.processes.items():
@@ -140,8 +157,7 @@ class CostMeter:
         out = {name: cost(last, name) / cost(first, name)
                for name in self.processes
                if min(first.cpu_s.get(name, 0.0), last.cpu_s.get(name, 0.0)) >= LEAST_CPU_S
-               and (not per_input or min(first.inputs.get(name, 0), last.inputs.get(name, 0))
-                    >= LEAST_INPUTS)}
+               and (not per_input or min(first.work(name), last.work(name)) >= LEAST_INPUTS)}
         if not per_input:
             out["wall per event"] = first.events_per_s / max(last.events_per_s, 1e-9)
         return out
@@ -156,16 +172,18 @@ class CostMeter:
             lines.append(f"  {m:%Y-%m}  {month.usage_events:>9,} {month.wall_s:>7.0f} "
                          f"{month.events_per_s:>9,.0f} "
                          + " ".join(f"{month.cpu_per_1000(n):>12.3f}" for n in names))
-        lines.append("records in on each service's input topics, and CPU s per 1,000 of them:")
+        lines.append("work given to each service (records in on its input topics + HTTP requests "
+                     "sent to it), and CPU s per 1,000 of them:")
         for m in self.full_months():
             month = self.months[m]
             lines.append(f"  {m:%Y-%m}  " + " ".join(
-                f"{n[:12]}={month.inputs.get(n, 0):,}/{month.cpu_per_1000_inputs(n):.3f}"
-                for n in names if month.inputs.get(n)))
+                f"{n[:12]}={month.inputs.get(n, 0):,}+{month.requests.get(n, 0):,}"
+                f"/{month.cpu_per_1000_inputs(n):.3f}"
+                for n in names if month.work(n)))
         for per_input in (False, True):
             ratios = self.ratios(per_input)
             if ratios:
-                unit = "input record" if per_input else "usage event"
+                unit = "input record or HTTP request" if per_input else "usage event"
                 lines.append(f"last month over first, per {unit}"
                              f" (target: at most {1 + FLAT_WITHIN:.2f}):")
                 lines += [f"  {name:18} {ratio:.3f} "
@@ -192,7 +210,7 @@ class CostMeter:
                 per_input.plot(labels, [self.months[m].cpu_per_1000_inputs(name)
                                         for m in months], marker="o", label=name)
         cpu.set_title("CPU seconds per 1,000 usage events")
-        per_input.set_title("CPU seconds per 1,000 input records")
+        per_input.set_title("CPU seconds per 1,000 input records and HTTP requests")
         for axis in (cpu, per_input):
             axis.set_ylim(bottom=0)
             axis.legend(fontsize=8)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from bench.flat_cost import (
 )
 from bench.infra import REPO_ROOT, bench_settings
 from bench.pipeline import raw_run
+from bench.statement_growth import StatementMonths
 from deploy.launcher import start_system
 from deploy.processes import free_port
 from deploy.simulation import (
@@ -71,13 +73,21 @@ async def main(args: argparse.Namespace) -> None:
         await offsets.start()
         counting: list[asyncio.Task[None]] = []
 
+        statements = StatementMonths()
+        stats = await asyncpg.connect(settings.database_url)
+        await statements.enable(stats)
+
         async def count_inputs(at: datetime, after: asyncio.Task[None] | None) -> None:
             if after is not None:
                 await after  # in day order
             cost.inputs_seen(at, await input_totals(settings, list(system.processes), offsets))
+            await statements.sample(stats, at)
+
+        requests_sent: Counter[str] = Counter()
 
         def day_done(at: datetime) -> None:
             cost.day_done(at, time.monotonic())
+            cost.requests_seen(at, requests_sent)
             counting.append(asyncio.create_task(
                 count_inputs(at, counting[-1] if counting else None)))
 
@@ -86,11 +96,12 @@ async def main(args: argparse.Namespace) -> None:
                 settings, {name: system.url(name) for name in system.processes},
                 seed=args.seed, start=DEFAULT_START, days=args.days, companies=args.companies,
                 report_dir=REPO_ROOT / ".data" / "bench-simulation" / "report",
-                after_day=day_done)
+                after_day=day_done, requests_sent=requests_sent)
             cost.record_memory()
             await asyncio.gather(*counting)
         finally:
             await offsets.stop()
+            await stats.close()
             await asyncio.to_thread(system.stop)
         print_outcome(outcome, shown=10)
         conn = await asyncpg.connect(settings.database_url)
@@ -101,7 +112,8 @@ async def main(args: argparse.Namespace) -> None:
             scanned = await scans(conn)
         finally:
             await conn.close()
-        print("\n".join(cost.report() + size_report(sizes) + scan_report(scanned)))
+        print("\n".join(cost.report() + size_report(sizes) + scan_report(scanned)
+                        + statements.report()))
         plot = REPO_ROOT / ".data" / "bench-simulation" / "cost-by-month.png"
         cost.plot(plot)
         print(f"plot: {plot}")

@@ -87,7 +87,10 @@ class PostgresServer:
         options = ["-c", "max_connections=300", "-c", "shared_buffers=256MB",
                    "-c", "max_wal_size=8GB", "-c", "checkpoint_timeout=15min",
                    "-c", "listen_addresses=127.0.0.1",
-                   "-c", f"unix_socket_directories={self.data_dir}"]
+                   "-c", f"unix_socket_directories={self.data_dir}",
+                   # each statement's calls and pages read, for operators and for the
+                   # benchmark that finds reads growing with age (bench/statement_growth.py)
+                   "-c", "shared_preload_libraries=pg_stat_statements"]
         if not self.durable:
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                         "-c", "full_page_writes=off"]

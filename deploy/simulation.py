@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,12 +63,13 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
                          start: datetime = DEFAULT_START, days: int, companies: int,
                          report_dir: Path | None = None, progress: bool = True,
                          patience_s: float = 0.0,
-                         after_day: Callable[[datetime], Awaitable[None] | None] | None = None
-                         ) -> Outcome:
+                         after_day: Callable[[datetime], Awaitable[None] | None] | None = None,
+                         requests_sent: Counter[str] | None = None) -> Outcome:
     """Runs the scenario. `patience_s`: how long each HTTP call keeps trying while a service
     is down (a fault-injection run); `after_day(sync point)` is called once the system is
     quiet after each simulated day (a benchmark samples its processes there, the chaos run
-    injects its faults); the next day waits for the awaitable it may return."""
+    injects its faults); the next day waits for the awaitable it may return.
+    `requests_sent`: counts the HTTP requests sent to each service, as they go."""
     scenario = generate(seed, start, days, companies)
     expected = Oracle(scenario).run()
     print(f"scenario: {len(scenario.companies)} companies, {scenario.start:%Y-%m-%d} to "
@@ -75,6 +77,8 @@ async def run_simulation(settings: Settings, urls: dict[str, str], *, seed: int 
           f"{expected.usage_events:,} usage events")
     portal = await Portal.signed_in(urls, settings)
     portal.patience_s = patience_s
+    if requests_sent is not None:
+        portal.requests_sent = requests_sent
     await check_rate_cards(portal, scenario)
     bar = tqdm(total=days, unit="day", disable=not progress, dynamic_ncols=True)
     began = time.monotonic()

@@ -151,8 +151,11 @@ class Driver:
                       balances: bool = True) -> None:
         """Each wallet's balance (for the report), from the wallet's events as the portal
         would follow them, and whether provisioning has suspended the organisation for
-        funds: asked of provisioning when the wallet's last word was that it is depleted, or
-        it was suspended (after a quiet period the two agree)."""
+        funds: asked of provisioning when the wallet's word and what we saw last disagree —
+        depleted but not seen suspended, or seen suspended but funded again (after a quiet
+        period provisioning agrees with the wallet). Not asked again and again while a
+        company stays suspended: that would make the work given to provisioning grow with
+        the number of companies that ran dry, not with what happens."""
         await self.feed.drain()
 
         async def one(company: Company) -> None:
@@ -160,8 +163,8 @@ class Driver:
             if balances:
                 self.seen.daily_balance.setdefault(company.ticker, []).append(
                     (at, self.feed.balances.get(str(wallet_id), 0)))
-            if (str(wallet_id) not in self.feed.depleted
-                    and company.ticker not in self.seen.suspended_since):
+            if (str(wallet_id) in self.feed.depleted) == (
+                    company.ticker in self.seen.suspended_since):
                 return
             response = await self.portal.call(
                 "GET", "provisioning", f"/organisations/{self.seen.organisations[company.ticker]}")

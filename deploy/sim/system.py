@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +58,8 @@ class Portal:
         # Seconds a call keeps trying while its service is down or restarting (connection
         # errors, 5xx): 0 tries three times; a fault-injection run sets it (deploy/chaos.py).
         self.patience_s = 0.0
+        # HTTP requests sent to each service (every try): a benchmark counts them as work
+        self.requests_sent: Counter[str] = Counter()
         # Idle connections are dropped before uvicorn's keep-alive (5 s) closes them; a 429
         # waits as long as its Retry-After says.
         self.http = httpx.AsyncClient(
@@ -92,6 +95,7 @@ class Portal:
         for attempt in range(1_000_000):
             check_stop()
             patient = loop.time() < deadline
+            self.requests_sent[service] += 1
             try:
                 response = await self.http.request(method, f"{self.urls[service]}{path}",
                                                    **kwargs)

@@ -284,15 +284,16 @@ async def pending_closes(conn: asyncpg.Connection, partitions: Sequence[int]
             ORDER BY wallet_id, month FOR UPDATE""", list(partitions))
     if not rows:
         return [], {}
+    # The unconfirmed lines, from the wallets' unconfirmed entries (a partial index): every
+    # line charging something is in one entry, and an entry's lines share their wallet, hour
+    # and batch, so their statement month (its first line's).
     counts = await conn.fetch(
-        f"""SELECT l.wallet_id, l.booked_month, count(*) AS n
-            FROM unnest($1::uuid[], $2::date[]) AS k(wallet_id, month)
-            JOIN {SCHEMA}.lines l ON l.wallet_id = k.wallet_id AND l.booked_month = k.month
-            WHERE l.amount <> 0 AND NOT EXISTS (
-                SELECT 1 FROM {SCHEMA}.usage_entries e
-                WHERE e.entry_id = l.entry_id AND e.confirmed)
-            GROUP BY l.wallet_id, l.booked_month""",
-        [r["wallet_id"] for r in rows], [r["month"] for r in rows])
+        f"""SELECT e.wallet_id, l.booked_month, sum(cardinality(e.line_ids)) AS n
+            FROM {SCHEMA}.usage_entries e
+            JOIN {SCHEMA}.lines l ON l.line_id = e.line_ids[1]
+            WHERE e.wallet_id = ANY($1::uuid[]) AND NOT e.confirmed
+            GROUP BY e.wallet_id, l.booked_month""",
+        list({r["wallet_id"] for r in rows}))
     return ([(r["wallet_id"], r["month"], r["usage_partition"]) for r in rows],
             {(c["wallet_id"], c["booked_month"]): int(c["n"]) for c in counts})
 
@@ -320,10 +321,16 @@ async def month_balances(conn: asyncpg.Connection, closes: Sequence[tuple[UUID, 
                          ) -> dict[tuple[UUID, date], asyncpg.Record]:
     rows = await conn.fetch(
         f"""SELECT k.wallet_id, k.month,
+              -- the month before's closing balance; summed from the start only without it
+              -- (a wallet's first month, or a close catching up several months)
+              coalesce((SELECT (c.statement->'closing_balance'->>'amount_minor')::bigint
+                        FROM {SCHEMA}.month_closes c
+                        WHERE c.wallet_id = k.wallet_id AND c.status = 'closed'
+                          AND c.month = (k.month - interval '1 month')::date),
             - (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.lines l
                  WHERE l.wallet_id = k.wallet_id AND l.booked_month < k.month)
             + (SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.movements m
-                 WHERE m.wallet_id = k.wallet_id AND m.booked_month < k.month) AS opening,
+                 WHERE m.wallet_id = k.wallet_id AND m.booked_month < k.month)) AS opening,
               coalesce(b.charges, 0) AS charges, coalesce(b.usage_credits, 0) AS usage_credits,
               coalesce(b.unconfirmed_count, 0) AS unconfirmed_count,
               coalesce(b.unconfirmed_amount, 0) AS unconfirmed_amount,
