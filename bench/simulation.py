@@ -113,7 +113,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await conn.close()
         print("\n".join(cost.report() + size_report(sizes) + scan_report(scanned)
-                        + statements.report()))
+                        + statements.report(cost.full_months())))
         plot = REPO_ROOT / ".data" / "bench-simulation" / "cost-by-month.png"
         cost.plot(plot)
         print(f"plot: {plot}")

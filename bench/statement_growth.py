@@ -1,7 +1,9 @@
 """Reads that grow with the age of the system, found in PostgreSQL's own statistics
-(`pg_stat_statements`): per simulated month, each statement's calls and the buffer pages
-it touched. A statement whose pages per call in the last month exceed those of the first
-month it ran in by more than half reads state that grows with age. This is issue #18's
+(`pg_stat_statements`): per simulated month, each statement's calls, the rows it returned or
+wrote and the buffer pages it touched. A statement's pages per row (per call when it returns
+fewer rows than calls, as a sum does) that grow by more than half from the first full month
+it ran in to the last one mean it reads state that grows with age; a batch statement that
+merely handled bigger batches does not show, as its rows grew with its pages. This is issue #18's
 EXPLAIN check over every statement the services ran, not a hand-picked few; the embedded
 PostgreSQL loads the extension (deploy/postgres_server.py), another server may not."""
 
@@ -13,7 +15,7 @@ from datetime import date, datetime, timedelta
 import asyncpg
 
 MIN_CALLS = 20  # fewer calls in a month say little about pages per call
-MIN_PAGES_PER_CALL = 50  # below this a growth costs nothing worth a look
+MIN_PAGES = 20  # pages per unit below this cost nothing worth a look
 GROWTH = 1.5
 
 
@@ -21,20 +23,25 @@ GROWTH = 1.5
 class Growth:
     query: str
     first_month: date
-    first_pages_per_call: float
-    last_pages_per_call: float
+    first_pages: float  # per row, or per call for fewer rows than calls
+    last_pages: float
 
     @property
     def ratio(self) -> float:
-        return self.last_pages_per_call / max(self.first_pages_per_call, 1e-9)
+        return self.last_pages / max(self.first_pages, 1e-9)
+
+
+def pages_per_unit(calls: int, rows: int, pages: int) -> float:
+    return pages / max(calls, rows, 1)
 
 
 @dataclass
 class StatementMonths:
     available: bool = False
     text: dict[int, str] = field(default_factory=dict)
-    months: dict[date, dict[int, list[int]]] = field(default_factory=dict)  # [calls, pages]
-    _last: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # month -> statement -> [calls, rows, pages]
+    months: dict[date, dict[int, list[int]]] = field(default_factory=dict)
+    _last: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
     async def enable(self, conn: asyncpg.Connection) -> None:
         try:
@@ -51,7 +58,7 @@ class StatementMonths:
         if not self.available:
             return
         rows = await conn.fetch(
-            """SELECT queryid, sum(calls)::bigint AS calls,
+            """SELECT queryid, sum(calls)::bigint AS calls, sum(rows)::bigint AS rows,
                       sum(shared_blks_hit + shared_blks_read)::bigint AS pages,
                       min(query) AS query
                FROM pg_stat_statements
@@ -63,55 +70,50 @@ class StatementMonths:
             ended = (day_start - timedelta(microseconds=1)).date()
             month = self.months.setdefault(date(ended.year, ended.month, 1), {})
         for r in rows:
-            calls, pages = int(r["calls"]), int(r["pages"])
-            before = self._last.get(r["queryid"], (0, 0))
-            self._last[r["queryid"]] = (calls, pages)
+            now = (int(r["calls"]), int(r["rows"]), int(r["pages"]))
+            before = self._last.get(r["queryid"], (0, 0, 0))
+            self._last[r["queryid"]] = now
             self.text.setdefault(r["queryid"], " ".join(r["query"].split()))
-            if month is not None and calls > before[0]:
-                totals = month.setdefault(r["queryid"], [0, 0])
-                totals[0] += calls - before[0]
-                totals[1] += pages - before[1]
+            if month is not None and now[0] > before[0]:
+                totals = month.setdefault(r["queryid"], [0, 0, 0])
+                for i in range(3):
+                    totals[i] += now[i] - before[i]
 
-    def growth(self) -> list[Growth]:
-        """Statements whose pages per call grew by more than GROWTH from the first month
-        they ran in (at least MIN_CALLS times) to the last month, largest growth first."""
-        months = sorted(self.months)
+    def compared(self, months: list[date]) -> list[tuple[int, date]]:
+        """Statements that ran at least MIN_CALLS times in the last of `months` (the full
+        months) and in an earlier one, with the first such month."""
         if len(months) < 2:
             return []
-        last = self.months[months[-1]]
+        last = self.months.get(months[-1], {})
         found = []
-        for queryid, (calls, pages) in last.items():
-            if calls < MIN_CALLS:
-                continue
+        for queryid, (calls, _, _) in last.items():
             first = next((m for m in months[:-1]
-                          if self.months[m].get(queryid, [0, 0])[0] >= MIN_CALLS), None)
-            if first is None:
-                continue
-            first_calls, first_pages = self.months[first][queryid]
-            g = Growth(self.text[queryid], first, first_pages / first_calls, pages / calls)
-            if g.last_pages_per_call >= MIN_PAGES_PER_CALL and g.ratio > GROWTH:
+                          if self.months.get(m, {}).get(queryid, [0])[0] >= MIN_CALLS), None)
+            if calls >= MIN_CALLS and first is not None:
+                found.append((queryid, first))
+        return found
+
+    def growth(self, months: list[date]) -> list[Growth]:
+        """The compared statements whose pages per row grew by more than GROWTH, largest
+        growth first."""
+        found = []
+        for queryid, first in self.compared(months):
+            g = Growth(self.text[queryid], first,
+                       pages_per_unit(*self.months[first][queryid]),
+                       pages_per_unit(*self.months[months[-1]][queryid]))
+            if g.last_pages >= MIN_PAGES and g.ratio > GROWTH:
                 found.append(g)
         return sorted(found, key=lambda g: -g.ratio)
 
-    def compared(self) -> int:
-        """Statements seen often enough in the last month and an earlier one to compare."""
-        months = sorted(self.months)
-        if len(months) < 2:
-            return 0
-        earlier = {q for m in months[:-1] for q, (c, _) in self.months[m].items()
-                   if c >= MIN_CALLS}
-        return sum(1 for q, (c, _) in self.months[months[-1]].items()
-                   if c >= MIN_CALLS and q in earlier)
-
-    def report(self) -> list[str]:
+    def report(self, months: list[date]) -> list[str]:
         if not self.available:
             return ["statement reads by month: pg_stat_statements is not loaded on this "
                     "server (the embedded one loads it)"]
-        grown = self.growth()
-        lines = [f"statement reads by month (pg_stat_statements): {self.compared()} statements "
-                 f"compared, last month against the first they ran in; pages per call grown "
-                 f"more than {GROWTH}x (and at least {MIN_PAGES_PER_CALL}): {len(grown)}"]
-        lines += [f"  {g.ratio:6.1f}x  {g.first_pages_per_call:9.0f} -> "
-                  f"{g.last_pages_per_call:9.0f} pages/call (from {g.first_month:%Y-%m})  "
-                  f"{g.query[:110]}" for g in grown[:15]]
+        grown = self.growth(months)
+        lines = [f"statement reads by month (pg_stat_statements): {len(self.compared(months))} "
+                 f"statements compared, the last full month against the first they ran in; "
+                 f"pages per row grown more than {GROWTH}x (to at least {MIN_PAGES}): "
+                 f"{len(grown)}"]
+        lines += [f"  {g.ratio:6.1f}x  {g.first_pages:9.1f} -> {g.last_pages:9.1f} pages/row "
+                  f"(from {g.first_month:%Y-%m})  {g.query[:110]}" for g in grown[:15]]
         return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.wallet.api import register_routes
 from services.wallet.handlers import CONSUMER, WalletHandlers
 from services.wallet.repository import SCHEMA
+from shared.retention import PrunedTable
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.topics import (
@@ -28,6 +29,10 @@ class WalletService(ServiceRuntime):
         self.consume(BILLING_DEBITS, CONSUMER, h.on_billing_charges, **pushes)
         self.consume(WALLET_TOPUPS, CONSUMER, h.on_topups, **pushes)
         self.consume(CLOCK_TICKS, CONSUMER, h.on_clock_ticks, **pushes)
+        # Each inbox claim refuses messages dated before the window (WalletHandlers._claim);
+        # a webhook message older than its signature's five minutes is refused by that.
+        self.pruned_tables = [PrunedTable(f"{SCHEMA}.inbox"),
+                              PrunedTable(f"{SCHEMA}.webhook_messages", "received_at")]
         register_routes(self)
 
 

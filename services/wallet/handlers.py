@@ -95,6 +95,11 @@ class PaymentReused(WalletError):
     """A payment id applied before, now with other content: not booked (a 409 by HTTP)."""
 
 
+class TooOld(WalletError):
+    """Dated before the inbox window: its claim may have been pruned, so whether it was
+    applied before can no longer be told (a 422 by HTTP, a dead letter on Kafka)."""
+
+
 def payment_claim_id(payment_id: str) -> UUID:
     return deterministic_id("wallet.payment", payment_id)
 
@@ -186,20 +191,21 @@ class WalletHandlers:
         await repo.append_entries(conn, [e for w in wallets for e in w.entries])
         return await repo.save_batch(conn, wallets, new_holds, changed_holds, events.out)
 
-    @staticmethod
-    async def _claim(conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
+    async def _claim(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
                      id_of: Callable[[Any], UUID] = lambda m: m.event_id,
                      digest_of: Callable[[Any], bytes] = content_digest
                      ) -> tuple[list[Incoming[Any]], list[consumer.Rejected],
-                                dict[UUID, Wallet]]:
-        """The batch's messages not seen before, those whose id was seen with other content
-        (`REUSED_ID`, for dead letters), and its wallets locked: one round trip."""
-        ids = [id_of(i.message) for i in items]
-        digests = [digest_of(i.message) for i in items]
+                                list[consumer.Rejected], dict[UUID, Wallet]]:
+        """The batch's messages not seen before; those whose id was seen with other content
+        (`REUSED_ID`) and those dated before the inbox window (whose claims may be pruned,
+        shared/retention.py), for dead letters; and its wallets locked."""
+        young, old = self.runtime.refuse_expired(items, await repo.clock_now(conn))
+        ids = [id_of(i.message) for i in young]
+        digests = [digest_of(i.message) for i in young]
         fresh, stored, wallets = await repo.claim_and_lock(
-            conn, ids, digests, (i.message.wallet_id for i in items))
-        kept, refused = judge_claims(items, ids, digests, fresh, stored)
-        return kept, refused, wallets
+            conn, ids, digests, (i.message.wallet_id for i in young))
+        kept, reused = judge_claims(young, ids, digests, fresh, stored)
+        return kept, reused, old, wallets
 
     # --- provisioning.requests: reserve or reject ---------------------------------------
 
@@ -209,9 +215,9 @@ class WalletHandlers:
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
             # by request: the same request sent again with a new envelope is a repeat
-            fresh, reused, wallets = await self._claim(
+            fresh, reused, old, wallets = await self._claim(
                 conn, good, lambda m: deterministic_id("reserve", m.request_id), subject_digest)
-            events.out += dead_letters(self.settings, CONSUMER, reused)
+            events.out += dead_letters(self.settings, CONSUMER, reused + old)
             new_holds: list[Hold] = []
             for item in fresh:
                 m = item.message
@@ -238,8 +244,8 @@ class WalletHandlers:
         events = Events(self.settings)
         events.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh, reused, wallets = await self._claim(conn, good)
-            events.out += dead_letters(self.settings, CONSUMER, reused)
+            fresh, reused, old, wallets = await self._claim(conn, good)
+            events.out += dead_letters(self.settings, CONSUMER, reused + old)
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_request = {h.request_id: h for h in holds}
             # Whose hold each named request is: an outcome naming another wallet's request
@@ -392,19 +398,22 @@ class WalletHandlers:
         """Claim the payments, lock their wallets and book each top-up: per item, the
         refusal (or None) and whether it was booked now (False: booked before)."""
         # by payment: a payment notified again (a new event, another time) is a repeat
-        claimed, reused, wallets = await self._claim(
+        claimed, reused, old, wallets = await self._claim(
             conn, items, lambda m: payment_claim_id(m.payment_id), subject_digest)
         fresh = {id(i) for i in claimed}
         # by record (the webhook's one item has none: None is then that item)
         refused = {id(r.record) for r in reused}
+        too_old = {id(r.record): r.reason for r in old}
         results: list[tuple[Incoming[TopUpWallet], WalletError | None, bool]] = []
         for item in items:
             m = item.message
             wallet = wallets.get(m.wallet_id)
             if id(item) not in fresh:
-                error = PaymentReused(f"{REUSED_ID}: payment {m.payment_id} was applied with "
-                                      "another amount, currency, wallet or source") \
-                    if id(item.record) in refused else None
+                error: WalletError | None = PaymentReused(
+                    f"{REUSED_ID}: payment {m.payment_id} was applied with another amount, "
+                    "currency, wallet or source") if id(item.record) in refused else None
+                if id(item.record) in too_old:
+                    error = TooOld(too_old[id(item.record)])
                 results.append((item, error, False))
                 continue
             try:

@@ -6,10 +6,21 @@ reason instead of being booked again."""
 from __future__ import annotations
 
 from datetime import timedelta
+from uuid import uuid4
 
-from shared.topics import DEAD_LETTER, VCENTER_EVENTS
+from shared.clock import publish_tick
+from shared.contracts.wallet import ReserveFunds, TopUpWallet
+from shared.money import MoneyModel
+from shared.topics import (
+    CLOCK_TICKS,
+    DEAD_LETTER,
+    PROVISIONING_REQUESTS,
+    VCENTER_EVENTS,
+    WALLET_TOPUPS,
+)
 from tests.integration.test_metering_service import Vm, metering
-from tests.kafka_helpers import settled
+from tests.integration.wallet_fixtures import running_wallet
+from tests.kafka_helpers import KafkaProbe, settled
 
 OLD = timedelta(days=50)  # INBOX_RETENTION_DAYS is 45
 
@@ -59,3 +70,41 @@ async def test_pruning_finds_the_oldest_rows_by_an_index(env, db):
                SELECT ctid FROM metering.inbox WHERE consumed_at < now() - interval '45 days'
                ORDER BY consumed_at LIMIT 1000)"""))
     assert "inbox_by_consumed_at" in plan, plan
+
+
+async def test_the_wallet_prunes_its_claims_and_refuses_what_is_older_than_the_window(env, db):
+    """The wallet's inbox (reservations by request, top-ups by payment) and its webhook
+    message ids leave once old; a reservation or payment dated before the window by the
+    wallet's clock is refused (a dead letter, a 422), not booked."""
+    async with running_wallet(env.settings) as (service, wallet), \
+            KafkaProbe(env.settings.kafka_bootstrap_servers) as kafka:
+        assert service.pruner is not None
+        org, wallet_id = await wallet.open(balance=100_000)
+        assert await db.fetchval("SELECT count(*) FROM wallet.webhook_messages") == 1
+        await db.execute("UPDATE wallet.inbox SET consumed_at = consumed_at - $1::interval", OLD)
+        await db.execute("UPDATE wallet.webhook_messages SET received_at = received_at - "
+                         "$1::interval", OLD)
+        assert await service.pruner.run_once() == 2
+        assert service.pruner.pruned == {"wallet.inbox": 1, "wallet.webhook_messages": 1}
+
+        # The wallet's clock is today; messages dated 50 days ago are refused.
+        now = await db.fetchval("SELECT now()")
+        await publish_tick(kafka.producer, env.settings, now)
+        await settled(kafka, env.settings, "wallet", [CLOCK_TICKS])
+        old = now - OLD
+        reservation = ReserveFunds(
+            request_id=uuid4(), wallet_id=wallet_id, organisation_id=org, vm_id=uuid4(),
+            amount=MoneyModel(amount_minor=1_000, currency="ZAR"), occurred_at=old)
+        payment = TopUpWallet(payment_id="late-payment", wallet_id=wallet_id,
+                              amount=MoneyModel(amount_minor=5_000, currency="ZAR"),
+                              source="gateway_webhook", occurred_at=old)
+        await kafka.publish(env.topic(PROVISIONING_REQUESTS.name), wallet_id, reservation)
+        await kafka.publish(env.topic(WALLET_TOPUPS.name), wallet_id, payment)
+        await settled(kafka, env.settings, "wallet", [PROVISIONING_REQUESTS, WALLET_TOPUPS],
+                      database_url=env.database_url)
+        letters = await kafka.read_to_end(env.topic(DEAD_LETTER.name))
+        status = await wallet.status(wallet_id)
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(reasons) == 2 and all("older than the inbox window" in r for r in reasons), reasons
+    assert (status["balance_minor"], status["held_minor"]) == (100_000, 0)
+    assert await db.fetchval("SELECT count(*) FROM wallet.holds") == 0
