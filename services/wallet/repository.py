@@ -368,10 +368,15 @@ async def usage_last_24h(conn: asyncpg.Connection, wallet_id: UUID) -> int:
 
 
 async def balance_before(conn: asyncpg.Connection, wallet_id: UUID, at: datetime) -> int:
-    total: int = await conn.fetchval(
-        f"""SELECT coalesce(sum(amount), 0) FROM {SCHEMA}.wallet_transactions
-            WHERE wallet_id = $1 AND occurred_at < $2""", wallet_id, at)
-    return int(total)
+    """The balance from the entries dated before `at`: today's balance less what came since
+    (the balance is the ledger's sum, kept in the same transactions), so a statement of a
+    recent month reads that month's entries, not the wallet's whole history."""
+    total = await conn.fetchval(
+        f"""SELECT w.balance - coalesce((
+                    SELECT sum(t.amount) FROM {SCHEMA}.wallet_transactions t
+                    WHERE t.wallet_id = $1 AND t.occurred_at >= $2), 0)
+            FROM {SCHEMA}.organisation_wallets w WHERE w.wallet_id = $1""", wallet_id, at)
+    return int(total or 0)
 
 
 async def entries_between(conn: asyncpg.Connection, wallet_id: UUID, start: datetime,

@@ -301,6 +301,18 @@ async def test_refunds_capped_at_95_percent_and_statement(env):
                                            params={"from": start, "to": end})).json()
         assert statement["opening_balance_minor"] == 0
         assert statement["closing_balance_minor"] == 99_500
+        # Split at the charge: the later window opens where the earlier one closes (the
+        # opening is today's balance less what came since), and one after everything opens
+        # and closes at the balance.
+        mid = charge["occurred_at"]
+        before, after, later = [(await wallet.http.get(
+            f"/wallets/{w}/statement", params={"from": a, "to": b})).json()
+            for a, b in ((start, mid), (mid, end), ("2099-01-01T00:00:00Z", end))]
+        assert before["closing_balance_minor"] == after["opening_balance_minor"]
+        assert after["opening_balance_minor"] + sum(
+            e["amount_minor"] for e in after["entries"]) == 99_500
+        assert after["opening_balance_minor"] == sum(e["amount_minor"] for e in before["entries"])
+        assert later["opening_balance_minor"] == later["closing_balance_minor"] == 99_500
         assert [e["kind"] for e in statement["entries"]].count("refund") == 2
         text = (await wallet.http.get(f"/wallets/{w}/statement",
                                       params={"from": start, "to": end, "format": "csv"})).text
