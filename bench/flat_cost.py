@@ -188,10 +188,24 @@ class CostMeter:
                              f" (target: at most {1 + FLAT_WITHIN:.2f}):")
                 lines += [f"  {name:18} {ratio:.3f} "
                           f"{'ok' if ratio <= 1 + FLAT_WITHIN else 'OVER'}"
+                          + ("" if per_input else self._work_note(name))
                           for name, ratio in ratios.items()]
         lines.append("peak memory (VmHWM, MiB): " + ", ".join(
             f"{name} {mb:.0f}" for name, mb in self.peak_mb.items()))
         return lines
+
+    def _work_note(self, name: str) -> str:
+        """Beside a service's cost per usage event: how its work per usage event changed
+        (a service whose work is not usage, as provisioning's, changes with the scenario)."""
+        months = self.full_months()
+        if name not in self.processes or len(months) < 2:
+            return ""
+        first, last = self.months[months[0]], self.months[months[-1]]
+        if min(first.work(name), last.work(name)) < LEAST_INPUTS:
+            return ""
+        grew = (last.work(name) / max(last.usage_events, 1)) / (
+            first.work(name) / max(first.usage_events, 1))
+        return f"  (its work per usage event: {grew:.3f}x)"
 
     def plot(self, path: Path) -> None:
         import matplotlib

@@ -366,10 +366,33 @@ class WalletHandlers:
 
     async def on_topups(self, records: Records) -> None:
         good, bad = parse_records(records, TOPUPS)
+        letters = dead_letters(self.settings, CONSUMER, bad)
+        try:
+            await self._book_top_ups(good, letters)
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != repo.LEDGER_KEY:
+                raise
+            # A payment in the ledger whose claim is gone (pruned after the inbox window,
+            # though the message is dated inside it): each top-up alone, that one refused,
+            # so the batch is not retried for ever.
+            await self._book_top_ups([], letters)
+            for item in good:
+                try:
+                    await self._book_top_ups([item], [])
+                except asyncpg.UniqueViolationError as again:
+                    if again.constraint_name != repo.LEDGER_KEY:
+                        raise
+                    await self._book_top_ups([], [dead_letter(
+                        self.settings, CONSUMER, item.record,
+                        f"payment {item.message.payment_id} is in the ledger already; its "
+                        "claim is older than the inbox window, so it is not booked again")])
+
+    async def _book_top_ups(self, items: list[Incoming[TopUpWallet]],
+                            letters: list[Outgoing]) -> None:
         events = Events(self.settings)
-        events.out += dead_letters(self.settings, CONSUMER, bad)
+        events.out += letters
         async with self.pool.acquire() as conn, conn.transaction():
-            wallets, results = await self._apply_top_ups(conn, good, events)
+            wallets, results = await self._apply_top_ups(conn, items, events)
             # A refused top-up stays claimed: its replay would be refused again.
             events.out += [dead_letter(self.settings, CONSUMER, item.record, str(error))
                            for item, error, _ in results if error is not None]
@@ -382,12 +405,17 @@ class WalletHandlers:
         payment applied before with another amount, wallet or source raises
         `PaymentReused`."""
         events = Events(self.settings)
-        async with self.pool.acquire() as conn, conn.transaction():
-            wallets, [(_, error, applied)] = await self._apply_top_ups(
-                conn, [Incoming(None, message)], events)
-            if error is not None:
-                raise error
-            committed = await self._commit(conn, wallets, [], [], events)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                wallets, [(_, error, applied)] = await self._apply_top_ups(
+                    conn, [Incoming(None, message)], events)
+                if error is not None:
+                    raise error
+                committed = await self._commit(conn, wallets, [], [], events)
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != repo.LEDGER_KEY:
+                raise
+            return False  # in the ledger already, its claim pruned: applied before
         self.runtime.relay.push(committed)
         return applied
 
