@@ -82,6 +82,14 @@ def peak_memory_mb(process: Popen[bytes]) -> float:
     return 0.0
 
 
+def _add_since(month: dict[str, int], last: dict[str, int], totals: Mapping[str, int]
+               ) -> None:
+    """Adds to the month what each running total grew by since the last call."""
+    for name, total in totals.items():
+        month[name] = month.get(name, 0) + total - last.get(name, 0)
+        last[name] = total
+
+
 class CostMeter:
     """Fed at the end of each simulated day (the system is quiet then: the driver waited for
     it), it charges the CPU and wall time since the previous day to that day's month."""
@@ -97,19 +105,11 @@ class CostMeter:
 
     def inputs_seen(self, day_start: datetime, totals: Mapping[str, int]) -> None:
         """Records on each service's input topics so far (end offsets), after a day."""
-        month = self._month_ending(day_start)
-        for name, total in totals.items():
-            month.inputs[name] = month.inputs.get(name, 0) + total - \
-                self._last_inputs.get(name, 0)
-            self._last_inputs[name] = total
+        _add_since(self._month_ending(day_start).inputs, self._last_inputs, totals)
 
     def requests_seen(self, day_start: datetime, totals: Mapping[str, int]) -> None:
         """HTTP requests sent to each service so far, after a day."""
-        month = self._month_ending(day_start)
-        for name, total in totals.items():
-            month.requests[name] = month.requests.get(name, 0) + total - \
-                self._last_requests.get(name, 0)
-            self._last_requests[name] = total
+        _add_since(self._month_ending(day_start).requests, self._last_requests, totals)
 
     def _month_ending(self, day_start: datetime) -> Month:
         ended = (day_start - timedelta(microseconds=1)).date()

@@ -38,3 +38,17 @@ def test_services_with_too_little_cpu_or_work_are_left_out():
     cost = meter(july=Month(cpu_s={"provisioning": 0.01}, usage_events=10, inputs={}),
                  december=Month(cpu_s={"provisioning": 0.01}, usage_events=10, inputs={}))
     assert "provisioning" not in cost.ratios(per_input=True)
+
+
+def test_running_totals_after_each_day_go_to_the_month_of_the_day_that_ended():
+    from datetime import UTC, datetime
+
+    cost = CostMeter({}, 0.0)
+    cost.inputs_seen(datetime(2026, 7, 31, tzinfo=UTC), {"wallet": 100})
+    cost.inputs_seen(datetime(2026, 8, 1, tzinfo=UTC), {"wallet": 130})  # ends July 31
+    cost.inputs_seen(datetime(2026, 8, 2, tzinfo=UTC), {"wallet": 180})
+    cost.requests_seen(datetime(2026, 8, 2, tzinfo=UTC), {"wallet": 7})
+    assert cost.months[JULY].inputs == {"wallet": 130}
+    assert cost.months[date(2026, 8, 1)].inputs == {"wallet": 50}
+    assert cost.months[date(2026, 8, 1)].requests == {"wallet": 7}
+    assert cost.months[date(2026, 8, 1)].work("wallet") == 57
