@@ -31,7 +31,8 @@ from services.wallet.domain import (
     burn_rate,
     ledger_key,
 )
-from services.wallet.handlers import Events, PaymentReused
+from services.wallet.events import Events
+from services.wallet.topups import PaymentReused
 from shared.api_keys import register_organisation
 from shared.consumer import content_digest, validation_problems
 from shared.contracts.base import StorableText, UtcDatetime

@@ -29,7 +29,7 @@ class WalletService(ServiceRuntime):
         self.consume(BILLING_DEBITS, CONSUMER, h.on_billing_charges, **pushes)
         self.consume(WALLET_TOPUPS, CONSUMER, h.on_topups, **pushes)
         self.consume(CLOCK_TICKS, CONSUMER, h.on_clock_ticks, **pushes)
-        # Each inbox claim refuses messages dated before the window (WalletHandlers._claim);
+        # Each inbox claim refuses messages dated before the window (WalletFlow._claim);
         # a webhook message older than its signature's five minutes is refused by that.
         self.pruned_tables = [PrunedTable(f"{SCHEMA}.inbox"),
                               PrunedTable(f"{SCHEMA}.webhook_messages", "received_at")]

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 from aiokafka.structs import ConsumerRecord
 
-from services.wallet.handlers import Charge, charge_reuse, charges_of
+from services.wallet.charges import Charge, charge_reuse, charges_of
 from shared.consumer import (
     REUSED_ID,
     Incoming,
