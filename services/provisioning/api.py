@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.provisioning import repository as repo
+from services.provisioning.commands import NotFound
 from services.provisioning.domain import (
     Conflict,
     InvalidRequest,
@@ -24,7 +25,7 @@ from services.provisioning.domain import (
     VmRequest,
     spec_of,
 )
-from services.provisioning.handlers import Accepted, NotFound, Refused, Submission
+from services.provisioning.submissions import Accepted, Refused, Submission
 from shared.auth import READERS, Principal
 from shared.contracts.base import StorableText, UtcDatetime
 from shared.contracts.vm import VmSpec

@@ -8,7 +8,7 @@ import json
 from typing import Any
 from uuid import UUID, uuid4
 
-from services.provisioning.handlers import request_id_for
+from services.provisioning.submissions import request_id_for
 from shared.contracts.portal import RequestVm
 from shared.contracts.vm import VmSpec
 from shared.topics import DEAD_LETTER, PORTAL_VM_REQUESTS, VCENTER_COMMANDS

@@ -14,8 +14,8 @@ from services.provisioning.domain import (
     PowerOffCommand,
     new_create_request,
 )
-from services.provisioning.handlers import request_id_for, vm_id_for
 from services.provisioning.messages import Messages
+from services.provisioning.submissions import request_id_for, vm_id_for
 from shared.contracts.clock import ClockTick
 from shared.contracts.vm import VmSpec
 from shared.pricing import DEFAULT_BOOK
