@@ -119,10 +119,6 @@ def subject_digest(message: BaseModel) -> bytes:
     return content_digest(message, ENVELOPE_FIELDS)
 
 
-def _whole_digest(message: Any) -> bytes:
-    return content_digest(message)
-
-
 # The claim statement's batch: each id once with the digest of its first occurrence (the one
 # booked), in an order (`n`) that makes DISTINCT ON keep the first.
 CLAIM_BATCH = """SELECT DISTINCT ON (id) id, digest
@@ -131,7 +127,7 @@ CLAIM_BATCH = """SELECT DISTINCT ON (id) id, digest
 
 async def claim_new(conn: asyncpg.Connection, schema: str, items: Sequence[Incoming[Any]],
                     id_of: Callable[[Any], UUID] = lambda m: m.event_id,
-                    digest_of: Callable[[Any], bytes] = _whole_digest
+                    digest_of: Callable[[Any], bytes] = content_digest
                     ) -> tuple[list[Incoming[Any]], list[Rejected]]:
     """Record the batch's message ids, with their content's digest, in the inbox: the
     messages not seen before (each id once), and those refused because their id was seen

@@ -38,10 +38,11 @@ class ProvisioningFlow:
     async def now(self, conn: asyncpg.Connection) -> datetime:
         return event_time_now(await repo.clock_now(conn), wall_clock(), self.settings.event_clock)
 
-    async def _young_enough(self, conn: asyncpg.Connection, items: Sequence[Incoming[Any]],
-                            messages: Messages) -> list[Incoming[Any]]:
-        """Messages dated before the inbox window are refused (dead letters naming why):
-        their inbox rows may be pruned, so a repeat could no longer be told."""
-        young, old = self.runtime.refuse_expired(items, await repo.clock_now(conn))
+    def _young_enough(self, items: Sequence[Incoming[Any]], clock: datetime | None,
+                      messages: Messages) -> list[Incoming[Any]]:
+        """Messages dated before the inbox window by `clock` (the batch's reading of the
+        stored clock) are refused (dead letters naming why): their inbox rows may be pruned,
+        so a repeat could no longer be told."""
+        young, old = self.runtime.refuse_expired(items, clock)
         messages.out += dead_letters(self.settings, CONSUMER, old)
         return young

@@ -56,12 +56,12 @@ class LifecycleFlow(ProvisioningFlow):
         messages = Messages(self.settings)
         messages.out += dead_letters(self.settings, CONSUMER, bad)
         async with self.pool.acquire() as conn, conn.transaction():
+            clock = await repo.clock_now(conn)
             fresh, reused = await claim_new(
-                conn, repo.SCHEMA, await self._young_enough(conn, good, messages))
+                conn, repo.SCHEMA, self._young_enough(good, clock, messages))
             messages.out += dead_letters(self.settings, CONSUMER, reused)
             requests = await repo.requests_by_id(
                 conn, (i.message.request_id for i in fresh), "FOR UPDATE")
-            clock = await repo.clock_now(conn)
             for item in fresh:
                 m = item.message
                 request = requests.get(m.request_id)
@@ -89,8 +89,8 @@ class LifecycleFlow(ProvisioningFlow):
         # Ticks share the topic to order metering; our timeouts follow clock.ticks instead.
         vm_events = [i for i in good if not isinstance(i.message, ClockTick)]
         async with self.pool.acquire() as conn, conn.transaction():
-            fresh, reused = await claim_new(
-                conn, repo.SCHEMA, await self._young_enough(conn, vm_events, messages))
+            fresh, reused = await claim_new(conn, repo.SCHEMA, self._young_enough(
+                vm_events, await repo.clock_now(conn), messages))
             messages.out += dead_letters(self.settings, CONSUMER, reused)
             vm_ids = {i.message.vm_id for i in fresh}
             org_ids = await repo.organisations_of_vms(conn, vm_ids)

@@ -39,15 +39,15 @@ class SuspensionFlow(ProvisioningFlow):
             await repo.upsert_organisations(conn, [
                 Organisation(m.organisation_id, m.wallet_id, m.currency, m.billing_mode)
                 for m in opened], [m.occurred_at for m in opened])
+            clock = await repo.clock_now(conn)
             fresh, reused = await claim_new(
-                conn, repo.SCHEMA, await self._young_enough(conn, funds, messages))
+                conn, repo.SCHEMA, self._young_enough(funds, clock, messages))
             messages.out += dead_letters(self.settings, CONSUMER, reused)
             org_ids = {i.message.organisation_id for i in fresh}
             # NO KEY UPDATE: blocks the vCenter consumer's share lock (so a power-on and a
             # depletion see each other) but not new requests referencing the organisation.
             orgs = await repo.organisations(conn, org_ids, "FOR NO KEY UPDATE")
             vms = await repo.live_vms_of_organisations(conn, org_ids, "FOR UPDATE")
-            clock = await repo.clock_now(conn)
             for item in fresh:
                 m = item.message
                 org = orgs.get(m.organisation_id)

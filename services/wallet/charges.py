@@ -76,13 +76,14 @@ class ChargeFlow(WalletFlow):
             wallets = await repo.lock_wallets(conn, (i.message.wallet_id for i in items))
             # what each key booked (before, or earlier in the batch): a charge under a key
             # booked with another amount is not a redelivery (`charge_reuse`)
+            planned = [(item, charges_of(item.message)) for item in items]
             booked = await repo.booked_charges(conn, [
-                (i.message.wallet_id, c.key) for i in items for c in charges_of(i.message)
+                (i.message.wallet_id, c.key) for i, charges in planned for c in charges
             ]) if skip_booked else {}
             holds = await repo.open_holds_for_wallets(conn, list(wallets))
             by_vm = holds_by_vm(holds)  # each wallet draws only its own (Wallet._draw)
             applied: dict[UUID, tuple[list[UUID], list[UUID], int, int, Envelope]] = {}
-            for item in items:
+            for item, charges in planned:
                 m = item.message
                 wallet = wallets.get(m.wallet_id)
                 reason = charge_refusal(m, wallet)
@@ -90,7 +91,6 @@ class ChargeFlow(WalletFlow):
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record,
                                                   reason or "unknown wallet"))
                     continue
-                charges = charges_of(m)
                 reuse = charge_reuse(m, charges, wallet.wallet_id, booked)
                 if reuse is not None:
                     events.out.append(dead_letter(self.settings, CONSUMER, item.record, reuse))

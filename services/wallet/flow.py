@@ -52,11 +52,16 @@ class WalletFlow:
                                 list[consumer.Rejected], dict[UUID, Wallet]]:
         """The batch's messages not seen before; those whose id was seen with other content
         (`REUSED_ID`) and those dated before the inbox window (whose claims may be pruned,
-        shared/retention.py), for dead letters; and its wallets locked."""
-        young, old = self.runtime.refuse_expired(items, await repo.clock_now(conn))
-        ids = [id_of(i.message) for i in young]
-        digests = [digest_of(i.message) for i in young]
-        fresh, stored, wallets = await repo.claim_and_lock(
-            conn, ids, digests, (i.message.wallet_id for i in young))
-        kept, reused = judge_claims(young, ids, digests, fresh, stored)
+        shared/retention.py), for dead letters; and its wallets locked. One round trip: the
+        claim returns the clock the window is measured by, so a message too old is claimed
+        too (its row changes nothing: it is refused by its date whenever it comes)."""
+        ids = [id_of(i.message) for i in items]
+        digests = [digest_of(i.message) for i in items]
+        fresh, stored, clock, wallets = await repo.claim_and_lock(
+            conn, ids, digests, (i.message.wallet_id for i in items))
+        young, old = self.runtime.refuse_expired(items, clock)
+        judged = {id(i) for i in young}
+        claims = [(x, d) for i, x, d in zip(items, ids, digests, strict=True) if id(i) in judged]
+        kept, reused = judge_claims(young, [x for x, _ in claims], [d for _, d in claims],
+                                    fresh, stored)
         return kept, reused, old, wallets

@@ -67,12 +67,14 @@ async def lock_wallets(conn: asyncpg.Connection, wallet_ids: Iterable[UUID]) -> 
 
 async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
                          digests: Sequence[bytes], wallet_ids: Iterable[UUID]
-                         ) -> tuple[set[UUID], dict[UUID, bytes | None], dict[UUID, Wallet]]:
+                         ) -> tuple[set[UUID], dict[UUID, bytes | None], datetime | None,
+                                    dict[UUID, Wallet]]:
     """A batch's inbox claim and the row locks on its wallets in one round trip: the ids not
     seen before, the ids seen before with the digest stored for each (`judge_claims` tells
-    a redelivery from an id reused with other content), and the wallets (of every message,
-    repeats too: locking one more changes nothing), locked in id order so concurrent
-    batches cannot deadlock."""
+    a redelivery from an id reused with other content), the wallet's clock (messages older
+    than the inbox window are refused by it), and the wallets (of every message, repeats
+    too: locking one more changes nothing), locked in id order so concurrent batches cannot
+    deadlock."""
     rows = await conn.fetch(
         f"""WITH batch AS ({CLAIM_BATCH}), claimed AS (
                 INSERT INTO {SCHEMA}.inbox (message_id, digest) SELECT id, digest FROM batch
@@ -97,13 +99,14 @@ async def claim_and_lock(conn: asyncpg.Connection, message_ids: Sequence[UUID],
                    CASE WHEN l.n IS NULL OR l.n = 1
                         THEN (SELECT array_agg(digest ORDER BY message_id) FROM seen)
                         END AS seen_digests,
-                   l.n IS NULL OR l.n = 1 AS head, l.*
+                   l.n IS NULL OR l.n = 1 AS head,
+                   (SELECT now FROM {SCHEMA}.clock WHERE id = 1) AS clock, l.*
             FROM (VALUES (1)) AS one(x)
             LEFT JOIN (SELECT locked.*, row_number() OVER () AS n FROM locked) l ON true""",
         list(message_ids), list(digests), sorted(set(wallet_ids)))
     [first] = [r for r in rows if r["head"]]
     stored = dict(zip(first["seen_ids"] or (), first["seen_digests"] or (), strict=True))
-    return (set(first["fresh"] or ()), stored,
+    return (set(first["fresh"] or ()), stored, first["clock"],
             {r["wallet_id"]: _wallet(r) for r in rows if r["wallet_id"] is not None})
 
 

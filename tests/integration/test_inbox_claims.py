@@ -54,11 +54,11 @@ async def test_claim_new_tells_new_repeated_and_reused_ids(env, db):
 async def test_the_wallet_claims_and_locks_in_one_statement(env, db):
     a, b = uuid4(), uuid4()
     async with db.transaction():
-        fresh, stored, wallets = await wallet_repo.claim_and_lock(
+        fresh, stored, _clock, wallets = await wallet_repo.claim_and_lock(
             db, [a, b, a], [b"x", b"y", b"z"], [uuid4()])
     assert (fresh, stored, wallets) == ({a, b}, {}, {})
     async with db.transaction():
-        fresh, stored, wallets = await wallet_repo.claim_and_lock(
+        fresh, stored, _clock, wallets = await wallet_repo.claim_and_lock(
             db, [a, b, uuid4()], [b"x", b"changed", b"n"], [])
     assert len(fresh) == 1 and stored == {a: b"x", b: b"y"}
     items = batch(Message(a, b"x"), Message(b, b"changed"))
